@@ -1,0 +1,271 @@
+//! The only module that touches packet memory.
+//!
+//! It walks Ethernet (up to two VLAN tags), IPv4 (with options) or IPv6 (with
+//! a bounded walk over extension headers) and finds the TCP or UDP destination
+//! port. Whenever it cannot be sure that a packet is *not* TCP/UDP to us, it
+//! answers [`Parsed::Malformed`], which the decision drops.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use knock_common::{
+    maps::SourceKey,
+    verdict::{Parsed, Transport},
+};
+
+/// 802.1Q and 802.1ad: one customer tag and one service tag (QinQ) is as deep
+/// as deployed networks go. A deeper stack could still hide IP, so it drops.
+const MAX_VLAN_TAGS: usize = 2;
+
+/// Extension headers walked before giving up. Real traffic carries one or two;
+/// the bound keeps the verifier's walk short. A chain longer than this could
+/// still end in TCP/UDP, so it drops.
+const MAX_IPV6_EXT_HEADERS: usize = 8;
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const IPV6_HLEN: usize = 40;
+const TCP_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EthHdr {
+    dst: [u8; 6],
+    src: [u8; 6],
+    ether_type: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct VlanHdr {
+    tci: [u8; 2],
+    ether_type: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Hdr {
+    version_ihl: u8,
+    tos: u8,
+    total_len: [u8; 2],
+    id: [u8; 2],
+    frag: [u8; 2],
+    ttl: u8,
+    proto: u8,
+    check: [u8; 2],
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv6Hdr {
+    version_class_flow: [u8; 4],
+    payload_len: [u8; 2],
+    next_header: u8,
+    hop_limit: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+/// The first two bytes every IPv6 extension header starts with. For the
+/// fragment header the second byte is reserved; its length is fixed.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv6ExtHdr {
+    next_header: u8,
+    len: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv6FragHdr {
+    next_header: u8,
+    reserved: u8,
+    offset_flags: [u8; 2],
+    id: [u8; 4],
+}
+
+/// Only the destination port matters here; the whole minimal header must be
+/// present all the same (see `transport`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PortsHdr {
+    src_port: [u8; 2],
+    dst_port: [u8; 2],
+}
+
+/// Bounds-checked pointer to a `T` at `offset` bytes into the frame.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+/// Reads a `T` at `offset`, or `None` when the frame is too short.
+#[inline(always)]
+fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    // SAFETY: `ptr_at` checked that the whole `T` lies inside the frame, and
+    // every header type here is plain bytes with alignment 1.
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
+}
+
+/// True when `len` bytes from `offset` lie inside the frame.
+#[inline(always)]
+fn has(ctx: &XdpContext, offset: usize, len: usize) -> bool {
+    ctx.data() + offset + len <= ctx.data_end()
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Parsed {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        // Shorter than an Ethernet header: nothing the stack would deliver.
+        return Parsed::Unrelated;
+    };
+    // SAFETY: bounds checked by `ptr_at`.
+    let mut ether_type = u16::from_be_bytes(unsafe { (*eth).ether_type });
+    let mut offset = ETH_HLEN;
+
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
+        let Some(vlan) = ptr_at::<VlanHdr>(ctx, offset) else {
+            return Parsed::Malformed;
+        };
+        // SAFETY: bounds checked by `ptr_at`.
+        ether_type = u16::from_be_bytes(unsafe { (*vlan).ether_type });
+        offset += VLAN_HLEN;
+    }
+
+    match ether_type {
+        ETH_P_IPV4 => ipv4(ctx, offset),
+        ETH_P_IPV6 => ipv6(ctx, offset),
+        // A third tag: too deep to follow, and it could still hide IP.
+        ETH_P_8021Q | ETH_P_8021AD => Parsed::Malformed,
+        _ => Parsed::Unrelated,
+    }
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, offset: usize) -> Parsed {
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, offset) else {
+        return Parsed::Malformed;
+    };
+    // SAFETY: bounds checked by `ptr_at`.
+    let (version_ihl, frag, proto, src) =
+        unsafe { ((*ip).version_ihl, (*ip).frag, (*ip).proto, (*ip).src) };
+    let ihl = usize::from(version_ihl & 0x0f);
+    if version_ihl >> 4 != 4 || ihl < 5 {
+        return Parsed::Malformed;
+    }
+    let transport_proto = match proto {
+        IPPROTO_TCP => Transport::Tcp,
+        IPPROTO_UDP => Transport::Udp,
+        _ => return Parsed::Unrelated,
+    };
+    // A non-first fragment carries no ports. The kernel delivers nothing of a
+    // datagram without its first fragment, and that one is judged by its
+    // ports below, so later fragments pass (fragmented UDP elsewhere keeps
+    // working) and can never complete a datagram to a protected port alone.
+    if u16::from_be_bytes(frag) & 0x1fff != 0 {
+        return Parsed::Unrelated;
+    }
+    // IHL is 5..=15 words here, so the options are honoured, never assumed away.
+    transport(ctx, offset + ihl * 4, transport_proto, SourceKey::v4(src))
+}
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, offset) else {
+        return Parsed::Malformed;
+    };
+    // SAFETY: bounds checked by `ptr_at`.
+    let (version, mut next, src) =
+        unsafe { ((*ip).version_class_flow[0] >> 4, (*ip).next_header, (*ip).src) };
+    if version != 6 {
+        return Parsed::Malformed;
+    }
+    let src = SourceKey::v6(src);
+    let mut offset = offset + IPV6_HLEN;
+
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_TCP => return transport(ctx, offset, Transport::Tcp, src),
+            IPPROTO_UDP => return transport(ctx, offset, Transport::Udp, src),
+            IPPROTO_FRAGMENT => {
+                let Some(frag) = read::<Ipv6FragHdr>(ctx, offset) else {
+                    return Parsed::Malformed;
+                };
+                // Same reasoning as for IPv4: only the first fragment has ports.
+                if u16::from_be_bytes(frag.offset_flags) & 0xfff8 != 0 {
+                    return Parsed::Unrelated;
+                }
+                next = frag.next_header;
+                offset += size_of::<Ipv6FragHdr>();
+            }
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
+                let Some(ext) = read::<Ipv6ExtHdr>(ctx, offset) else {
+                    return Parsed::Malformed;
+                };
+                // RFC 8200 counts in 8-octet units past the first 8; AH (RFC
+                // 4302) in 4-octet units minus 2.
+                let len = if next == IPPROTO_AH {
+                    (usize::from(ext.len) + 2) * 4
+                } else {
+                    (usize::from(ext.len) + 1) * 8
+                };
+                next = ext.next_header;
+                offset += len;
+            }
+            // ICMPv6, ESP, no-next-header, ...: no port to protect.
+            _ => return Parsed::Unrelated,
+        }
+    }
+    match next {
+        // The chain ended exactly at the limit on a transport header.
+        IPPROTO_TCP => transport(ctx, offset, Transport::Tcp, src),
+        IPPROTO_UDP => transport(ctx, offset, Transport::Udp, src),
+        // Still inside the chain: TCP/UDP may follow, so we cannot tell.
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
+            Parsed::Malformed
+        }
+        _ => Parsed::Unrelated,
+    }
+}
+
+/// Reads the destination port. The whole minimal header must be present: a
+/// first fragment too short to hold it (the tiny-fragment attack, RFC 1858)
+/// is dropped rather than guessed at.
+#[inline(always)]
+fn transport(ctx: &XdpContext, offset: usize, proto: Transport, src: SourceKey) -> Parsed {
+    let min_len = match proto {
+        Transport::Tcp => TCP_HLEN,
+        Transport::Udp => UDP_HLEN,
+    };
+    if !has(ctx, offset, min_len) {
+        return Parsed::Malformed;
+    }
+    let Some(ports) = read::<PortsHdr>(ctx, offset) else {
+        return Parsed::Malformed;
+    };
+    Parsed::Transport { src, proto, dport: u16::from_be_bytes(ports.dst_port) }
+}

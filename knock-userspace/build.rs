@@ -1,0 +1,17 @@
+//! Builds the XDP program and puts the object in OUT_DIR, where `loader.rs`
+//! embeds it. Cargo re-runs this whenever the eBPF crate or the shared types
+//! change, so the binary can never carry a stale object.
+
+fn main() -> anyhow::Result<()> {
+    // aya-build watches the eBPF crate itself; the shared crate is compiled
+    // into the object too.
+    println!("cargo:rerun-if-changed=../knock-common");
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "knock-ebpf",
+            root_dir: "../knock-ebpf",
+            ..Default::default()
+        }],
+        aya_build::Toolchain::default(),
+    )
+}

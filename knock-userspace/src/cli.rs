@@ -1,0 +1,310 @@
+//! The command line: clap definitions and what each command does.
+
+use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::{
+    check,
+    control::{self, Changed, Listing, Request, Status, Unreachable},
+    daemon::{self, AttachOptions},
+    loader::{self, Mode},
+    ports::{self, PortSpec, ProtoPort},
+    state::{DEFAULT_STATE_DIR, StateDir, require_root},
+    units::{format_duration, parse_duration},
+};
+
+/// Port knocking in the kernel: protected ports are invisible until a source knocks.
+#[derive(Debug, Parser)]
+#[command(name = "knock-xdp", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Directory holding everything this instance owns (state, control socket).
+    #[arg(long, global = true, env = "KNOCK_XDP_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the XDP program, attach it and run the daemon in the foreground.
+    ///
+    /// SIGINT or SIGTERM detach cleanly. If the daemon is killed, the program
+    /// stays attached (protection stays in force) until 'knock-xdp detach'.
+    Attach {
+        /// Interfaces to attach to.
+        #[arg(required = true, value_name = "IFACE")]
+        ifaces: Vec<String>,
+        /// XDP mode: auto tries native (driver) XDP, then falls back to skb (generic).
+        #[arg(long, value_enum, default_value_t = Mode::Auto)]
+        mode: Mode,
+    },
+    /// Detach from one interface, or from all; removes every pin knock-xdp made.
+    Detach {
+        /// Only this interface (default: all).
+        iface: Option<String>,
+    },
+    /// Protect ports: drop packets to them unless the source is allowed.
+    ///
+    /// PORT alone protects both TCP and UDP; PORT/tcp or PORT/udp only one.
+    /// Persisted: applies at once on the running daemon and at every start.
+    Protect {
+        #[arg(required = true, value_name = "PORT[/tcp|/udp]", value_parser = parse_port_spec)]
+        ports: Vec<PortSpec>,
+    },
+    /// Stop protecting ports.
+    Unprotect {
+        #[arg(required = true, value_name = "PORT[/tcp|/udp]", value_parser = parse_port_spec)]
+        ports: Vec<PortSpec>,
+    },
+    /// Admit a source address to the protected ports for a while.
+    Allow {
+        /// IPv4 or IPv6 address.
+        #[arg(value_parser = parse_addr)]
+        addr: IpAddr,
+        /// How long (e.g. 30s, 10m, 2h).
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
+        duration: Duration,
+    },
+    /// Remove a source from the allow list.
+    Revoke {
+        #[arg(value_parser = parse_addr)]
+        addr: IpAddr,
+    },
+    /// Show protected ports and allowed sources with their time left.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show interfaces, XDP mode, program and counters of the running daemon.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Probe a TCP port: prints open, closed or filtered.
+    ///
+    /// Exit status: 0 open, 3 closed, 4 filtered, 1 on errors.
+    Check {
+        /// Address or host name.
+        host: String,
+        #[arg(value_parser = parse_port_arg)]
+        port: u16,
+        /// How long to wait for an answer.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
+        timeout: Duration,
+    },
+}
+
+fn parse_port_spec(text: &str) -> Result<PortSpec, String> {
+    text.parse()
+}
+
+fn parse_port_arg(text: &str) -> Result<u16, String> {
+    ports::parse_port(text)
+}
+
+fn parse_addr(text: &str) -> Result<IpAddr, String> {
+    text.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| format!("invalid address '{text}' (expected an IPv4 or IPv6 address)"))
+}
+
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Attach { .. } => "attach",
+            Command::Detach { .. } => "detach",
+            Command::Protect { .. } => "protect",
+            Command::Unprotect { .. } => "unprotect",
+            Command::Allow { .. } => "allow",
+            Command::Revoke { .. } => "revoke",
+            Command::List { .. } => "list",
+            Command::Status { .. } => "status",
+            Command::Check { .. } => "check",
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let state = StateDir::new(&cli.state_dir);
+    let command = cli.command;
+    if !matches!(command, Command::Check { .. }) {
+        require_root(command.name())?;
+    }
+    match command {
+        Command::Attach { ifaces, mode } => daemon::run(state, AttachOptions { ifaces, mode })?,
+        Command::Detach { iface } => detach(&state, iface)?,
+        Command::Protect { ports } => change_protected(&state, &ports, true)?,
+        Command::Unprotect { ports } => change_protected(&state, &ports, false)?,
+        Command::Allow { addr, duration } => {
+            let for_ms = duration.as_millis() as u64;
+            print_changed(control::request(&state, &Request::Allow { addr, for_ms })?);
+        }
+        Command::Revoke { addr } => print_changed(control::request(&state, &Request::Revoke { addr })?),
+        Command::List { json } => {
+            let listing: Listing = control::request(&state, &Request::List)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+            } else {
+                print_listing(&listing);
+            }
+        }
+        Command::Status { json } => {
+            let status: Status = control::request(&state, &Request::Status)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+        }
+        Command::Check { host, port, timeout } => {
+            let (addr, port_state) = check::check(&host, port, timeout)?;
+            println!("{addr} {}", port_state.as_str());
+            return Ok(ExitCode::from(port_state.exit_code()));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Through the daemon when it runs; otherwise removes what a killed daemon
+/// left pinned (which detaches its program).
+fn detach(state: &StateDir, iface: Option<String>) -> Result<()> {
+    match control::connect(state) {
+        Ok(stream) => {
+            let changed: Changed = control::send(stream, &Request::Detach { iface })?;
+            if changed.stopping {
+                // The daemon removes its pins as it exits; wait for that.
+                wait_until_stopped(state)?;
+            }
+            println!("{}", changed.message);
+            Ok(())
+        }
+        Err(Unreachable::Other(err)) => Err(err),
+        Err(Unreachable::NotRunning) => {
+            let Some(_lock) = lock_offline(state)? else {
+                bail!("the knock-xdp daemon is starting or stopping; try again");
+            };
+            loader::ensure_bpffs()?;
+            let pin_dir = loader::pin_dir(state)?;
+            if iface.is_some() && !loader::pinned_link_exists(&pin_dir) {
+                bail!("knock-xdp is not attached (state directory {})", state.path().display());
+            }
+            let detached = loader::remove_pins(&pin_dir)?;
+            if detached.is_empty() {
+                println!("knock-xdp was not attached; nothing to detach");
+            } else {
+                println!("detached from {} (left behind by a daemon that did not stop cleanly)", detached.join(" "));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Waits until a daemon that was asked to stop has released its lock, i.e.
+/// has finished detaching and removing its pins.
+fn wait_until_stopped(state: &StateDir) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if state.try_lock()?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("the daemon did not stop within 10s; see its log")
+}
+
+/// The state directory's lock for commands that edit it without a daemon.
+fn lock_offline(state: &StateDir) -> Result<Option<std::fs::File>> {
+    if !state.path().exists() {
+        state.create()?;
+    }
+    state.try_lock()
+}
+
+/// protect/unprotect: through the daemon when it runs, else straight into
+/// the state file (applied at the next start).
+fn change_protected(state: &StateDir, specs: &[PortSpec], protect: bool) -> Result<()> {
+    let requested = ports::expand_all(specs);
+    let list: Vec<ProtoPort> = requested.iter().copied().collect();
+    let request = if protect {
+        Request::Protect { ports: list }
+    } else {
+        Request::Unprotect { ports: list }
+    };
+    match control::connect(state) {
+        Ok(stream) => {
+            print_changed(control::send(stream, &request)?);
+            Ok(())
+        }
+        Err(Unreachable::Other(err)) => Err(err),
+        Err(Unreachable::NotRunning) => {
+            let Some(_lock) = lock_offline(state)? else {
+                bail!("the knock-xdp daemon is starting or stopping; try again");
+            };
+            let mut saved = state.load()?;
+            for port in &requested {
+                if protect {
+                    saved.protected.insert(*port);
+                } else {
+                    saved.protected.remove(port);
+                }
+            }
+            state.save(&saved).context("cannot persist the change")?;
+            let verb = if protect { "protected" } else { "unprotected" };
+            println!(
+                "{verb} {} (the daemon is not running: takes effect at the next 'knock-xdp attach')",
+                ports::join(&requested)
+            );
+            Ok(())
+        }
+    }
+}
+
+fn print_changed(changed: Changed) {
+    println!("{}", changed.message);
+}
+
+fn print_listing(listing: &Listing) {
+    let protected: Vec<String> = listing.protected.iter().map(ToString::to_string).collect();
+    if protected.is_empty() {
+        println!("protected ports: none");
+    } else {
+        println!("protected ports: {}", protected.join(" "));
+    }
+    if listing.allowed.is_empty() {
+        println!("allowed sources: none");
+        return;
+    }
+    println!("allowed sources:");
+    for source in &listing.allowed {
+        let left = format_duration(Duration::from_millis(source.expires_in_ms));
+        println!("  {:<40} {:>12} left  ({})", source.addr.to_string(), left, source.origin);
+    }
+}
+
+fn print_status(status: &Status) {
+    println!("daemon:     running (pid {}, up {})", status.pid, format_duration(Duration::from_secs(status.uptime_secs.max(1))));
+    println!("program:    id {} (pins in {})", status.program_id, status.pin_dir);
+    let ifaces: Vec<String> = status
+        .interfaces
+        .iter()
+        .map(|i| format!("{} ({})", i.name, serde_json::to_value(i.mode).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()))
+        .collect();
+    println!("interfaces: {}", ifaces.join(", "));
+    println!("counters:");
+    for (name, value) in &status.counters {
+        println!("  {name:<20} {value}");
+    }
+}

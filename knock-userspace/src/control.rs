@@ -1,0 +1,141 @@
+//! Talking to the running daemon over its Unix socket in the state directory.
+//!
+//! The socket lives on an ordinary filesystem, not in bpffs, so control
+//! commands reach the daemon even when each runs under its own `ip netns
+//! exec` (which gives every process a private /sys and so a private bpffs).
+//! One request per connection, one JSON line each way.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    net::IpAddr,
+    os::unix::net::UnixStream,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::{loader::Mode, ports::ProtoPort, state::StateDir};
+
+/// How long a control command waits for the daemon.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    Protect { ports: Vec<ProtoPort> },
+    Unprotect { ports: Vec<ProtoPort> },
+    Allow { addr: IpAddr, for_ms: u64 },
+    Revoke { addr: IpAddr },
+    List,
+    Status,
+    Detach { iface: Option<String> },
+}
+
+/// The daemon's answer: a JSON value on success, one line of text on failure.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+/// Answer to `protect`, `unprotect`, `allow`, `revoke` and `detach`: what
+/// changed, for the user.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Changed {
+    pub message: String,
+    /// The daemon exits after this answer (a detach that leaves no interface).
+    #[serde(default)]
+    pub stopping: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Listing {
+    pub protected: Vec<ProtoPort>,
+    pub allowed: Vec<AllowedSource>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AllowedSource {
+    pub addr: IpAddr,
+    /// Milliseconds until the entry stops admitting new packets.
+    pub expires_in_ms: u64,
+    pub origin: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    pub state_dir: String,
+    pub pin_dir: String,
+    pub program_id: u32,
+    pub uptime_secs: u64,
+    pub interfaces: Vec<InterfaceStatus>,
+    pub counters: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    pub ifindex: u32,
+    pub mode: Mode,
+}
+
+/// Why a request could not be delivered.
+#[derive(Debug)]
+pub enum Unreachable {
+    /// No daemon listens on this state directory.
+    NotRunning,
+    Other(anyhow::Error),
+}
+
+/// Connects to the daemon; `NotRunning` when nobody listens.
+pub fn connect(state: &StateDir) -> Result<UnixStream, Unreachable> {
+    let path = state.control_socket();
+    match UnixStream::connect(&path) {
+        Ok(stream) => Ok(stream),
+        Err(err)
+            if matches!(
+                err.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Err(Unreachable::NotRunning)
+        }
+        Err(err) => Err(Unreachable::Other(
+            anyhow::Error::new(err).context(format!("cannot reach the daemon at {}", path.display())),
+        )),
+    }
+}
+
+/// Sends one request on an open connection and decodes the reply.
+pub fn send<T: DeserializeOwned>(mut stream: UnixStream, request: &Request) -> Result<T> {
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).context("cannot send to the daemon")?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).context("no answer from the daemon")?;
+    if answer.is_empty() {
+        bail!("the daemon closed the connection without answering");
+    }
+    match serde_json::from_str(&answer).context("the daemon's answer is not valid")? {
+        Reply::Ok(value) => serde_json::from_value(value).context("the daemon's answer is not valid"),
+        Reply::Error(message) => Err(anyhow!(message)),
+    }
+}
+
+/// Sends a request to a daemon that must be running.
+pub fn request<T: DeserializeOwned>(state: &StateDir, request: &Request) -> Result<T> {
+    match connect(state) {
+        Ok(stream) => send(stream, request),
+        Err(Unreachable::NotRunning) => bail!(
+            "the knock-xdp daemon is not running for state directory {} (start it with 'knock-xdp attach IFACE')",
+            state.path().display()
+        ),
+        Err(Unreachable::Other(err)) => Err(err),
+    }
+}

@@ -1,0 +1,174 @@
+//! Answering control requests (see `crate::control` for the protocol).
+
+use std::{collections::BTreeSet, time::Duration};
+
+use anyhow::{Result, anyhow, bail};
+use knock_common::maps::allow_origin;
+use serde::Serialize;
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::UnixStream,
+};
+use tracing::{info, warn};
+
+use super::Daemon;
+use crate::{
+    clock,
+    control::{AllowedSource, Changed, InterfaceStatus, Listing, Reply, Request, Status},
+    ports::{self, ProtoPort},
+    units::format_duration,
+};
+
+/// A client that does not send its request within this time is dropped, so
+/// one stuck client cannot stall the daemon.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest request line accepted.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+impl Daemon {
+    pub(super) async fn answer(&mut self, stream: UnixStream) {
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
+        let mut line = String::new();
+        let reply = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+            Err(_) => return warn!("control client sent nothing in time"),
+            Ok(Err(err)) => return warn!("control client: {err}"),
+            Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+                Ok(request) => match self.handle(request) {
+                    Ok(value) => Reply::Ok(value),
+                    Err(err) => Reply::Error(format!("{err:#}")),
+                },
+                Err(err) => Reply::Error(format!("invalid request: {err}")),
+            },
+        };
+        let mut text = serde_json::to_string(&reply).unwrap_or_else(|err| {
+            serde_json::to_string(&Reply::Error(format!("cannot encode the answer: {err}")))
+                .expect("a string always encodes")
+        });
+        text.push('\n');
+        if let Err(err) = write.write_all(text.as_bytes()).await {
+            warn!("control client: {err}");
+        }
+    }
+
+    fn handle(&mut self, request: Request) -> Result<serde_json::Value> {
+        match request {
+            Request::Protect { ports } => self.change_protected(ports, true),
+            Request::Unprotect { ports } => self.change_protected(ports, false),
+            Request::Allow { addr, for_ms } => {
+                let duration = Duration::from_millis(for_ms);
+                self.tables.allow(addr, clock::deadline_after(duration), allow_origin::MANUAL)?;
+                info!(source = %addr, window = %format_duration(duration), "allowed by hand");
+                changed(format!("allowed {addr} for {}", format_duration(duration)))
+            }
+            Request::Revoke { addr } => {
+                if !self.tables.revoke(addr)? {
+                    bail!("{addr} is not in the allow list");
+                }
+                info!(source = %addr, "revoked");
+                changed(format!("revoked {addr}"))
+            }
+            Request::List => to_value(self.listing()?),
+            Request::Status => to_value(self.status()?),
+            Request::Detach { iface: Some(iface) } => {
+                self.program.detach(&iface)?;
+                info!(interface = %iface, "detached");
+                self.stop = self.program.attachments.is_empty();
+                to_value(Changed { message: format!("detached from {iface}"), stopping: self.stop })
+            }
+            Request::Detach { iface: None } => {
+                self.stop = true;
+                let ifaces: Vec<_> = self.program.attachments.iter().map(|a| a.iface.as_str()).collect();
+                to_value(Changed { message: format!("detached from {}", ifaces.join(" ")), stopping: true })
+            }
+        }
+    }
+
+    /// Applies a protect/unprotect to the kernel, then persists it. If the
+    /// state cannot be saved, the kernel is put back, so what runs always
+    /// matches what the next start will load.
+    fn change_protected(&mut self, ports: Vec<ProtoPort>, protect: bool) -> Result<serde_json::Value> {
+        let before = self.state.protected.clone();
+        let mut after = before.clone();
+        let requested: BTreeSet<ProtoPort> = ports.into_iter().collect();
+        let (changed_ports, unchanged): (BTreeSet<_>, BTreeSet<_>) = requested
+            .into_iter()
+            .partition(|p| if protect { after.insert(*p) } else { after.remove(p) });
+
+        self.tables.set_protected(&before, &after)?;
+        let mut next = self.state.clone();
+        next.protected = after;
+        if let Err(err) = self.state_dir.save(&next) {
+            self.tables.set_protected(&next.protected, &before)?;
+            return Err(err);
+        }
+        self.state = next;
+
+        let verb = if protect { "protected" } else { "unprotected" };
+        if !changed_ports.is_empty() {
+            info!(ports = %ports::join(&changed_ports), "{verb}");
+        }
+        let mut message = Vec::new();
+        if !changed_ports.is_empty() {
+            message.push(format!("{verb} {}", ports::join(&changed_ports)));
+        }
+        if !unchanged.is_empty() {
+            let already = if protect { "already protected" } else { "not protected" };
+            message.push(format!("{} {already}", ports::join(&unchanged)));
+        }
+        changed(message.join("; "))
+    }
+
+    fn listing(&self) -> Result<Listing> {
+        let now = clock::boot_ns();
+        let mut allowed: Vec<AllowedSource> = self
+            .tables
+            .allowed()?
+            .into_iter()
+            .filter(|(_, entry)| entry.deadline_ns > now)
+            .filter_map(|(key, entry)| {
+                Some(AllowedSource {
+                    addr: key.ip()?,
+                    expires_in_ms: (entry.deadline_ns - now) / 1_000_000,
+                    origin: match entry.origin {
+                        allow_origin::MANUAL => "manual".into(),
+                        other => format!("unknown ({other})"),
+                    },
+                })
+            })
+            .collect();
+        allowed.sort_by_key(|a| a.addr);
+        Ok(Listing { protected: self.state.protected.iter().copied().collect(), allowed })
+    }
+
+    fn status(&mut self) -> Result<Status> {
+        Ok(Status {
+            pid: std::process::id(),
+            state_dir: self.state_dir.path().display().to_string(),
+            pin_dir: self.program.pin_dir.display().to_string(),
+            program_id: self.program.program_id()?,
+            uptime_secs: self.started.elapsed().as_secs(),
+            interfaces: self
+                .program
+                .attachments
+                .iter()
+                .map(|a| InterfaceStatus { name: a.iface.clone(), ifindex: a.ifindex, mode: a.mode })
+                .collect(),
+            counters: self
+                .tables
+                .counters()?
+                .into_iter()
+                .map(|(counter, value)| (counter.name().to_owned(), value))
+                .collect(),
+        })
+    }
+}
+
+fn changed(message: String) -> Result<serde_json::Value> {
+    to_value(Changed { message, stopping: false })
+}
+
+fn to_value(value: impl Serialize) -> Result<serde_json::Value> {
+    serde_json::to_value(value).map_err(|err| anyhow!("cannot encode the answer: {err}"))
+}

@@ -1,0 +1,15 @@
+//! knock-xdp's userspace: the loader, the daemon and the command line.
+//!
+//! Data flows one way: `cli` → `daemon` / `control` / `check` → `loader`,
+//! `tables` → `knock_common`.
+
+pub mod check;
+pub mod cli;
+pub mod clock;
+pub mod control;
+pub mod daemon;
+pub mod loader;
+pub mod ports;
+pub mod state;
+pub mod tables;
+pub mod units;

@@ -1,0 +1,279 @@
+//! Loading the XDP program, attaching it to interfaces, and its bpffs pins.
+//!
+//! Pins live in `/sys/fs/bpf/knock-xdp/<instance>/`, where the instance id is
+//! derived from the state directory, so instances never share pins:
+//!
+//! ```text
+//! PORT_FLAGS, ALLOW, COUNTERS   the maps
+//! link-<iface>                  one XDP link per interface
+//! ```
+//!
+//! A pinned link keeps the program attached if the daemon dies without
+//! cleaning up, so protection stays in force (fail closed). A clean shutdown
+//! or `knock-xdp detach` removes the pins, which detaches the program.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, include_bytes_aligned,
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+    },
+};
+use knock_common::maps::{ALL_MAPS, PROGRAM_NAME};
+use serde::{Deserialize, Serialize};
+
+use crate::state::StateDir;
+
+/// The XDP program, built by `build.rs` from the current sources.
+pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock"));
+
+const BPFFS: &str = "/sys/fs/bpf";
+/// `BPF_FS_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// How to attach: `auto` prefers native (driver) XDP and falls back to generic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Auto,
+    Native,
+    Skb,
+}
+
+/// Parses the object and loads the program into the kernel (the verifier
+/// runs here), without attaching it anywhere.
+pub fn load() -> Result<Ebpf> {
+    let mut ebpf = Ebpf::load(EBPF_OBJECT).context("cannot load the XDP object")?;
+    xdp(&mut ebpf)?.load().context("the kernel refused the XDP program")?;
+    Ok(ebpf)
+}
+
+/// The XDP program inside a loaded object.
+pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let program = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or_else(|| anyhow!("the XDP object has no program named {PROGRAM_NAME}"))?;
+    Ok(program.try_into()?)
+}
+
+/// Where an instance keeps its pins.
+pub fn pin_dir(state: &StateDir) -> Result<PathBuf> {
+    Ok(Path::new(BPFFS).join("knock-xdp").join(state.instance_id()?))
+}
+
+/// Mounts bpffs at /sys/fs/bpf when nothing is mounted there (fresh
+/// machines, and the private /sys that `ip netns exec` sets up).
+pub fn ensure_bpffs() -> Result<()> {
+    if is_bpffs(Path::new(BPFFS)) {
+        return Ok(());
+    }
+    let target = c"/sys/fs/bpf";
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("bpffs is not mounted at /sys/fs/bpf and mounting it failed");
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: `statfs` is plain data; zeroed is a valid initial value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-pointer.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// The interface index of `name`, or a clear error when there is none.
+pub fn if_index(name: &str) -> Result<u32> {
+    let c_name = std::ffi::CString::new(name).map_err(|_| anyhow!("invalid interface name {name:?}"))?;
+    // SAFETY: valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
+        0 => bail!("no network interface named '{name}'"),
+        index => Ok(index),
+    }
+}
+
+/// One interface the program is attached to.
+#[derive(Debug)]
+pub struct Attachment {
+    pub iface: String,
+    pub ifindex: u32,
+    /// The mode actually in use (never `Auto`).
+    pub mode: Mode,
+    link: PinnedLink,
+}
+
+/// The loaded program, its pins and its attachments. Dropping it does not
+/// detach: only [`Program::shutdown`] does, so a crash stays fail-closed.
+pub struct Program {
+    pub ebpf: Ebpf,
+    pub pin_dir: PathBuf,
+    pub attachments: Vec<Attachment>,
+}
+
+impl Program {
+    /// Loads the program and pins its maps into `pin_dir`, which must not exist.
+    pub fn load(pin_dir: PathBuf) -> Result<Self> {
+        if pin_dir.exists() {
+            bail!(
+                "knock-xdp is still attached from an earlier run of this instance (pins in {}); \
+                 run 'knock-xdp detach' first",
+                pin_dir.display()
+            );
+        }
+        let ebpf = load()?;
+        fs::create_dir_all(&pin_dir)
+            .with_context(|| format!("cannot create pin directory {}", pin_dir.display()))?;
+        let program = Self { ebpf, pin_dir, attachments: Vec::new() };
+        for name in ALL_MAPS {
+            let map = program
+                .ebpf
+                .map(name)
+                .ok_or_else(|| anyhow!("the XDP object has no map named {name}"))?;
+            if let Err(err) = map.pin(program.pin_dir.join(name)) {
+                let _ = remove_pins(&program.pin_dir);
+                return Err(err).with_context(|| format!("cannot pin map {name}"));
+            }
+        }
+        Ok(program)
+    }
+
+    pub fn program_id(&mut self) -> Result<u32> {
+        Ok(xdp(&mut self.ebpf)?.info().context("cannot query the program")?.id())
+    }
+
+    /// Attaches to `iface` and pins the link.
+    pub fn attach(&mut self, iface: &str, mode: Mode) -> Result<()> {
+        let ifindex = if_index(iface)?;
+        if self.attachments.iter().any(|a| a.ifindex == ifindex) {
+            bail!("already attached to {iface}");
+        }
+        let (link, mode) = match mode {
+            Mode::Native => (self.attach_as(iface, ifindex, XdpMode::Driver)?, Mode::Native),
+            Mode::Skb => (self.attach_as(iface, ifindex, XdpMode::Skb)?, Mode::Skb),
+            Mode::Auto => match self.attach_as(iface, ifindex, XdpMode::Driver) {
+                Ok(link) => (link, Mode::Native),
+                Err(err) if is_busy(&err) => return Err(err),
+                Err(_) => (self.attach_as(iface, ifindex, XdpMode::Skb)?, Mode::Skb),
+            },
+        };
+        let path = self.pin_dir.join(format!("link-{iface}"));
+        let link = link
+            .pin(&path)
+            .with_context(|| format!("cannot pin the XDP link at {}", path.display()))?;
+        self.attachments.push(Attachment { iface: iface.to_owned(), ifindex, mode, link });
+        Ok(())
+    }
+
+    fn attach_as(&mut self, iface: &str, ifindex: u32, mode: XdpMode) -> Result<FdLink> {
+        let program = xdp(&mut self.ebpf)?;
+        let id = program.attach_to_if_index(ifindex, mode).map_err(|err| attach_error(iface, mode, err))?;
+        let link = program.take_link(id)?;
+        FdLink::try_from(link).map_err(|_| {
+            anyhow!("the kernel attached to {iface} without a BPF link; knock-xdp needs Linux 5.9 or newer")
+        })
+    }
+
+    /// Detaches from one interface.
+    pub fn detach(&mut self, iface: &str) -> Result<()> {
+        let index = self
+            .attachments
+            .iter()
+            .position(|a| a.iface == iface)
+            .ok_or_else(|| anyhow!("knock-xdp is not attached to '{iface}'"))?;
+        let attachment = self.attachments.remove(index);
+        // Unpinning drops the last reference to the link, which detaches it.
+        attachment.link.unpin().with_context(|| format!("cannot unpin the link of {iface}"))?;
+        Ok(())
+    }
+
+    /// Detaches from everything and removes every pin.
+    pub fn shutdown(mut self) -> Result<()> {
+        for attachment in std::mem::take(&mut self.attachments) {
+            let iface = attachment.iface.clone();
+            attachment.link.unpin().with_context(|| format!("cannot unpin the link of {iface}"))?;
+        }
+        remove_pins(&self.pin_dir).map(drop)
+    }
+}
+
+fn is_busy(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<Busy>().is_some()
+}
+
+/// Marker for "the interface already carries an XDP program".
+#[derive(Debug)]
+struct Busy(String);
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "interface {} already has an XDP program attached; knock-xdp will not replace it \
+             (see 'ip link show {}')",
+            self.0, self.0
+        )
+    }
+}
+
+impl std::error::Error for Busy {}
+
+fn attach_error(iface: &str, mode: XdpMode, err: ProgramError) -> anyhow::Error {
+    let errno = match &err {
+        ProgramError::SyscallError(syscall) => syscall.io_error.raw_os_error(),
+        _ => None,
+    };
+    match errno {
+        Some(libc::EBUSY | libc::EEXIST) => Busy(iface.to_owned()).into(),
+        Some(libc::EOPNOTSUPP) if mode == XdpMode::Driver => {
+            anyhow!("interface {iface} does not support native XDP (try --mode skb)")
+        }
+        _ => anyhow::Error::new(err).context(format!("cannot attach to {iface}")),
+    }
+}
+
+/// Removes an instance's pins: links first (which detaches them), then the
+/// maps and the directory. Returns the interfaces that were detached.
+pub fn remove_pins(pin_dir: &Path) -> Result<Vec<String>> {
+    let mut detached = Vec::new();
+    let entries = match fs::read_dir(pin_dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(detached),
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", pin_dir.display())),
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    // Links before maps, so the program stops running before its maps go.
+    paths.sort_by_key(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("link-")));
+    for path in paths {
+        if let Some(iface) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("link-")) {
+            detached.push(iface.to_owned());
+        }
+        fs::remove_file(&path).with_context(|| format!("cannot remove pin {}", path.display()))?;
+    }
+    fs::remove_dir(pin_dir).with_context(|| format!("cannot remove {}", pin_dir.display()))?;
+    // Leave the shared parent when it is empty; another instance may own a sibling.
+    if let Some(parent) = pin_dir.parent() {
+        let _ = fs::remove_dir(parent);
+    }
+    Ok(detached)
+}
+
+/// True when an instance left a pinned link behind (its program is still attached).
+pub fn pinned_link_exists(pin_dir: &Path) -> bool {
+    fs::read_dir(pin_dir).is_ok_and(|mut entries| {
+        entries.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("link-")))
+    })
+}

@@ -1,0 +1,240 @@
+//! The state directory: everything one knock-xdp instance owns on disk.
+//!
+//! ```text
+//! <state-dir>/state.toml    protected ports, persisted across restarts
+//! <state-dir>/control.sock  the running daemon's control socket
+//! <state-dir>/daemon.lock   held (flock) by the running daemon
+//! ```
+
+use std::{
+    collections::BTreeSet,
+    fs::{self, File, OpenOptions},
+    io::Write as _,
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    },
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::ports::ProtoPort;
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/knock-xdp";
+
+/// What survives a restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    pub protected: BTreeSet<ProtoPort>,
+}
+
+/// The on-disk form of [`State`]: ports as `"22/tcp"` strings, readable and
+/// editable by hand.
+#[derive(Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    #[serde(default)]
+    protected: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.root.join("control.sock")
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.root.join("state.toml")
+    }
+
+    fn lock_file(&self) -> PathBuf {
+        self.root.join("daemon.lock")
+    }
+
+    /// Creates the directory (mode 0700: it holds the instance's secrets).
+    pub fn create(&self) -> Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .with_context(|| format!("cannot create state directory {}", self.root.display()))
+    }
+
+    /// A stable name for this instance, derived from the canonical path of
+    /// its state directory, so two instances never share bpffs pins.
+    pub fn instance_id(&self) -> Result<String> {
+        let canonical = fs::canonicalize(&self.root)
+            .with_context(|| format!("cannot resolve state directory {}", self.root.display()))?;
+        Ok(format!("{:016x}", fnv1a(canonical.as_os_str().as_encoded_bytes())))
+    }
+
+    /// Reads the persisted state; a missing file is an empty state, a broken
+    /// one an error naming the file and line (and the file is left as it is).
+    pub fn load(&self) -> Result<State> {
+        let path = self.state_file();
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let file: StateFile = toml::from_str(&text).map_err(|err| {
+            let line = err
+                .span()
+                .map(|span| text[..span.start].matches('\n').count() + 1)
+                .map_or(String::new(), |line| format!(" line {line}"));
+            anyhow::anyhow!("{}{line}: {}", path.display(), err.message())
+        })?;
+        let mut protected = BTreeSet::new();
+        for entry in &file.protected {
+            let port = entry
+                .parse()
+                .map_err(|err| anyhow::anyhow!("{}: protected: {err}", path.display()))?;
+            protected.insert(port);
+        }
+        Ok(State { protected })
+    }
+
+    /// Writes the state atomically: a temp file, fsync, rename, fsync of the
+    /// directory. A crash leaves either the old file or the new one.
+    pub fn save(&self, state: &State) -> Result<()> {
+        let file = StateFile { protected: state.protected.iter().map(ToString::to_string).collect() };
+        let text = toml::to_string(&file).context("cannot serialise state")?;
+        let text = format!("# knock-xdp state; written by knock-xdp, safe to read.\n{text}");
+        write_atomically(&self.state_file(), text.as_bytes())
+    }
+
+    /// Takes the daemon lock without waiting; `None` when another process holds it.
+    pub fn try_lock(&self) -> Result<Option<File>> {
+        let path = self.lock_file();
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: a valid fd we own for the duration of the call.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            Ok(Some(file))
+        } else {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                Ok(None)
+            } else {
+                Err(err).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+    }
+}
+
+/// Replaces `path` with `contents` so that readers only ever see a whole file.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let dir = path.parent().context("state file has no parent directory")?;
+    let tmp = path.with_extension("tmp");
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// 64-bit FNV-1a: tiny, and stable across Rust releases (unlike `DefaultHasher`).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Refuses to go on without root: every command here creates BPF objects,
+/// attaches to interfaces or talks to the daemon's root-only socket.
+pub fn require_root(command: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("knock-xdp {command} needs root (try: sudo knock-xdp {command} ...)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> StateDir {
+        let dir = std::env::temp_dir().join(format!("knock-state-test-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let state = StateDir::new(dir);
+        state.create().unwrap();
+        state
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let dir = temp_dir("roundtrip");
+        assert_eq!(dir.load().unwrap(), State::default());
+        let state = State { protected: ["22/tcp".parse().unwrap(), "53/udp".parse().unwrap()].into() };
+        dir.save(&state).unwrap();
+        assert_eq!(dir.load().unwrap(), state);
+        fs::remove_dir_all(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn broken_state_names_file_and_line_and_is_kept() {
+        let dir = temp_dir("broken");
+        let garbage = "protected = [\"22/tcp\"]\nthis is = not toml [\n";
+        fs::write(dir.state_file(), garbage).unwrap();
+        let err = format!("{:#}", dir.load().unwrap_err());
+        assert!(err.contains("state.toml line 2"), "{err}");
+        assert_eq!(fs::read_to_string(dir.state_file()).unwrap(), garbage);
+
+        fs::write(dir.state_file(), "protected = [\"0/tcp\"]\n").unwrap();
+        let err = format!("{:#}", dir.load().unwrap_err());
+        assert!(err.contains("out of range"), "{err}");
+        fs::remove_dir_all(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn instance_ids_differ_per_directory_and_are_stable() {
+        let a = temp_dir("id-a");
+        let b = temp_dir("id-b");
+        assert_ne!(a.instance_id().unwrap(), b.instance_id().unwrap());
+        assert_eq!(a.instance_id().unwrap(), StateDir::new(a.path()).instance_id().unwrap());
+        fs::remove_dir_all(a.path()).unwrap();
+        fs::remove_dir_all(b.path()).unwrap();
+    }
+
+    #[test]
+    fn only_one_holder_of_the_lock() {
+        let dir = temp_dir("lock");
+        let held = dir.try_lock().unwrap();
+        assert!(held.is_some());
+        assert!(dir.try_lock().unwrap().is_none());
+        drop(held);
+        assert!(dir.try_lock().unwrap().is_some());
+        fs::remove_dir_all(dir.path()).unwrap();
+    }
+}
