@@ -1,0 +1,438 @@
+//! A throwaway lab: a server and a client network namespace joined by a veth
+//! pair, real sockets in each, and a knock-xdp daemon in the server
+//! namespace. Names are unique per process and lab, so tests run in parallel.
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use knock_userspace::check::{self, PortState};
+
+pub const SERVER_V4: &str = "10.201.0.1";
+pub const CLIENT_V4: &str = "10.201.0.2";
+/// A second address on the client, to play a different source.
+pub const CLIENT2_V4: &str = "10.201.0.3";
+pub const SERVER_V6: &str = "fd00:201::1";
+pub const CLIENT_V6: &str = "fd00:201::2";
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    fn new(name: String) -> Self {
+        run("ip", &["netns", "add", &name]);
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n <ns> ...`
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// Runs `f` on a thread that has entered this namespace; sockets it
+    /// creates stay in the namespace after the thread ends.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let file = fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            // SAFETY: a valid namespace fd; setns only affects this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread in namespace panicked")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace also deletes the veth end inside it.
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Server and client namespaces joined by a veth pair.
+pub struct Lab {
+    pub id: String,
+    pub server: Netns,
+    pub client: Netns,
+    /// The server's end of the veth pair (inside `server`).
+    pub server_if: String,
+    pub client_if: String,
+}
+
+impl Lab {
+    pub fn new() -> Self {
+        let n = NEXT_LAB.fetch_add(1, Ordering::SeqCst);
+        // Interface names are at most 15 bytes.
+        let id = format!("{}x{n}", std::process::id() % 100_000);
+        let server = Netns::new(format!("knock-srv-{id}"));
+        let client = Netns::new(format!("knock-cli-{id}"));
+        let server_if = format!("kxs{id}");
+        let client_if = format!("kxc{id}");
+        run("ip", &["link", "add", &server_if, "type", "veth", "peer", "name", &client_if]);
+        // Move both ends at once; if that fails, delete the pair from the host.
+        let moved = Command::new("ip").args(["link", "set", &server_if, "netns", &server.name]).status();
+        let moved2 = Command::new("ip").args(["link", "set", &client_if, "netns", &client.name]).status();
+        if !(moved.is_ok_and(|s| s.success()) && moved2.is_ok_and(|s| s.success())) {
+            let _ = Command::new("ip").args(["link", "del", &server_if]).status();
+            panic!("cannot move the veth pair into the namespaces");
+        }
+        let lab = Self { id, server, client, server_if, client_if };
+        lab.server.ip(&["addr", "add", &format!("{SERVER_V4}/24"), "dev", &lab.server_if]);
+        lab.server.ip(&["addr", "add", &format!("{SERVER_V6}/64"), "dev", &lab.server_if, "nodad"]);
+        lab.client.ip(&["addr", "add", &format!("{CLIENT_V4}/24"), "dev", &lab.client_if]);
+        lab.client.ip(&["addr", "add", &format!("{CLIENT2_V4}/24"), "dev", &lab.client_if]);
+        lab.client.ip(&["addr", "add", &format!("{CLIENT_V6}/64"), "dev", &lab.client_if, "nodad"]);
+        lab.server.ip(&["link", "set", &lab.server_if, "up"]);
+        lab.client.ip(&["link", "set", &lab.client_if, "up"]);
+        lab
+    }
+
+    /// Probes a TCP port from the client namespace (2 s timeout).
+    pub fn tcp_state(&self, server: &str, port: u16) -> PortState {
+        let server = server.to_owned();
+        self.client.enter(move || {
+            check::check(&server, port, Duration::from_secs(2)).expect("probe failed").1
+        })
+    }
+
+    /// Opens a TCP connection from `source` in the client namespace and
+    /// exchanges a line with the echo service; true on success.
+    pub fn tcp_exchange(&self, source: &str, server: &str, port: u16) -> bool {
+        let source: IpAddr = source.parse().unwrap();
+        let server: IpAddr = server.parse().unwrap();
+        self.client.enter(move || {
+            let Ok(mut stream) = connect_from(source, SocketAddr::new(server, port)) else {
+                return false;
+            };
+            stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 5];
+            stream.write_all(b"hello").is_ok() && stream.read_exact(&mut buf).is_ok() && &buf == b"hello"
+        })
+    }
+
+    /// Sends a UDP datagram from the client namespace and waits for the echo.
+    pub fn udp_exchange(&self, server: &str, port: u16) -> bool {
+        let server: IpAddr = server.parse().unwrap();
+        self.client.enter(move || {
+            let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
+            let socket = UdpSocket::bind(bind).unwrap();
+            socket.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+            // A few tries, so a lost datagram is not mistaken for a drop.
+            (0..3).any(|_| {
+                socket.send_to(b"ping", (server, port)).unwrap();
+                let mut buf = [0u8; 16];
+                matches!(socket.recv_from(&mut buf), Ok((4, _))) && &buf[..4] == b"ping"
+            })
+        })
+    }
+
+    /// A TCP echo service on `addr:port` in the server namespace.
+    pub fn tcp_echo(&self, addr: &str, port: u16) {
+        let addr = SocketAddr::new(addr.parse().unwrap(), port);
+        let listener = self.server.enter(move || TcpListener::bind(addr).expect("bind tcp"));
+        // Runs until the process ends; the namespace going away closes nothing
+        // the test still needs.
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                thread::spawn(move || {
+                    let mut stream = stream;
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n @ 1..) = stream.read(&mut buf) {
+                        if stream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    /// A UDP echo service on `addr:port` in the server namespace.
+    pub fn udp_echo(&self, addr: &str, port: u16) {
+        let addr = SocketAddr::new(addr.parse().unwrap(), port);
+        let socket = self.server.enter(move || UdpSocket::bind(addr).expect("bind udp"));
+        thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(&buf[..n], peer);
+            }
+        });
+    }
+}
+
+fn connect_from(source: IpAddr, target: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    // std cannot bind before connect; a raw socket with libc can.
+    let domain = if source.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: we own the fd from here on.
+    let stream = unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let (src, src_len) = sockaddr(SocketAddr::new(source, 0));
+    // SAFETY: valid fd and sockaddr of the given length.
+    if unsafe { libc::bind(fd, &src as *const _ as *const libc::sockaddr, src_len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // Connect with a timeout: non-blocking connect, then poll.
+    // SAFETY: valid fd.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
+    let (dst, dst_len) = sockaddr(target);
+    // SAFETY: valid fd and sockaddr.
+    let rc = unsafe { libc::connect(fd, &dst as *const _ as *const libc::sockaddr, dst_len) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(err);
+        }
+        let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 2000) };
+        if ready <= 0 {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        if let Some(err) = stream.take_error()? {
+            return Err(err);
+        }
+    }
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in6.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// The knock-xdp binary under test (built by `cargo xtask test`).
+pub fn binary() -> PathBuf {
+    let path = std::env::var_os("KNOCK_XDP_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        panic!("KNOCK_XDP_BIN is not set: run the tests with 'cargo xtask test'")
+    });
+    assert!(path.is_file(), "KNOCK_XDP_BIN={} does not exist", path.display());
+    path
+}
+
+/// How the daemon (and the commands talking to it) enter the server namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// `ip netns exec`: a private /sys, hence a private bpffs, per process.
+    /// Control commands must still reach the daemon.
+    NetnsExec,
+    /// `nsenter --net`: only the network namespace; the host's bpffs, so a
+    /// test can look at the pins.
+    NsenterNet,
+}
+
+/// A state directory and the commands run against it; optionally a daemon.
+pub struct Instance {
+    pub state_dir: PathBuf,
+    netns: String,
+    entry: Entry,
+    daemon: Option<Child>,
+    log: PathBuf,
+}
+
+impl Instance {
+    pub fn new(netns: &Netns, entry: Entry) -> Self {
+        let n = NEXT_LAB.fetch_add(1, Ordering::SeqCst);
+        let state_dir = std::env::temp_dir().join(format!("knock-test-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&state_dir);
+        let log = state_dir.with_extension("log");
+        Self { state_dir, netns: netns.name.clone(), entry, daemon: None, log }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = match self.entry {
+            Entry::NetnsExec => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &self.netns]);
+                c
+            }
+            Entry::NsenterNet => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{}", self.netns)).arg("--");
+                c
+            }
+        };
+        cmd.arg(binary()).arg("--state-dir").arg(&self.state_dir).args(args);
+        cmd.env_remove("RUST_LOG").stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs a knock-xdp command against this instance.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("cannot run knock-xdp")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "knock-xdp {args:?} failed ({}): {}\ndaemon log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.daemon_log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).expect("status is JSON")
+    }
+
+    /// Starts `knock-xdp attach` and waits until it answers `status`.
+    pub fn attach(&mut self, args: &[&str]) {
+        assert!(self.daemon.is_none(), "daemon already started");
+        fs::create_dir_all(self.state_dir.parent().unwrap()).unwrap();
+        let log = fs::File::create(&self.log).unwrap();
+        let mut all = vec!["attach"];
+        all.extend_from_slice(args);
+        let child = self
+            .command(&all)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start the daemon");
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.cli(&["status"]).status.success() {
+                return;
+            }
+            if let Some(status) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the daemon exited ({status}):\n{}", self.daemon_log());
+            }
+            assert!(Instant::now() < deadline, "the daemon never became ready:\n{}", self.daemon_log());
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn daemon_log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the daemon process to exit (after `detach`); its exit status.
+    pub fn wait_daemon(&mut self) -> std::process::ExitStatus {
+        let mut child = self.daemon.take().expect("no daemon");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the daemon did not exit:\n{}", self.daemon_log());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs the daemon: no cleanup of its own.
+    pub fn kill_daemon(&mut self) {
+        let mut child = self.daemon.take().expect("no daemon");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Where this instance pins (valid for `Entry::NsenterNet`).
+    pub fn pin_dir(&self) -> PathBuf {
+        let state = knock_userspace::state::StateDir::new(&self.state_dir);
+        knock_userspace::loader::pin_dir(&state).unwrap()
+    }
+
+    pub fn state_path(&self) -> &Path {
+        &self.state_dir
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            // SIGTERM first: a clean detach removes the pins.
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if self.state_dir.exists() {
+            // Whatever a killed daemon left pinned goes too.
+            let _ = self.command(&["detach"]).output();
+        }
+        let _ = fs::remove_dir_all(&self.state_dir);
+        let _ = fs::remove_file(&self.log);
+    }
+}
+
+/// Is any XDP program attached to `iface` in `netns`?
+pub fn has_xdp(netns: &Netns, iface: &str) -> bool {
+    netns.ip(&["-d", "link", "show", "dev", iface]).contains("prog/xdp")
+}
+
+/// Is a BPF program with this id still loaded anywhere?
+pub fn program_loaded(id: u32) -> bool {
+    aya::programs::loaded_programs().any(|p| p.is_ok_and(|p| p.id() == id))
+}
