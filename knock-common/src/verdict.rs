@@ -111,7 +111,11 @@ mod tests {
     const CLIENT: SourceKey = SourceKey::v4([10, 0, 0, 2]);
 
     fn tcp(dport: u16) -> Parsed {
-        Parsed::Transport { src: CLIENT, proto: Transport::Tcp, dport }
+        Parsed::Transport {
+            src: CLIENT,
+            proto: Transport::Tcp,
+            dport,
+        }
     }
 
     fn model() -> Model {
@@ -121,7 +125,14 @@ mod tests {
     }
 
     fn allow_until(m: &mut Model, deadline_ns: u64) {
-        m.allow.insert(CLIENT, AllowEntry { deadline_ns, origin: allow_origin::MANUAL, _pad: 0 });
+        m.allow.insert(
+            CLIENT,
+            AllowEntry {
+                deadline_ns,
+                origin: allow_origin::MANUAL,
+                _pad: 0,
+            },
+        );
     }
 
     #[test]
@@ -132,7 +143,11 @@ mod tests {
 
     #[test]
     fn protection_is_per_protocol() {
-        let udp = Parsed::Transport { src: CLIENT, proto: Transport::Udp, dport: 22 };
+        let udp = Parsed::Transport {
+            src: CLIENT,
+            proto: Transport::Udp,
+            dport: 22,
+        };
         assert_eq!(decide(&model(), udp, || 0).action, XDP_PASS);
         assert_eq!(decide(&model(), tcp(22), || 0).action, XDP_DROP);
     }
@@ -140,10 +155,19 @@ mod tests {
     #[test]
     fn stranger_is_dropped_and_allowed_source_passes_until_its_deadline() {
         let mut m = model();
-        assert_eq!(decide(&m, tcp(22), || 5), Decision::new(XDP_DROP, Counter::DroppedProtected));
+        assert_eq!(
+            decide(&m, tcp(22), || 5),
+            Decision::new(XDP_DROP, Counter::DroppedProtected)
+        );
         allow_until(&mut m, 10);
-        assert_eq!(decide(&m, tcp(22), || 5), Decision::new(XDP_PASS, Counter::PassedAllowed));
-        assert_eq!(decide(&m, tcp(22), || 10), Decision::new(XDP_DROP, Counter::DroppedProtected));
+        assert_eq!(
+            decide(&m, tcp(22), || 5),
+            Decision::new(XDP_PASS, Counter::PassedAllowed)
+        );
+        assert_eq!(
+            decide(&m, tcp(22), || 10),
+            Decision::new(XDP_DROP, Counter::DroppedProtected)
+        );
     }
 
     #[test]
@@ -154,13 +178,20 @@ mod tests {
         mapped[10] = 0xff;
         mapped[11] = 0xff;
         mapped[12..].copy_from_slice(&[10, 0, 0, 2]);
-        let pkt = Parsed::Transport { src: SourceKey::v6(mapped), proto: Transport::Tcp, dport: 22 };
+        let pkt = Parsed::Transport {
+            src: SourceKey::v6(mapped),
+            proto: Transport::Tcp,
+            dport: 22,
+        };
         assert_eq!(decide(&m, pkt, || 0).action, XDP_DROP);
     }
 
     #[test]
     fn malformed_drops_and_unrelated_passes() {
-        assert_eq!(decide(&model(), Parsed::Malformed, || 0).counter, Counter::DroppedMalformed);
+        assert_eq!(
+            decide(&model(), Parsed::Malformed, || 0).counter,
+            Counter::DroppedMalformed
+        );
         assert_eq!(decide(&model(), Parsed::Unrelated, || 0).action, XDP_PASS);
     }
 

@@ -199,8 +199,13 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
         return Parsed::Malformed;
     };
     // SAFETY: bounds checked by `ptr_at`.
-    let (version, mut next, src) =
-        unsafe { ((*ip).version_class_flow[0] >> 4, (*ip).next_header, (*ip).src) };
+    let (version, mut next, src) = unsafe {
+        (
+            (*ip).version_class_flow[0] >> 4,
+            (*ip).next_header,
+            (*ip).src,
+        )
+    };
     if version != 6 {
         return Parsed::Malformed;
     }
@@ -267,5 +272,9 @@ fn transport(ctx: &XdpContext, offset: usize, proto: Transport, src: SourceKey) 
     let Some(ports) = read::<PortsHdr>(ctx, offset) else {
         return Parsed::Malformed;
     };
-    Parsed::Transport { src, proto, dport: u16::from_be_bytes(ports.dst_port) }
+    Parsed::Transport {
+        src,
+        proto,
+        dport: u16::from_be_bytes(ports.dst_port),
+    }
 }

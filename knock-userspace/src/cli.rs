@@ -152,7 +152,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let for_ms = duration.as_millis() as u64;
             print_changed(control::request(&state, &Request::Allow { addr, for_ms })?);
         }
-        Command::Revoke { addr } => print_changed(control::request(&state, &Request::Revoke { addr })?),
+        Command::Revoke { addr } => {
+            print_changed(control::request(&state, &Request::Revoke { addr })?)
+        }
         Command::List { json } => {
             let listing: Listing = control::request(&state, &Request::List)?;
             if json {
@@ -169,7 +171,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 print_status(&status);
             }
         }
-        Command::Check { host, port, timeout } => {
+        Command::Check {
+            host,
+            port,
+            timeout,
+        } => {
             let (addr, port_state) = check::check(&host, port, timeout)?;
             println!("{addr} {}", port_state.as_str());
             return Ok(ExitCode::from(port_state.exit_code()));
@@ -199,13 +205,19 @@ fn detach(state: &StateDir, iface: Option<String>) -> Result<()> {
             loader::ensure_bpffs()?;
             let pin_dir = loader::pin_dir(state)?;
             if iface.is_some() && !loader::pinned_link_exists(&pin_dir) {
-                bail!("knock-xdp is not attached (state directory {})", state.path().display());
+                bail!(
+                    "knock-xdp is not attached (state directory {})",
+                    state.path().display()
+                );
             }
             let detached = loader::remove_pins(&pin_dir)?;
             if detached.is_empty() {
                 println!("knock-xdp was not attached; nothing to detach");
             } else {
-                println!("detached from {} (left behind by a daemon that did not stop cleanly)", detached.join(" "));
+                println!(
+                    "detached from {} (left behind by a daemon that did not stop cleanly)",
+                    detached.join(" ")
+                );
             }
             Ok(())
         }
@@ -290,17 +302,38 @@ fn print_listing(listing: &Listing) {
     println!("allowed sources:");
     for source in &listing.allowed {
         let left = format_duration(Duration::from_millis(source.expires_in_ms));
-        println!("  {:<40} {:>12} left  ({})", source.addr.to_string(), left, source.origin);
+        println!(
+            "  {:<39} {:>9} left  ({})",
+            source.addr.to_string(),
+            left,
+            source.origin
+        );
     }
 }
 
 fn print_status(status: &Status) {
-    println!("daemon:     running (pid {}, up {})", status.pid, format_duration(Duration::from_secs(status.uptime_secs.max(1))));
-    println!("program:    id {} (pins in {})", status.program_id, status.pin_dir);
+    println!(
+        "daemon:     running (pid {}, up {})",
+        status.pid,
+        format_duration(Duration::from_secs(status.uptime_secs.max(1)))
+    );
+    println!(
+        "program:    id {} (pins in {})",
+        status.program_id, status.pin_dir
+    );
     let ifaces: Vec<String> = status
         .interfaces
         .iter()
-        .map(|i| format!("{} ({})", i.name, serde_json::to_value(i.mode).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()))
+        .map(|i| {
+            format!(
+                "{} ({})",
+                i.name,
+                serde_json::to_value(i.mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            )
+        })
         .collect();
     println!("interfaces: {}", ifaces.join(", "));
     println!("counters:");

@@ -105,7 +105,8 @@ pub fn connect(state: &StateDir) -> Result<UnixStream, Unreachable> {
             Err(Unreachable::NotRunning)
         }
         Err(err) => Err(Unreachable::Other(
-            anyhow::Error::new(err).context(format!("cannot reach the daemon at {}", path.display())),
+            anyhow::Error::new(err)
+                .context(format!("cannot reach the daemon at {}", path.display())),
         )),
     }
 }
@@ -116,14 +117,20 @@ pub fn send<T: DeserializeOwned>(mut stream: UnixStream, request: &Request) -> R
     stream.set_write_timeout(Some(TIMEOUT))?;
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
-    stream.write_all(line.as_bytes()).context("cannot send to the daemon")?;
+    stream
+        .write_all(line.as_bytes())
+        .context("cannot send to the daemon")?;
     let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer).context("no answer from the daemon")?;
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .context("no answer from the daemon")?;
     if answer.is_empty() {
         bail!("the daemon closed the connection without answering");
     }
     match serde_json::from_str(&answer).context("the daemon's answer is not valid")? {
-        Reply::Ok(value) => serde_json::from_value(value).context("the daemon's answer is not valid"),
+        Reply::Ok(value) => {
+            serde_json::from_value(value).context("the daemon's answer is not valid")
+        }
         Reply::Error(message) => Err(anyhow!(message)),
     }
 }

@@ -79,7 +79,10 @@ impl StateDir {
     pub fn instance_id(&self) -> Result<String> {
         let canonical = fs::canonicalize(&self.root)
             .with_context(|| format!("cannot resolve state directory {}", self.root.display()))?;
-        Ok(format!("{:016x}", fnv1a(canonical.as_os_str().as_encoded_bytes())))
+        Ok(format!(
+            "{:016x}",
+            fnv1a(canonical.as_os_str().as_encoded_bytes())
+        ))
     }
 
     /// Reads the persisted state; a missing file is an empty state, a broken
@@ -111,7 +114,9 @@ impl StateDir {
     /// Writes the state atomically: a temp file, fsync, rename, fsync of the
     /// directory. A crash leaves either the old file or the new one.
     pub fn save(&self, state: &State) -> Result<()> {
-        let file = StateFile { protected: state.protected.iter().map(ToString::to_string).collect() };
+        let file = StateFile {
+            protected: state.protected.iter().map(ToString::to_string).collect(),
+        };
         let text = toml::to_string(&file).context("cannot serialise state")?;
         let text = format!("# knock-xdp state; written by knock-xdp, safe to read.\n{text}");
         write_atomically(&self.state_file(), text.as_bytes())
@@ -143,7 +148,9 @@ impl StateDir {
 
 /// Replaces `path` with `contents` so that readers only ever see a whole file.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
-    let dir = path.parent().context("state file has no parent directory")?;
+    let dir = path
+        .parent()
+        .context("state file has no parent directory")?;
     let tmp = path.with_extension("tmp");
     let result = (|| {
         let mut file = OpenOptions::new()
@@ -185,7 +192,8 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> StateDir {
-        let dir = std::env::temp_dir().join(format!("knock-state-test-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("knock-state-test-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let state = StateDir::new(dir);
         state.create().unwrap();
@@ -196,7 +204,9 @@ mod tests {
     fn state_round_trips() {
         let dir = temp_dir("roundtrip");
         assert_eq!(dir.load().unwrap(), State::default());
-        let state = State { protected: ["22/tcp".parse().unwrap(), "53/udp".parse().unwrap()].into() };
+        let state = State {
+            protected: ["22/tcp".parse().unwrap(), "53/udp".parse().unwrap()].into(),
+        };
         dir.save(&state).unwrap();
         assert_eq!(dir.load().unwrap(), state);
         fs::remove_dir_all(dir.path()).unwrap();
@@ -222,7 +232,10 @@ mod tests {
         let a = temp_dir("id-a");
         let b = temp_dir("id-b");
         assert_ne!(a.instance_id().unwrap(), b.instance_id().unwrap());
-        assert_eq!(a.instance_id().unwrap(), StateDir::new(a.path()).instance_id().unwrap());
+        assert_eq!(
+            a.instance_id().unwrap(),
+            StateDir::new(a.path()).instance_id().unwrap()
+        );
         fs::remove_dir_all(a.path()).unwrap();
         fs::remove_dir_all(b.path()).unwrap();
     }

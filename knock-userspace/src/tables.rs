@@ -26,7 +26,8 @@ impl Tables {
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         let mut take = |name: &str| {
-            ebpf.take_map(name).ok_or_else(|| anyhow!("the XDP object has no map named {name}"))
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("the XDP object has no map named {name}"))
         };
         Ok(Self {
             port_flags: Array::try_from(take(MAP_PORT_FLAGS)?)?,
@@ -44,16 +45,24 @@ impl Tables {
     ) -> Result<()> {
         let ports: BTreeSet<u16> = before.iter().chain(protected).map(|p| p.port).collect();
         for port in ports {
-            let mut flags = self.port_flags.get(&u32::from(port), 0).context("cannot read PORT_FLAGS")?;
+            let mut flags = self
+                .port_flags
+                .get(&u32::from(port), 0)
+                .context("cannot read PORT_FLAGS")?;
             for proto in [Transport::Tcp, Transport::Udp] {
                 let bit = proto.protected_flag();
-                if protected.contains(&ProtoPort { port, proto: proto.into() }) {
+                if protected.contains(&ProtoPort {
+                    port,
+                    proto: proto.into(),
+                }) {
                     flags |= bit;
                 } else {
                     flags &= !bit;
                 }
             }
-            self.port_flags.set(u32::from(port), flags, 0).context("cannot write PORT_FLAGS")?;
+            self.port_flags
+                .set(u32::from(port), flags, 0)
+                .context("cannot write PORT_FLAGS")?;
         }
         Ok(())
     }
@@ -65,7 +74,10 @@ impl Tables {
             let flags = flags.context("cannot read PORT_FLAGS")?;
             for proto in [Transport::Tcp, Transport::Udp] {
                 if flags & proto.protected_flag() != 0 {
-                    out.insert(ProtoPort { port: port as u16, proto: proto.into() });
+                    out.insert(ProtoPort {
+                        port: port as u16,
+                        proto: proto.into(),
+                    });
                 }
             }
         }
@@ -74,13 +86,19 @@ impl Tables {
 
     /// Admits `addr` until `deadline_ns` (boot clock).
     pub fn allow(&mut self, addr: IpAddr, deadline_ns: u64, origin: u32) -> Result<()> {
-        let entry = AllowEntry { deadline_ns, origin, _pad: 0 };
-        self.allow.insert(SourceKey::from(addr), entry, 0).map_err(|err| match err {
-            MapError::SyscallError(ref e) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
-                anyhow!("the allow map is full ({ALLOW_MAX_ENTRIES} sources)")
-            }
-            err => anyhow::Error::new(err).context("cannot write ALLOW"),
-        })
+        let entry = AllowEntry {
+            deadline_ns,
+            origin,
+            _pad: 0,
+        };
+        self.allow
+            .insert(SourceKey::from(addr), entry, 0)
+            .map_err(|err| match err {
+                MapError::SyscallError(ref e) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
+                    anyhow!("the allow map is full ({ALLOW_MAX_ENTRIES} sources)")
+                }
+                err => anyhow::Error::new(err).context("cannot write ALLOW"),
+            })
     }
 
     /// Removes `addr`; false when it was not there.
@@ -88,14 +106,19 @@ impl Tables {
         match self.allow.remove(&SourceKey::from(addr)) {
             Ok(()) => Ok(true),
             Err(MapError::KeyNotFound) => Ok(false),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
             Err(err) => Err(err).context("cannot remove from ALLOW"),
         }
     }
 
     /// Every allow entry, expired or not.
     pub fn allowed(&self) -> Result<Vec<(SourceKey, AllowEntry)>> {
-        self.allow.iter().map(|entry| entry.context("cannot read ALLOW")).collect()
+        self.allow
+            .iter()
+            .map(|entry| entry.context("cannot read ALLOW"))
+            .collect()
     }
 
     /// Deletes the entries whose deadline has passed and returns their sources.
@@ -121,7 +144,10 @@ impl Tables {
         Counter::ALL
             .iter()
             .map(|&counter| {
-                let per_cpu = self.counters.get(&(counter as u32), 0).context("cannot read COUNTERS")?;
+                let per_cpu = self
+                    .counters
+                    .get(&(counter as u32), 0)
+                    .context("cannot read COUNTERS")?;
                 Ok((counter, per_cpu.iter().sum()))
             })
             .collect()

@@ -42,7 +42,9 @@ pub enum Ext {
     Routing,
     DestOptions,
     /// A fragment header with this offset (in 8-byte units); 0 is a first fragment.
-    Fragment { offset: u16 },
+    Fragment {
+        offset: u16,
+    },
 }
 
 /// Builds a frame layer by layer.
@@ -62,7 +64,16 @@ pub struct Frame {
 
 impl Frame {
     pub fn new(src: IpAddr, dst: IpAddr, l4: L4, dport: u16) -> Self {
-        Self { vlans: vec![], src, dst, l4, dport, ipv4_option_words: 0, ipv4_frag_offset: 0, ipv6_ext: vec![] }
+        Self {
+            vlans: vec![],
+            src,
+            dst,
+            l4,
+            dport,
+            ipv4_option_words: 0,
+            ipv4_frag_offset: 0,
+            ipv6_ext: vec![],
+        }
     }
 
     /// The frame's bytes.
@@ -88,7 +99,10 @@ impl Frame {
                 out.extend_from_slice(&src.octets());
                 out.extend_from_slice(&dst.octets());
                 // NOP options: valid, and they push the transport header back.
-                out.extend(std::iter::repeat_n(1u8, usize::from(self.ipv4_option_words) * 4));
+                out.extend(std::iter::repeat_n(
+                    1u8,
+                    usize::from(self.ipv4_option_words) * 4,
+                ));
             }
             (IpAddr::V6(src), IpAddr::V6(dst)) => {
                 let mut chain = Vec::new();
@@ -168,7 +182,11 @@ pub fn ethernet(vlans: &[u16], ether_type: u16) -> Vec<u8> {
     let mut out = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
     for (i, vid) in vlans.iter().enumerate() {
         // The outer tag of a QinQ stack is 802.1ad, the inner ones 802.1Q.
-        let tpid = if i == 0 && vlans.len() > 1 { ETH_P_8021AD } else { ETH_P_8021Q };
+        let tpid = if i == 0 && vlans.len() > 1 {
+            ETH_P_8021AD
+        } else {
+            ETH_P_8021Q
+        };
         out.extend_from_slice(&tpid.to_be_bytes());
         out.extend_from_slice(&vid.to_be_bytes());
     }

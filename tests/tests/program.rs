@@ -41,17 +41,30 @@ impl Harness {
         let mut ebpf = loader::load().expect("load the XDP program");
         let mut tables = Tables::take(&mut ebpf).expect("maps");
         let protected = [
-            ProtoPort { port: PROTECTED_TCP, proto: knock_userspace::ports::Proto::Tcp },
-            ProtoPort { port: PROTECTED_UDP, proto: knock_userspace::ports::Proto::Udp },
+            ProtoPort {
+                port: PROTECTED_TCP,
+                proto: knock_userspace::ports::Proto::Tcp,
+            },
+            ProtoPort {
+                port: PROTECTED_UDP,
+                proto: knock_userspace::ports::Proto::Udp,
+            },
         ]
         .into();
-        tables.set_protected(&Default::default(), &protected).unwrap();
+        tables
+            .set_protected(&Default::default(), &protected)
+            .unwrap();
         let later = clock::boot_ns() + 3_600_000_000_000;
         let earlier = clock::boot_ns() - 1;
-        for (addr, deadline) in
-            [(ALLOWED_V4, later), (ALLOWED_V6, later), (EXPIRED_V4, earlier), (EXPIRED_V6, earlier)]
-        {
-            tables.allow(addr.parse().unwrap(), deadline, allow_origin::MANUAL).unwrap();
+        for (addr, deadline) in [
+            (ALLOWED_V4, later),
+            (ALLOWED_V6, later),
+            (EXPIRED_V4, earlier),
+            (EXPIRED_V6, earlier),
+        ] {
+            tables
+                .allow(addr.parse().unwrap(), deadline, allow_origin::MANUAL)
+                .unwrap();
         }
         Self { ebpf, tables }
     }
@@ -61,7 +74,10 @@ impl Harness {
         let before = self.tables.counters().unwrap();
         let result = loader::xdp(&mut self.ebpf)
             .unwrap()
-            .test_run(TestRunOptions { data_in: Some(frame), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..Default::default()
+            })
             .expect("BPF_PROG_TEST_RUN");
         let after = self.tables.counters().unwrap();
         let moved: Vec<Counter> = before
@@ -74,7 +90,11 @@ impl Harness {
                 *c
             })
             .collect();
-        assert_eq!(moved.len(), 1, "exactly one counter must move, got {moved:?}");
+        assert_eq!(
+            moved.len(),
+            1,
+            "exactly one counter must move, got {moved:?}"
+        );
         (result.return_value, moved[0])
     }
 
@@ -106,25 +126,58 @@ type Shape = (&'static str, fn(Frame) -> Frame);
 fn v4_shapes() -> Vec<Shape> {
     vec![
         ("ipv4", |f| f),
-        ("ipv4+options(4 words)", |f| Frame { ipv4_option_words: 4, ..f }),
-        ("ipv4+options(max 10 words)", |f| Frame { ipv4_option_words: 10, ..f }),
-        ("vlan/ipv4", |f| Frame { vlans: vec![100], ..f }),
-        ("qinq/ipv4", |f| Frame { vlans: vec![10, 20], ..f }),
-        ("qinq/ipv4+options", |f| Frame { vlans: vec![10, 20], ipv4_option_words: 3, ..f }),
+        ("ipv4+options(4 words)", |f| Frame {
+            ipv4_option_words: 4,
+            ..f
+        }),
+        ("ipv4+options(max 10 words)", |f| Frame {
+            ipv4_option_words: 10,
+            ..f
+        }),
+        ("vlan/ipv4", |f| Frame {
+            vlans: vec![100],
+            ..f
+        }),
+        ("qinq/ipv4", |f| Frame {
+            vlans: vec![10, 20],
+            ..f
+        }),
+        ("qinq/ipv4+options", |f| Frame {
+            vlans: vec![10, 20],
+            ipv4_option_words: 3,
+            ..f
+        }),
     ]
 }
 
 fn v6_shapes() -> Vec<Shape> {
     vec![
         ("ipv6", |f| f),
-        ("ipv6+hop", |f| Frame { ipv6_ext: vec![Ext::HopByHop], ..f }),
-        ("ipv6+hop+routing+dst", |f| {
-            Frame { ipv6_ext: vec![Ext::HopByHop, Ext::Routing, Ext::DestOptions], ..f }
+        ("ipv6+hop", |f| Frame {
+            ipv6_ext: vec![Ext::HopByHop],
+            ..f
         }),
-        ("ipv6+first-fragment", |f| Frame { ipv6_ext: vec![Ext::Fragment { offset: 0 }], ..f }),
-        ("ipv6+8 ext headers (the limit)", |f| Frame { ipv6_ext: vec![Ext::DestOptions; 8], ..f }),
-        ("vlan/ipv6", |f| Frame { vlans: vec![7], ..f }),
-        ("qinq/ipv6+hop", |f| Frame { vlans: vec![1, 2], ipv6_ext: vec![Ext::HopByHop], ..f }),
+        ("ipv6+hop+routing+dst", |f| Frame {
+            ipv6_ext: vec![Ext::HopByHop, Ext::Routing, Ext::DestOptions],
+            ..f
+        }),
+        ("ipv6+first-fragment", |f| Frame {
+            ipv6_ext: vec![Ext::Fragment { offset: 0 }],
+            ..f
+        }),
+        ("ipv6+8 ext headers (the limit)", |f| Frame {
+            ipv6_ext: vec![Ext::DestOptions; 8],
+            ..f
+        }),
+        ("vlan/ipv6", |f| Frame {
+            vlans: vec![7],
+            ..f
+        }),
+        ("qinq/ipv6+hop", |f| Frame {
+            vlans: vec![1, 2],
+            ipv6_ext: vec![Ext::HopByHop],
+            ..f
+        }),
     ]
 }
 
@@ -155,18 +208,30 @@ fn verdicts_for_every_shape_port_and_source() {
     for (shapes, server, allowed, expired, stranger) in families {
         for (shape, wrap) in shapes {
             for (l4, protected) in [(L4::Tcp, PROTECTED_TCP), (L4::Udp, PROTECTED_UDP)] {
-                for (source_name, source) in
-                    [("allowed", allowed), ("expired", expired), ("stranger", stranger)]
-                {
+                for (source_name, source) in [
+                    ("allowed", allowed),
+                    ("expired", expired),
+                    ("stranger", stranger),
+                ] {
                     let frame = |port| wrap(Frame::new(ip(source), ip(server), l4, port)).build();
                     let name = format!("{shape} {l4:?} from {source_name}");
-                    h.expect(&format!("{name} to an unprotected port"), &frame(OPEN_PORT), XDP_PASS, Counter::Passed);
+                    h.expect(
+                        &format!("{name} to an unprotected port"),
+                        &frame(OPEN_PORT),
+                        XDP_PASS,
+                        Counter::Passed,
+                    );
                     let (verdict, counter) = if source_name == "allowed" {
                         (XDP_PASS, Counter::PassedAllowed)
                     } else {
                         (XDP_DROP, Counter::DroppedProtected)
                     };
-                    h.expect(&format!("{name} to a protected port"), &frame(protected), verdict, counter);
+                    h.expect(
+                        &format!("{name} to a protected port"),
+                        &frame(protected),
+                        verdict,
+                        counter,
+                    );
                     cases += 2;
                 }
             }
@@ -174,8 +239,18 @@ fn verdicts_for_every_shape_port_and_source() {
     }
     // Protection is per protocol: 22/udp and 51820/tcp are open.
     let other = |l4, port| Frame::new(ip(STRANGER_V4), ip(SERVER_V4), l4, port).build();
-    h.expect("udp to the tcp-protected port", &other(L4::Udp, PROTECTED_TCP), XDP_PASS, Counter::Passed);
-    h.expect("tcp to the udp-protected port", &other(L4::Tcp, PROTECTED_UDP), XDP_PASS, Counter::Passed);
+    h.expect(
+        "udp to the tcp-protected port",
+        &other(L4::Udp, PROTECTED_TCP),
+        XDP_PASS,
+        Counter::Passed,
+    );
+    h.expect(
+        "tcp to the udp-protected port",
+        &other(L4::Tcp, PROTECTED_UDP),
+        XDP_PASS,
+        Counter::Passed,
+    );
     assert!(cases > 150, "the table shrank to {cases} cases");
 }
 
@@ -185,11 +260,33 @@ fn unrelated_traffic_passes() {
         return;
     }
     let mut h = Harness::new();
-    let v4 = |s: &str| ip(s).to_string().parse::<std::net::Ipv4Addr>().unwrap().octets();
-    let v6 = |s: &str| ip(s).to_string().parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let v4 = |s: &str| {
+        ip(s)
+            .to_string()
+            .parse::<std::net::Ipv4Addr>()
+            .unwrap()
+            .octets()
+    };
+    let v6 = |s: &str| {
+        ip(s)
+            .to_string()
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets()
+    };
     h.expect("arp", &frames::arp(), XDP_PASS, Counter::Passed);
-    h.expect("icmp", &frames::icmp_echo(v4(STRANGER_V4), v4(SERVER_V4)), XDP_PASS, Counter::Passed);
-    h.expect("icmpv6", &frames::icmpv6_echo(v6(STRANGER_V6), v6(SERVER_V6)), XDP_PASS, Counter::Passed);
+    h.expect(
+        "icmp",
+        &frames::icmp_echo(v4(STRANGER_V4), v4(SERVER_V4)),
+        XDP_PASS,
+        Counter::Passed,
+    );
+    h.expect(
+        "icmpv6",
+        &frames::icmpv6_echo(v6(STRANGER_V6), v6(SERVER_V6)),
+        XDP_PASS,
+        Counter::Passed,
+    );
     let mut lldp = frames::ethernet(&[], 0x88cc);
     lldp.extend_from_slice(&[0; 40]);
     h.expect("lldp", &lldp, XDP_PASS, Counter::Passed);
@@ -203,15 +300,36 @@ fn later_fragments_pass_and_first_fragments_are_judged() {
     let mut h = Harness::new();
     // A later fragment has no ports; its datagram cannot be reassembled
     // without the first fragment, which is judged by its ports.
-    let later_v4 = Frame { ipv4_frag_offset: 185, ..Frame::new(ip(STRANGER_V4), ip(SERVER_V4), L4::Tcp, PROTECTED_TCP) };
-    h.expect("ipv4 later fragment", &later_v4.build(), XDP_PASS, Counter::Passed);
-    let first_v4 = Frame { ipv4_frag_offset: 0x2000, ..later_v4.clone() }; // MF set, offset 0
-    h.expect("ipv4 first fragment", &first_v4.build(), XDP_DROP, Counter::DroppedProtected);
+    let later_v4 = Frame {
+        ipv4_frag_offset: 185,
+        ..Frame::new(ip(STRANGER_V4), ip(SERVER_V4), L4::Tcp, PROTECTED_TCP)
+    };
+    h.expect(
+        "ipv4 later fragment",
+        &later_v4.build(),
+        XDP_PASS,
+        Counter::Passed,
+    );
+    let first_v4 = Frame {
+        ipv4_frag_offset: 0x2000,
+        ..later_v4.clone()
+    }; // MF set, offset 0
+    h.expect(
+        "ipv4 first fragment",
+        &first_v4.build(),
+        XDP_DROP,
+        Counter::DroppedProtected,
+    );
     let later_v6 = Frame {
         ipv6_ext: vec![Ext::Fragment { offset: 185 }],
         ..Frame::new(ip(STRANGER_V6), ip(SERVER_V6), L4::Udp, PROTECTED_UDP)
     };
-    h.expect("ipv6 later fragment", &later_v6.build(), XDP_PASS, Counter::Passed);
+    h.expect(
+        "ipv6 later fragment",
+        &later_v6.build(),
+        XDP_PASS,
+        Counter::Passed,
+    );
 }
 
 #[test]
@@ -221,11 +339,35 @@ fn truncated_frames_that_could_reach_a_protected_port_drop() {
     }
     let mut h = Harness::new();
     let shapes: Vec<(String, Frame)> = [
-        ("ipv4 tcp", Frame::new(ip(STRANGER_V4), ip(SERVER_V4), L4::Tcp, PROTECTED_TCP)),
-        ("ipv4+options udp", Frame { ipv4_option_words: 5, ..Frame::new(ip(STRANGER_V4), ip(SERVER_V4), L4::Udp, PROTECTED_UDP) }),
-        ("qinq ipv4 tcp", Frame { vlans: vec![1, 2], ..Frame::new(ip(STRANGER_V4), ip(SERVER_V4), L4::Tcp, OPEN_PORT) }),
-        ("ipv6 tcp", Frame::new(ip(STRANGER_V6), ip(SERVER_V6), L4::Tcp, PROTECTED_TCP)),
-        ("ipv6+hop+frag udp", Frame { ipv6_ext: vec![Ext::HopByHop, Ext::Fragment { offset: 0 }], ..Frame::new(ip(STRANGER_V6), ip(SERVER_V6), L4::Udp, PROTECTED_UDP) }),
+        (
+            "ipv4 tcp",
+            Frame::new(ip(STRANGER_V4), ip(SERVER_V4), L4::Tcp, PROTECTED_TCP),
+        ),
+        (
+            "ipv4+options udp",
+            Frame {
+                ipv4_option_words: 5,
+                ..Frame::new(ip(STRANGER_V4), ip(SERVER_V4), L4::Udp, PROTECTED_UDP)
+            },
+        ),
+        (
+            "qinq ipv4 tcp",
+            Frame {
+                vlans: vec![1, 2],
+                ..Frame::new(ip(STRANGER_V4), ip(SERVER_V4), L4::Tcp, OPEN_PORT)
+            },
+        ),
+        (
+            "ipv6 tcp",
+            Frame::new(ip(STRANGER_V6), ip(SERVER_V6), L4::Tcp, PROTECTED_TCP),
+        ),
+        (
+            "ipv6+hop+frag udp",
+            Frame {
+                ipv6_ext: vec![Ext::HopByHop, Ext::Fragment { offset: 0 }],
+                ..Frame::new(ip(STRANGER_V6), ip(SERVER_V6), L4::Udp, PROTECTED_UDP)
+            },
+        ),
     ]
     .into_iter()
     .map(|(n, f)| (n.to_owned(), f))
@@ -238,12 +380,25 @@ fn truncated_frames_that_could_reach_a_protected_port_drop() {
         // after it lands inside a VLAN tag, an IP header, an extension
         // header or the transport header: nothing there is safe to pass.
         for len in 14..headers_end {
-            h.expect(&format!("{name} cut to {len} bytes"), &bytes[..len], XDP_DROP, Counter::DroppedMalformed);
+            h.expect(
+                &format!("{name} cut to {len} bytes"),
+                &bytes[..len],
+                XDP_DROP,
+                Counter::DroppedMalformed,
+            );
             cases += 1;
         }
         // The whole frame is judged normally (the qinq one is to an open port).
         let (verdict, _) = h.run(&bytes);
-        assert_eq!(verdict, if name.starts_with("qinq") { XDP_PASS } else { XDP_DROP }, "{name} whole");
+        assert_eq!(
+            verdict,
+            if name.starts_with("qinq") {
+                XDP_PASS
+            } else {
+                XDP_DROP
+            },
+            "{name} whole"
+        );
     }
     assert!(cases > 200);
 }
@@ -259,25 +414,61 @@ fn headers_that_cannot_be_followed_drop() {
     for ihl in [0u8, 4] {
         let mut f = base.clone();
         f[14] = 0x40 | ihl;
-        h.expect(&format!("ihl {ihl}"), &f, XDP_DROP, Counter::DroppedMalformed);
+        h.expect(
+            &format!("ihl {ihl}"),
+            &f,
+            XDP_DROP,
+            Counter::DroppedMalformed,
+        );
     }
     let mut past_end = base.clone();
     past_end[14] = 0x4f; // 60-byte header in a frame whose IP part is 40 bytes
-    h.expect("ihl past the end", &past_end, XDP_DROP, Counter::DroppedMalformed);
+    h.expect(
+        "ihl past the end",
+        &past_end,
+        XDP_DROP,
+        Counter::DroppedMalformed,
+    );
     let mut wrong_version = base.clone();
     wrong_version[14] = 0x65;
-    h.expect("ipv4 ethertype, version 6", &wrong_version, XDP_DROP, Counter::DroppedMalformed);
+    h.expect(
+        "ipv4 ethertype, version 6",
+        &wrong_version,
+        XDP_DROP,
+        Counter::DroppedMalformed,
+    );
 
     // Three VLAN tags: deeper than we follow.
-    let three = Frame { vlans: vec![1, 2, 3], ..Frame::new(ip(STRANGER_V4), ip(SERVER_V4), L4::Tcp, OPEN_PORT) };
-    h.expect("three vlan tags", &three.build(), XDP_DROP, Counter::DroppedMalformed);
+    let three = Frame {
+        vlans: vec![1, 2, 3],
+        ..Frame::new(ip(STRANGER_V4), ip(SERVER_V4), L4::Tcp, OPEN_PORT)
+    };
+    h.expect(
+        "three vlan tags",
+        &three.build(),
+        XDP_DROP,
+        Counter::DroppedMalformed,
+    );
 
     // One extension header past the walk limit, even to an open port.
     let nine = Frame {
         ipv6_ext: vec![Ext::DestOptions; 9],
         ..Frame::new(ip(STRANGER_V6), ip(SERVER_V6), L4::Tcp, OPEN_PORT)
     };
-    h.expect("ipv6 with 9 extension headers", &nine.build(), XDP_DROP, Counter::DroppedMalformed);
-    let eight = Frame { ipv6_ext: vec![Ext::DestOptions; 8], ..nine };
-    h.expect("ipv6 with 8 extension headers", &eight.build(), XDP_PASS, Counter::Passed);
+    h.expect(
+        "ipv6 with 9 extension headers",
+        &nine.build(),
+        XDP_DROP,
+        Counter::DroppedMalformed,
+    );
+    let eight = Frame {
+        ipv6_ext: vec![Ext::DestOptions; 8],
+        ..nine
+    };
+    h.expect(
+        "ipv6 with 8 extension headers",
+        &eight.build(),
+        XDP_PASS,
+        Counter::Passed,
+    );
 }

@@ -58,7 +58,8 @@ impl Daemon {
             Request::Unprotect { ports } => self.change_protected(ports, false),
             Request::Allow { addr, for_ms } => {
                 let duration = Duration::from_millis(for_ms);
-                self.tables.allow(addr, clock::deadline_after(duration), allow_origin::MANUAL)?;
+                self.tables
+                    .allow(addr, clock::deadline_after(duration), allow_origin::MANUAL)?;
                 info!(source = %addr, window = %format_duration(duration), "allowed by hand");
                 changed(format!("allowed {addr} for {}", format_duration(duration)))
             }
@@ -75,12 +76,23 @@ impl Daemon {
                 self.program.detach(&iface)?;
                 info!(interface = %iface, "detached");
                 self.stop = self.program.attachments.is_empty();
-                to_value(Changed { message: format!("detached from {iface}"), stopping: self.stop })
+                to_value(Changed {
+                    message: format!("detached from {iface}"),
+                    stopping: self.stop,
+                })
             }
             Request::Detach { iface: None } => {
                 self.stop = true;
-                let ifaces: Vec<_> = self.program.attachments.iter().map(|a| a.iface.as_str()).collect();
-                to_value(Changed { message: format!("detached from {}", ifaces.join(" ")), stopping: true })
+                let ifaces: Vec<_> = self
+                    .program
+                    .attachments
+                    .iter()
+                    .map(|a| a.iface.as_str())
+                    .collect();
+                to_value(Changed {
+                    message: format!("detached from {}", ifaces.join(" ")),
+                    stopping: true,
+                })
             }
         }
     }
@@ -88,13 +100,22 @@ impl Daemon {
     /// Applies a protect/unprotect to the kernel, then persists it. If the
     /// state cannot be saved, the kernel is put back, so what runs always
     /// matches what the next start will load.
-    fn change_protected(&mut self, ports: Vec<ProtoPort>, protect: bool) -> Result<serde_json::Value> {
+    fn change_protected(
+        &mut self,
+        ports: Vec<ProtoPort>,
+        protect: bool,
+    ) -> Result<serde_json::Value> {
         let before = self.state.protected.clone();
         let mut after = before.clone();
         let requested: BTreeSet<ProtoPort> = ports.into_iter().collect();
-        let (changed_ports, unchanged): (BTreeSet<_>, BTreeSet<_>) = requested
-            .into_iter()
-            .partition(|p| if protect { after.insert(*p) } else { after.remove(p) });
+        let (changed_ports, unchanged): (BTreeSet<_>, BTreeSet<_>) =
+            requested.into_iter().partition(|p| {
+                if protect {
+                    after.insert(*p)
+                } else {
+                    after.remove(p)
+                }
+            });
 
         self.tables.set_protected(&before, &after)?;
         let mut next = self.state.clone();
@@ -114,7 +135,11 @@ impl Daemon {
             message.push(format!("{verb} {}", ports::join(&changed_ports)));
         }
         if !unchanged.is_empty() {
-            let already = if protect { "already protected" } else { "not protected" };
+            let already = if protect {
+                "already protected"
+            } else {
+                "not protected"
+            };
             message.push(format!("{} {already}", ports::join(&unchanged)));
         }
         changed(message.join("; "))
@@ -139,7 +164,10 @@ impl Daemon {
             })
             .collect();
         allowed.sort_by_key(|a| a.addr);
-        Ok(Listing { protected: self.state.protected.iter().copied().collect(), allowed })
+        Ok(Listing {
+            protected: self.state.protected.iter().copied().collect(),
+            allowed,
+        })
     }
 
     fn status(&mut self) -> Result<Status> {
@@ -153,7 +181,11 @@ impl Daemon {
                 .program
                 .attachments
                 .iter()
-                .map(|a| InterfaceStatus { name: a.iface.clone(), ifindex: a.ifindex, mode: a.mode })
+                .map(|a| InterfaceStatus {
+                    name: a.iface.clone(),
+                    ifindex: a.ifindex,
+                    mode: a.mode,
+                })
                 .collect(),
             counters: self
                 .tables
@@ -166,7 +198,10 @@ impl Daemon {
 }
 
 fn changed(message: String) -> Result<serde_json::Value> {
-    to_value(Changed { message, stopping: false })
+    to_value(Changed {
+        message,
+        stopping: false,
+    })
 }
 
 fn to_value(value: impl Serialize) -> Result<serde_json::Value> {

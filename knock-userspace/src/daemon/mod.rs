@@ -56,7 +56,10 @@ pub fn run(state_dir: StateDir, options: AttachOptions) -> Result<()> {
     }
     state_dir.create()?;
     let Some(_lock) = state_dir.try_lock()? else {
-        bail!("a knock-xdp daemon is already running for state directory {}", state_dir.path().display());
+        bail!(
+            "a knock-xdp daemon is already running for state directory {}",
+            state_dir.path().display()
+        );
     };
     let state = state_dir.load()?;
     loader::ensure_bpffs()?;
@@ -69,7 +72,14 @@ pub fn run(state_dir: StateDir, options: AttachOptions) -> Result<()> {
         for iface in &options.ifaces {
             program.attach(iface, options.mode)?;
         }
-        Ok(Daemon { state_dir: state_dir.clone(), state, program, tables, started: Instant::now(), stop: false })
+        Ok(Daemon {
+            state_dir: state_dir.clone(),
+            state,
+            program,
+            tables,
+            started: Instant::now(),
+            stop: false,
+        })
     })();
     let mut daemon = match started {
         Ok(daemon) => daemon,
@@ -99,7 +109,11 @@ pub fn run(state_dir: StateDir, options: AttachOptions) -> Result<()> {
     let socket = state_dir.control_socket();
     let _ = fs::remove_file(&socket);
     let Daemon { program, .. } = daemon;
-    let ifaces: Vec<String> = program.attachments.iter().map(|a| a.iface.clone()).collect();
+    let ifaces: Vec<String> = program
+        .attachments
+        .iter()
+        .map(|a| a.iface.clone())
+        .collect();
     program.shutdown()?;
     info!(interfaces = %ifaces.join(" "), "detached; all pins removed");
     served

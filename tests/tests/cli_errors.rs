@@ -1,0 +1,164 @@
+//! Every mistake a user can make gets one clear line on stderr, a non-zero
+//! exit, no panic, and changes nothing.
+
+use std::{fs, process::Command};
+
+use knock_tests::{
+    lab::{Entry, Instance, Lab, binary},
+    privileged,
+};
+
+/// (arguments, a phrase the error must contain)
+const MISTAKES: &[(&[&str], &str)] = &[
+    (&["protect", "0"], "out of range"),
+    (&["protect", "70000"], "out of range"),
+    (&["protect", "abc"], "invalid port 'abc'"),
+    (&["protect", "22/sctp"], "unknown protocol"),
+    (&["protect"], "required"),
+    (&["unprotect", "-5"], "unexpected argument"),
+    (&["allow", "10.0.0.300"], "invalid address"),
+    (&["allow", "not-an-ip"], "invalid address"),
+    (&["allow", "10.0.0.1", "--for", "5x"], "invalid duration"),
+    (&["allow", "10.0.0.1", "--for", "0s"], "longer than zero"),
+    (&["allow", "10.0.0.1", "--for", "500d"], "maximum"),
+    (&["revoke", "::g"], "invalid address"),
+    (&["attach", "--mode", "turbo", "lo"], "invalid value"),
+    (
+        &["attach", "no-such-if0"],
+        "no network interface named 'no-such-if0'",
+    ),
+    (&["check", "127.0.0.1", "0"], "out of range"),
+    (&["frobnicate"], "unrecognized subcommand"),
+    // Commands that need a running daemon.
+    (&["allow", "10.0.0.1"], "not running"),
+    (&["revoke", "10.0.0.1"], "not running"),
+    (&["list"], "not running"),
+    (&["status"], "not running"),
+];
+
+fn assert_one_clear_line(args: &[&str], out: &std::process::Output, phrase: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(
+        matches!(out.status.code(), Some(1 | 2)),
+        "{args:?}: exit {:?}",
+        out.status
+    );
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line:\n{stderr}"
+    );
+    assert!(stderr.starts_with("knock-xdp: "), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains(phrase),
+        "{args:?}: expected '{phrase}' in: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn invalid_arguments_are_refused_cleanly_and_change_nothing() {
+    if !privileged("invalid_arguments_are_refused_cleanly_and_change_nothing") {
+        return;
+    }
+    let lab = Lab::new();
+    let knock = Instance::new(&lab.server, Entry::NetnsExec);
+    for (args, phrase) in MISTAKES {
+        let out = knock.cli(args);
+        assert_one_clear_line(args, &out, phrase);
+        assert!(
+            !knock.state_path().join("state.toml").exists(),
+            "{args:?} wrote state"
+        );
+    }
+    assert!(
+        !lab.server
+            .ip(&["-d", "link", "show", "dev", &lab.server_if])
+            .contains("prog/xdp")
+    );
+}
+
+#[test]
+fn a_broken_state_file_is_reported_with_its_line_and_kept() {
+    if !privileged("a_broken_state_file_is_reported_with_its_line_and_kept") {
+        return;
+    }
+    let lab = Lab::new();
+    let knock = Instance::new(&lab.server, Entry::NetnsExec);
+    fs::create_dir_all(knock.state_path()).unwrap();
+    let garbage = "protected = [\"22/tcp\"]\n[[[\n";
+    let state_file = knock.state_path().join("state.toml");
+    fs::write(&state_file, garbage).unwrap();
+    for args in [
+        &["protect", "80"][..],
+        &["attach", lab.server_if.as_str()][..],
+    ] {
+        let out = knock.cli(args);
+        assert_one_clear_line(args, &out, "state.toml line 2");
+        assert_eq!(
+            fs::read_to_string(&state_file).unwrap(),
+            garbage,
+            "{args:?} touched the file"
+        );
+    }
+    assert!(
+        !lab.server
+            .ip(&["-d", "link", "show", "dev", &lab.server_if])
+            .contains("prog/xdp")
+    );
+}
+
+#[test]
+fn commands_refuse_to_run_without_root() {
+    if !privileged("commands_refuse_to_run_without_root") {
+        return;
+    }
+    let state_dir = std::env::temp_dir().join(format!("knock-noroot-{}", std::process::id()));
+    for args in [
+        &["attach", "lo"][..],
+        &["protect", "22"],
+        &["status"],
+        &["detach"],
+    ] {
+        // setpriv drops to nobody for this one command.
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(binary())
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_one_clear_line(args, &out, "needs root");
+    }
+    assert!(!state_dir.exists());
+}
+
+#[test]
+fn help_is_there_for_every_command() {
+    for command in [
+        "attach",
+        "detach",
+        "protect",
+        "unprotect",
+        "allow",
+        "revoke",
+        "list",
+        "status",
+        "check",
+    ] {
+        let out = Command::new(binary())
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command} --help");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage: knock-xdp"),
+            "{command}"
+        );
+    }
+}

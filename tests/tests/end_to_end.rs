@@ -1,0 +1,318 @@
+//! End to end: real TCP and UDP services in a server namespace, a real
+//! daemon attached to the server's end of a veth pair, and real sockets in a
+//! client namespace.
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use knock_tests::{
+    lab::{
+        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6, has_xdp,
+        program_loaded,
+    },
+    privileged,
+};
+use knock_userspace::check::PortState;
+
+const TCP_PORT: u16 = 8022;
+const UDP_PORT: u16 = 5353;
+
+fn lab_with_services() -> Lab {
+    let lab = Lab::new();
+    for addr in [SERVER_V4, SERVER_V6] {
+        lab.tcp_echo(addr, TCP_PORT);
+        lab.udp_echo(addr, UDP_PORT);
+    }
+    lab
+}
+
+#[test]
+fn protect_allow_expire_unprotect() {
+    if !privileged("protect_allow_expire_unprotect") {
+        return;
+    }
+    let lab = lab_with_services();
+    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
+    knock.attach(&[&lab.server_if, "--mode", "native"]);
+
+    // Before protection the services answer over both families.
+    assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Open);
+    assert!(lab.udp_exchange(SERVER_V4, UDP_PORT));
+
+    knock.ok(&[
+        "protect",
+        &format!("{TCP_PORT}/tcp"),
+        &format!("{UDP_PORT}/udp"),
+    ]);
+    for server in [SERVER_V4, SERVER_V6] {
+        assert_eq!(
+            lab.tcp_state(server, TCP_PORT),
+            PortState::Filtered,
+            "tcp via {server}"
+        );
+        assert!(!lab.udp_exchange(server, UDP_PORT), "udp via {server}");
+    }
+
+    // Allowing a source opens the door for it alone.
+    let window = Duration::from_secs(6);
+    let allowed_at = Instant::now();
+    knock.ok(&["allow", CLIENT_V4, "--for", "6s"]);
+    let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
+    let allowed: Vec<&str> = listing["allowed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["addr"].as_str().unwrap())
+        .collect();
+    assert_eq!(allowed, [CLIENT_V4]);
+    assert_eq!(listing["protected"].as_array().unwrap().len(), 2);
+    assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, TCP_PORT));
+    assert!(lab.udp_exchange(SERVER_V4, UDP_PORT));
+    assert!(
+        !lab.tcp_exchange(CLIENT2_V4, SERVER_V4, TCP_PORT),
+        "another source got in"
+    );
+    assert!(
+        !lab.tcp_exchange(CLIENT_V6, SERVER_V6, TCP_PORT),
+        "the IPv6 source got in"
+    );
+    knock.ok(&["allow", CLIENT_V6, "--for", "2s"]);
+    assert!(lab.tcp_exchange(CLIENT_V6, SERVER_V6, TCP_PORT));
+    assert!(lab.udp_exchange(SERVER_V6, UDP_PORT));
+    assert!(
+        allowed_at.elapsed() < window,
+        "the test itself was too slow"
+    );
+
+    // The window ends: the door closes again.
+    thread::sleep(window.saturating_sub(allowed_at.elapsed()) + Duration::from_millis(300));
+    assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Filtered);
+    assert!(!lab.tcp_exchange(CLIENT_V6, SERVER_V6, TCP_PORT));
+    assert!(!lab.udp_exchange(SERVER_V4, UDP_PORT));
+
+    // Counters saw all of it.
+    let counters = &knock.status()["counters"];
+    assert!(
+        counters["dropped_protected"].as_u64().unwrap() >= 6,
+        "{counters}"
+    );
+    assert!(
+        counters["passed_allowed"].as_u64().unwrap() >= 4,
+        "{counters}"
+    );
+
+    // Unprotecting opens the ports to everyone.
+    knock.ok(&[
+        "unprotect",
+        &format!("{TCP_PORT}/tcp"),
+        &format!("{UDP_PORT}/udp"),
+    ]);
+    assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Open);
+    assert!(lab.tcp_exchange(CLIENT_V6, SERVER_V6, TCP_PORT));
+    assert!(lab.udp_exchange(SERVER_V6, UDP_PORT));
+}
+
+#[test]
+fn revoke_closes_the_door_at_once() {
+    if !privileged("revoke_closes_the_door_at_once") {
+        return;
+    }
+    let lab = lab_with_services();
+    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
+    knock.attach(&[&lab.server_if]);
+    knock.ok(&["protect", &TCP_PORT.to_string()]);
+    knock.ok(&["allow", CLIENT_V4]);
+    assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, TCP_PORT));
+    knock.ok(&["revoke", CLIENT_V4]);
+    assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, TCP_PORT));
+    let again = knock.cli(&["revoke", CLIENT_V4]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not in the allow list"));
+}
+
+#[test]
+fn protected_ports_persist_across_restarts() {
+    if !privileged("protected_ports_persist_across_restarts") {
+        return;
+    }
+    let lab = lab_with_services();
+    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
+    // Protecting with no daemon running writes the state for the next start.
+    let offline = knock.ok(&["protect", &format!("{TCP_PORT}/tcp")]);
+    assert!(offline.contains("not running"), "{offline}");
+    knock.attach(&[&lab.server_if]);
+    assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Filtered);
+
+    knock.ok(&["protect", &format!("{UDP_PORT}/udp")]);
+    knock.ok(&["detach"]);
+    assert!(knock.wait_daemon().success());
+    assert_eq!(
+        lab.tcp_state(SERVER_V4, TCP_PORT),
+        PortState::Open,
+        "detach left protection behind"
+    );
+
+    knock.attach(&[&lab.server_if]);
+    assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Filtered);
+    assert!(!lab.udp_exchange(SERVER_V4, UDP_PORT));
+    let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
+    assert_eq!(
+        listing["protected"].as_array().unwrap().len(),
+        2,
+        "{listing}"
+    );
+}
+
+#[test]
+fn detach_leaves_no_program_and_no_pins() {
+    if !privileged("detach_leaves_no_program_and_no_pins") {
+        return;
+    }
+    let lab = lab_with_services();
+    // nsenter keeps the host's bpffs, so the pins are visible here.
+    let mut knock = Instance::new(&lab.server, Entry::NsenterNet);
+    knock.attach(&[&lab.server_if]);
+    let program_id = knock.status()["program_id"].as_u64().unwrap() as u32;
+    let pins = knock.pin_dir();
+    assert!(pins.join(format!("link-{}", lab.server_if)).exists());
+    assert!(pins.join("ALLOW").exists());
+    assert!(has_xdp(&lab.server, &lab.server_if));
+    assert!(program_loaded(program_id));
+
+    let out = knock.ok(&["detach"]);
+    assert!(out.contains("detached"), "{out}");
+    assert!(knock.wait_daemon().success(), "{}", knock.daemon_log());
+    assert!(!pins.exists(), "pins left in {}", pins.display());
+    assert!(
+        !has_xdp(&lab.server, &lab.server_if),
+        "an XDP program is still attached"
+    );
+    assert!(
+        !program_loaded(program_id),
+        "program {program_id} is still loaded"
+    );
+    assert!(!knock.state_path().join("control.sock").exists());
+}
+
+#[test]
+fn a_killed_daemon_keeps_protection_until_detach() {
+    if !privileged("a_killed_daemon_keeps_protection_until_detach") {
+        return;
+    }
+    let lab = lab_with_services();
+    let mut knock = Instance::new(&lab.server, Entry::NsenterNet);
+    knock.attach(&[&lab.server_if]);
+    knock.ok(&["protect", &format!("{TCP_PORT}/tcp")]);
+    knock.kill_daemon();
+
+    // Fail closed: the pinned link keeps the program attached.
+    assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Filtered);
+    let status = knock.cli(&["status"]);
+    assert!(!status.status.success());
+    assert!(String::from_utf8_lossy(&status.stderr).contains("not running"));
+
+    // A new attach refuses to stack on the leftovers, and says what to do.
+    let refused = knock.cli(&["attach", &lab.server_if]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("knock-xdp detach"));
+
+    let out = knock.ok(&["detach"]);
+    assert!(out.contains(&lab.server_if), "{out}");
+    assert!(!knock.pin_dir().exists());
+    assert!(!has_xdp(&lab.server, &lab.server_if));
+    assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Open);
+}
+
+#[test]
+fn instances_with_their_own_state_dirs_do_not_interfere() {
+    if !privileged("instances_with_their_own_state_dirs_do_not_interfere") {
+        return;
+    }
+    let lab_a = lab_with_services();
+    let lab_b = lab_with_services();
+    let mut a = Instance::new(&lab_a.server, Entry::NsenterNet);
+    let mut b = Instance::new(&lab_b.server, Entry::NsenterNet);
+    a.attach(&[&lab_a.server_if]);
+    b.attach(&[&lab_b.server_if]);
+    assert_ne!(a.pin_dir(), b.pin_dir());
+
+    a.ok(&["protect", &format!("{TCP_PORT}/tcp")]);
+    assert_eq!(lab_a.tcp_state(SERVER_V4, TCP_PORT), PortState::Filtered);
+    assert_eq!(lab_b.tcp_state(SERVER_V4, TCP_PORT), PortState::Open);
+
+    a.ok(&["detach"]);
+    a.wait_daemon();
+    assert!(!a.pin_dir().exists());
+    assert!(
+        b.pin_dir().exists(),
+        "detaching one instance removed the other's pins"
+    );
+    assert!(b.cli(&["status"]).status.success());
+}
+
+#[test]
+fn an_interface_with_another_xdp_program_is_refused() {
+    if !privileged("an_interface_with_another_xdp_program_is_refused") {
+        return;
+    }
+    let lab = lab_with_services();
+    let mut first = Instance::new(&lab.server, Entry::NetnsExec);
+    first.attach(&[&lab.server_if]);
+    first.ok(&["protect", &format!("{TCP_PORT}/tcp")]);
+
+    let second = Instance::new(&lab.server, Entry::NetnsExec);
+    let out = second.cli(&["attach", &lab.server_if]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already has an XDP program"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // The first instance is untouched.
+    assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Filtered);
+    assert!(first.cli(&["status"]).status.success());
+}
+
+#[test]
+fn two_interfaces_at_once_and_detaching_one() {
+    if !privileged("two_interfaces_at_once_and_detaching_one") {
+        return;
+    }
+    let lab = lab_with_services();
+    // A second link in the server namespace to attach to.
+    let extra = format!("kxd{}", lab.id);
+    lab.server.ip(&[
+        "link",
+        "add",
+        &extra,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("kxe{}", lab.id),
+    ]);
+    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
+    knock.attach(&[&lab.server_if, &extra, "--mode", "native"]);
+    let status = knock.status();
+    let names: Vec<&str> = status["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [lab.server_if.as_str(), extra.as_str()]);
+    assert!(
+        status["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["mode"] == "native")
+    );
+
+    knock.ok(&["protect", &format!("{TCP_PORT}/tcp")]);
+    knock.ok(&["detach", &extra]);
+    assert!(!has_xdp(&lab.server, &extra));
+    assert!(has_xdp(&lab.server, &lab.server_if));
+    assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Filtered);
+    assert_eq!(knock.status()["interfaces"].as_array().unwrap().len(), 1);
+}
