@@ -5,7 +5,12 @@
 //! `aya::Pod` impls) sit behind the `user` feature.
 #![no_std]
 
+pub mod knock;
 pub mod maps;
+#[cfg(any(test, feature = "model"))]
+pub mod model;
+#[cfg(feature = "sequence")]
+pub mod sequence;
 pub mod verdict;
 
 pub use maps::{AllowEntry, Counter, SourceKey};

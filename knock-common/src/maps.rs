@@ -11,9 +11,34 @@ pub const MAP_PORT_FLAGS: &str = "PORT_FLAGS";
 pub const MAP_ALLOW: &str = "ALLOW";
 /// Per-CPU decision counters, indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Installed knock steps: [`StepKey`] → [`StepEntry`].
+pub const MAP_KNOCK_STEPS: &str = "KNOCK_STEPS";
+/// Installed sequences, an array indexed by sequence index → [`SequenceInfo`].
+pub const MAP_SEQUENCES: &str = "SEQUENCES";
+/// Knocks in progress (LRU): [`SourceKey`] → [`KnockState`].
+pub const MAP_KNOCK_STATE: &str = "KNOCK_STATE";
+/// Sequences already used to open the door: [`UsedKey`] → boot ns of the use.
+pub const MAP_USED: &str = "USED";
+/// One [`KnockConfig`], written by userspace before attaching.
+pub const MAP_KNOCK_CONFIG: &str = "KNOCK_CONFIG";
+/// One `u64`: boot ns until which a knock may still be in progress anywhere.
+pub const MAP_KNOCK_ACTIVE: &str = "KNOCK_ACTIVE";
+/// Ring buffer of [`Event`]s for the daemon.
+pub const MAP_EVENTS: &str = "EVENTS";
 
 /// Every map the object must expose; a test checks the loaded object against it.
-pub const ALL_MAPS: [&str; 3] = [MAP_PORT_FLAGS, MAP_ALLOW, MAP_COUNTERS];
+pub const ALL_MAPS: [&str; 10] = [
+    MAP_PORT_FLAGS,
+    MAP_ALLOW,
+    MAP_COUNTERS,
+    MAP_KNOCK_STEPS,
+    MAP_SEQUENCES,
+    MAP_KNOCK_STATE,
+    MAP_USED,
+    MAP_KNOCK_CONFIG,
+    MAP_KNOCK_ACTIVE,
+    MAP_EVENTS,
+];
 
 /// One entry per possible port, so "is this port protected" is a single array
 /// load on the hot path instead of a hash lookup.
@@ -29,6 +54,142 @@ pub mod port_flags {
     pub const PROTECTED_TCP: u32 = 1 << 0;
     /// UDP packets to this port need an allowed source.
     pub const PROTECTED_UDP: u32 = 1 << 1;
+    /// Some installed sequence knocks on this port with TCP SYNs.
+    pub const KNOCK_TCP: u32 = 1 << 2;
+    /// Some installed sequence knocks on this port with UDP datagrams.
+    pub const KNOCK_UDP: u32 = 1 << 3;
+}
+
+/// Clients the kernel can follow at once. Each has [`SLOTS_PER_CLIENT`]
+/// sequences installed, one bit each in a [`Bitmap`].
+pub const MAX_CLIENTS: u32 = 64;
+/// Slots s-1, s and s+1 are accepted; s+2 is installed ahead so that the
+/// kernel never waits for userspace at a slot boundary.
+pub const SLOTS_PER_CLIENT: u32 = 4;
+/// Sequence indexes: `client index * SLOTS_PER_CLIENT + slot % SLOTS_PER_CLIENT`.
+pub const MAX_SEQUENCES: u32 = MAX_CLIENTS * SLOTS_PER_CLIENT;
+/// Longest sequence.
+pub const MAX_KNOCK_STEPS: u32 = 16;
+pub const KNOCK_STEPS_MAX_ENTRIES: u32 = MAX_SEQUENCES * MAX_KNOCK_STEPS;
+/// Sources with a knock in progress. An LRU: a flood of first knocks evicts
+/// the oldest attempts, never an allowed source (those live in [`MAP_ALLOW`]).
+pub const KNOCK_STATE_MAX_ENTRIES: u32 = 65_536;
+/// Used (client, slot) pairs; userspace removes those whose slot is over.
+pub const USED_MAX_ENTRIES: u32 = MAX_SEQUENCES * 16;
+/// Bytes of the event ring buffer.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// The `slot` of a static sequence: it never rotates, so single use does not apply.
+pub const STATIC_SLOT: u64 = u64::MAX;
+
+/// One bit per sequence index.
+pub type Bitmap = [u64; (MAX_SEQUENCES / 64) as usize];
+
+/// Protocol numbers as stored in keys.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// "Which sequences knock on this port at this step?"
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
+pub struct StepKey {
+    pub port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// 0-based position in the sequence.
+    pub step: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct StepEntry {
+    /// Sequences whose step `step` is this port.
+    pub continues: Bitmap,
+    /// The subset of `continues` for which this is the last step.
+    pub finishes: Bitmap,
+}
+
+/// One installed sequence.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SequenceInfo {
+    /// Boot-clock window in which completing the sequence opens the door.
+    /// `valid_until_ns == 0` marks a free or retired index.
+    pub valid_from_ns: u64,
+    pub valid_until_ns: u64,
+    /// The time slot the sequence belongs to, or [`STATIC_SLOT`].
+    pub slot: u64,
+    /// The client's stable id (from its profile on the server).
+    pub client: u32,
+    pub length: u32,
+}
+
+/// A source's progress through the sequences it may be knocking.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct KnockState {
+    /// Sequences still matching every knock so far.
+    pub candidates: Bitmap,
+    /// Boot ns of the first knock; the whole sequence must fit in the timeout.
+    pub started_ns: u64,
+    /// Knocks matched so far.
+    pub step: u8,
+    pub last_proto: u8,
+    /// The port knocked last: a retransmitted SYN to it is not a new knock.
+    pub last_port: u16,
+    /// Non-zero once the sequence completed (or was refused); the state then
+    /// only absorbs retransmissions of the final knock.
+    pub done: u32,
+}
+
+/// Single use: a completed (client, slot) sequence.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct UsedKey {
+    pub client: u32,
+    pub _pad: u32,
+    pub slot: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct KnockConfig {
+    /// How long a source that completed a sequence may open new connections.
+    pub open_window_ns: u64,
+    /// How long a whole sequence may take.
+    pub knock_timeout_ns: u64,
+}
+
+/// What happened to a knock, for the daemon's log.
+pub mod event_kind {
+    /// A knock matched; `step` knocks so far.
+    pub const PROGRESS: u32 = 1;
+    /// A sequence completed and the source was admitted.
+    pub const OPENED: u32 = 2;
+    /// A sequence completed but had been used already.
+    pub const REPLAY: u32 = 3;
+    /// A packet that does not continue the sequence ended the attempt.
+    pub const RESET: u32 = 4;
+    /// The attempt took longer than the knock timeout.
+    pub const TIMEOUT: u32 = 5;
+    /// The sequence completed outside the validity of its slot.
+    pub const STALE: u32 = 6;
+    /// Completed, but the allow map was full.
+    pub const ALLOW_FULL: u32 = 7;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Event {
+    /// One of [`event_kind`].
+    pub kind: u32,
+    /// The client's id when known (0 otherwise).
+    pub client: u32,
+    /// The slot of the sequence when known.
+    pub slot: u64,
+    pub source: SourceKey,
+    /// Knocks matched when the event happened.
+    pub step: u32,
 }
 
 /// Address family tags used in [`SourceKey::family`].
@@ -96,6 +257,8 @@ impl From<core::net::IpAddr> for SourceKey {
 pub mod allow_origin {
     /// Put there by `knock-xdp allow`.
     pub const MANUAL: u32 = 1;
+    /// Completed a knock sequence.
+    pub const KNOCK: u32 = 2;
 }
 
 /// An allowed source. The kernel compares `deadline_ns` with
@@ -108,7 +271,8 @@ pub struct AllowEntry {
     pub deadline_ns: u64,
     /// One of [`allow_origin`].
     pub origin: u32,
-    pub _pad: u32,
+    /// The client whose sequence admitted the source (0 for manual entries).
+    pub client: u32,
 }
 
 /// The per-CPU counters, one slot each in [`MAP_COUNTERS`].
@@ -123,14 +287,17 @@ pub enum Counter {
     PassedAllowed = 2,
     /// Could reach a protected port but could not be parsed: dropped.
     DroppedMalformed = 3,
+    /// A knock (a SYN or datagram to a port of an installed sequence): dropped.
+    DroppedKnock = 4,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 4] = [
+    pub const ALL: [Counter; 5] = [
         Counter::Passed,
         Counter::DroppedProtected,
         Counter::PassedAllowed,
         Counter::DroppedMalformed,
+        Counter::DroppedKnock,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -141,14 +308,21 @@ impl Counter {
             Counter::DroppedProtected => "dropped_protected",
             Counter::PassedAllowed => "passed_allowed",
             Counter::DroppedMalformed => "dropped_malformed",
+            Counter::DroppedKnock => "dropped_knock",
         }
     }
 }
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: both are `#[repr(C)]`, `Copy`, and `bytemuck::Pod` (which proves
+    // SAFETY: all are `#[repr(C)]`, `Copy`, and `bytemuck::Pod` (which proves
     // they have no padding bytes), so any bit pattern is valid.
     unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::AllowEntry {}
+    unsafe impl aya::Pod for super::StepKey {}
+    unsafe impl aya::Pod for super::StepEntry {}
+    unsafe impl aya::Pod for super::SequenceInfo {}
+    unsafe impl aya::Pod for super::KnockState {}
+    unsafe impl aya::Pod for super::UsedKey {}
+    unsafe impl aya::Pod for super::KnockConfig {}
 }

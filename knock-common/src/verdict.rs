@@ -1,7 +1,10 @@
 //! What happens to a parsed packet: the enforcement decision, written once as
 //! plain Rust over plain data so the XDP program and host tests share it.
 
-use crate::maps::{AllowEntry, Counter, SourceKey, port_flags};
+use crate::{
+    knock::{self, KnockTables},
+    maps::{AllowEntry, Counter, SourceKey, port_flags},
+};
 
 /// XDP verdicts (from `enum xdp_action` in the kernel's uapi).
 pub const XDP_DROP: u32 = 1;
@@ -22,6 +25,35 @@ impl Transport {
             Transport::Udp => port_flags::PROTECTED_UDP,
         }
     }
+
+    /// The [`port_flags`] bit that marks a knock port of this protocol.
+    pub const fn knock_flag(self) -> u32 {
+        match self {
+            Transport::Tcp => port_flags::KNOCK_TCP,
+            Transport::Udp => port_flags::KNOCK_UDP,
+        }
+    }
+}
+
+/// TCP flag bits (RFC 9293).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// A new connection attempt: a bare SYN, or any UDP datagram. Only these
+/// knock; SYN+ACK, SYN+RST or SYN+FIN are not how a connection starts.
+#[inline(always)]
+pub const fn is_attempt(proto: Transport, flags: u8) -> bool {
+    match proto {
+        Transport::Udp => true,
+        Transport::Tcp => {
+            flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST | tcp_flags::FIN)
+                == tcp_flags::SYN
+        }
+    }
 }
 
 /// What the parser made of a frame.
@@ -38,12 +70,14 @@ pub enum Parsed {
         src: SourceKey,
         proto: Transport,
         dport: u16,
+        /// The TCP flags byte (0 for UDP).
+        flags: u8,
     },
 }
 
 /// The maps the decision reads, behind a trait so the same decision runs on
 /// BPF maps in the kernel and on plain collections in host tests.
-pub trait Tables {
+pub trait Tables: KnockTables {
     /// The [`port_flags`] of `port`.
     fn port_flags(&self, port: u16) -> u32;
     /// The allow entry of `src`, if any.
@@ -63,22 +97,62 @@ impl Decision {
     }
 }
 
-/// Decides the fate of a parsed packet. `now_ns` is only read for packets to a
-/// protected port from a source in the allow map, which keeps the clock read
-/// off the path of unrelated traffic.
+/// Reads the clock at most once per packet, and only when needed.
+struct Clock<F: Fn() -> u64> {
+    read: F,
+    now: Option<u64>,
+}
+
+impl<F: Fn() -> u64> Clock<F> {
+    #[inline(always)]
+    fn now(&mut self) -> u64 {
+        *self.now.get_or_insert_with(&self.read)
+    }
+}
+
+/// Decides the fate of a parsed packet. Unrelated traffic costs one array
+/// load (the port's flags); the clock and the hash maps are only touched for
+/// connection attempts while knocks are in progress, knocks, and packets to
+/// protected ports.
 #[inline(always)]
-pub fn decide<T: Tables>(tables: &T, parsed: Parsed, now_ns: impl FnOnce() -> u64) -> Decision {
-    let (src, proto, dport) = match parsed {
+pub fn decide<T: Tables>(tables: &T, parsed: Parsed, clock: impl Fn() -> u64) -> Decision {
+    let (src, proto, dport, flags) = match parsed {
         Parsed::Unrelated => return Decision::new(XDP_PASS, Counter::Passed),
         Parsed::Malformed => return Decision::new(XDP_DROP, Counter::DroppedMalformed),
-        Parsed::Transport { src, proto, dport } => (src, proto, dport),
+        Parsed::Transport {
+            src,
+            proto,
+            dport,
+            flags,
+        } => (src, proto, dport, flags),
     };
-    if tables.port_flags(dport) & proto.protected_flag() == 0 {
+    let mut clock = Clock {
+        read: clock,
+        now: None,
+    };
+    let port = tables.port_flags(dport);
+
+    if is_attempt(proto, flags) {
+        let knock_port = port & proto.knock_flag() != 0;
+        // Every attempt from a source with a knock in progress must reach the
+        // state machine (any wrong port resets it). While no knock can be in
+        // progress anywhere, skip the state lookup altogether.
+        let active_until = tables.knock_active_until();
+        if knock_port || (active_until != 0 && clock.now() < active_until) {
+            knock::on_attempt(tables, &src, proto, dport, knock_port, clock.now());
+        }
+        if knock_port {
+            // Knock ports look like every other filtered port.
+            return Decision::new(XDP_DROP, Counter::DroppedKnock);
+        }
+    }
+
+    if port & proto.protected_flag() == 0 {
         return Decision::new(XDP_PASS, Counter::Passed);
     }
     match tables.allowed(&src) {
         // The kernel enforces the deadline itself: userspace may sweep late.
-        Some(entry) if now_ns() < entry.deadline_ns => {
+        Some(entry) if clock.now() < entry.deadline_ns => {
             Decision::new(XDP_PASS, Counter::PassedAllowed)
         }
         _ => Decision::new(XDP_DROP, Counter::DroppedProtected),
@@ -87,79 +161,75 @@ pub fn decide<T: Tables>(tables: &T, parsed: Parsed, now_ns: impl FnOnce() -> u6
 
 #[cfg(test)]
 mod tests {
-    extern crate std;
-    use std::collections::HashMap;
-
     use super::*;
-    use crate::maps::allow_origin;
-
-    #[derive(Default)]
-    struct Model {
-        ports: HashMap<u16, u32>,
-        allow: HashMap<SourceKey, AllowEntry>,
-    }
-
-    impl Tables for Model {
-        fn port_flags(&self, port: u16) -> u32 {
-            self.ports.get(&port).copied().unwrap_or(0)
-        }
-        fn allowed(&self, src: &SourceKey) -> Option<AllowEntry> {
-            self.allow.get(src).copied()
-        }
-    }
+    use crate::{
+        maps::{allow_origin, event_kind},
+        model::{Model, SEC},
+    };
 
     const CLIENT: SourceKey = SourceKey::v4([10, 0, 0, 2]);
 
     fn tcp(dport: u16) -> Parsed {
+        packet(Transport::Tcp, dport, tcp_flags::SYN)
+    }
+
+    fn packet(proto: Transport, dport: u16, flags: u8) -> Parsed {
         Parsed::Transport {
             src: CLIENT,
-            proto: Transport::Tcp,
+            proto,
             dport,
+            flags,
         }
     }
 
     fn model() -> Model {
-        let mut m = Model::default();
+        let mut m = Model::new();
         m.ports.insert(22, port_flags::PROTECTED_TCP);
         m
     }
 
-    fn allow_until(m: &mut Model, deadline_ns: u64) {
-        m.allow.insert(
+    fn allow_until(m: &Model, deadline_ns: u64) {
+        m.allow.borrow_mut().insert(
             CLIENT,
             AllowEntry {
                 deadline_ns,
                 origin: allow_origin::MANUAL,
-                _pad: 0,
+                client: 0,
             },
         );
     }
 
     #[test]
-    fn unprotected_port_passes_without_reading_the_clock() {
-        let d = decide(&model(), tcp(80), || panic!("clock read"));
+    fn unrelated_ports_pass_without_reading_the_clock() {
+        for flags in [tcp_flags::SYN, tcp_flags::ACK] {
+            let d = decide(&model(), packet(Transport::Tcp, 80, flags), || {
+                panic!("clock read")
+            });
+            assert_eq!(d, Decision::new(XDP_PASS, Counter::Passed));
+        }
+        let d = decide(&model(), packet(Transport::Udp, 53, 0), || {
+            panic!("clock read")
+        });
         assert_eq!(d, Decision::new(XDP_PASS, Counter::Passed));
     }
 
     #[test]
     fn protection_is_per_protocol() {
-        let udp = Parsed::Transport {
-            src: CLIENT,
-            proto: Transport::Udp,
-            dport: 22,
-        };
-        assert_eq!(decide(&model(), udp, || 0).action, XDP_PASS);
+        assert_eq!(
+            decide(&model(), packet(Transport::Udp, 22, 0), || 0).action,
+            XDP_PASS
+        );
         assert_eq!(decide(&model(), tcp(22), || 0).action, XDP_DROP);
     }
 
     #[test]
     fn stranger_is_dropped_and_allowed_source_passes_until_its_deadline() {
-        let mut m = model();
+        let m = model();
         assert_eq!(
             decide(&m, tcp(22), || 5),
             Decision::new(XDP_DROP, Counter::DroppedProtected)
         );
-        allow_until(&mut m, 10);
+        allow_until(&m, 10);
         assert_eq!(
             decide(&m, tcp(22), || 5),
             Decision::new(XDP_PASS, Counter::PassedAllowed)
@@ -172,8 +242,8 @@ mod tests {
 
     #[test]
     fn an_ipv4_entry_does_not_admit_the_mapped_ipv6_source() {
-        let mut m = model();
-        allow_until(&mut m, u64::MAX);
+        let m = model();
+        allow_until(&m, u64::MAX);
         let mut mapped = [0u8; 16];
         mapped[10] = 0xff;
         mapped[11] = 0xff;
@@ -182,6 +252,7 @@ mod tests {
             src: SourceKey::v6(mapped),
             proto: Transport::Tcp,
             dport: 22,
+            flags: tcp_flags::SYN,
         };
         assert_eq!(decide(&m, pkt, || 0).action, XDP_DROP);
     }
@@ -193,6 +264,64 @@ mod tests {
             Counter::DroppedMalformed
         );
         assert_eq!(decide(&model(), Parsed::Unrelated, || 0).action, XDP_PASS);
+    }
+
+    #[test]
+    fn knocks_drop_and_open_the_door() {
+        let mut m = model();
+        m.install(0, 7, 1, &[1000, 2000]);
+        for port in [1000, 2000] {
+            assert_eq!(
+                decide(&m, tcp(port), || SEC),
+                Decision::new(XDP_DROP, Counter::DroppedKnock)
+            );
+        }
+        assert_eq!(m.last_event(), event_kind::OPENED);
+        assert_eq!(
+            decide(&m, tcp(22), || 2 * SEC).counter,
+            Counter::PassedAllowed
+        );
+        // Past the open window new connections are dropped again.
+        assert_eq!(
+            decide(&m, tcp(22), || 32 * SEC).counter,
+            Counter::DroppedProtected
+        );
+    }
+
+    #[test]
+    fn only_bare_syns_and_datagrams_knock() {
+        let mut m = model();
+        m.install(0, 7, 1, &[1000]);
+        for flags in [
+            tcp_flags::SYN | tcp_flags::ACK,
+            tcp_flags::SYN | tcp_flags::RST,
+            tcp_flags::SYN | tcp_flags::FIN,
+            tcp_flags::ACK,
+        ] {
+            // Not a knock: passes like any packet to an unprotected port.
+            let d = decide(&m, packet(Transport::Tcp, 1000, flags), || SEC);
+            assert_eq!(
+                d,
+                Decision::new(XDP_PASS, Counter::Passed),
+                "flags {flags:#x}"
+            );
+        }
+        assert!(m.allow.borrow().is_empty());
+    }
+
+    #[test]
+    fn an_attempt_elsewhere_during_a_knock_resets_it() {
+        let mut m = model();
+        m.install(0, 7, 1, &[1000, 2000]);
+        decide(&m, tcp(1000), || SEC);
+        decide(&m, packet(Transport::Udp, 53, 0), || SEC);
+        decide(&m, tcp(2000), || SEC);
+        assert!(m.allow.borrow().is_empty());
+        // An ACK of an unrelated connection does not reset.
+        decide(&m, tcp(1000), || SEC);
+        decide(&m, packet(Transport::Tcp, 443, tcp_flags::ACK), || SEC);
+        decide(&m, tcp(2000), || SEC);
+        assert!(!m.allow.borrow().is_empty());
     }
 
     #[test]

@@ -1,12 +1,19 @@
-//! The maps the program reads, and the `Tables` view the shared decision uses.
+//! The maps the program reads and writes, and the `Tables` / `KnockTables`
+//! views the shared decision and knock logic use.
 
 use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::bpf_ktime_get_boot_ns,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use knock_common::{
-    maps::{ALLOW_MAX_ENTRIES, AllowEntry, Counter, PORT_COUNT, SourceKey},
+    knock::KnockTables,
+    maps::{
+        ALLOW_MAX_ENTRIES, AllowEntry, Counter, EVENTS_BYTES, Event, KNOCK_STATE_MAX_ENTRIES,
+        KNOCK_STEPS_MAX_ENTRIES, KnockConfig, KnockState, MAX_SEQUENCES, PORT_COUNT, SequenceInfo,
+        SourceKey, StepEntry, StepKey, USED_MAX_ENTRIES, UsedKey,
+    },
     verdict::Tables,
 };
 
@@ -18,6 +25,29 @@ static ALLOW: HashMap<SourceKey, AllowEntry> = HashMap::with_max_entries(ALLOW_M
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[map]
+static KNOCK_STEPS: HashMap<StepKey, StepEntry> =
+    HashMap::with_max_entries(KNOCK_STEPS_MAX_ENTRIES, 0);
+
+#[map]
+static SEQUENCES: Array<SequenceInfo> = Array::with_max_entries(MAX_SEQUENCES, 0);
+
+#[map]
+static KNOCK_STATE: LruHashMap<SourceKey, KnockState> =
+    LruHashMap::with_max_entries(KNOCK_STATE_MAX_ENTRIES, 0);
+
+#[map]
+static USED: HashMap<UsedKey, u64> = HashMap::with_max_entries(USED_MAX_ENTRIES, 0);
+
+#[map]
+static KNOCK_CONFIG: Array<KnockConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+static KNOCK_ACTIVE: Array<u64> = Array::with_max_entries(1, 0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 pub struct Maps;
 
@@ -35,7 +65,86 @@ impl Tables for Maps {
     }
 }
 
-/// CLOCK_BOOTTIME, the clock allow deadlines are written in. Unlike the
+impl KnockTables for Maps {
+    #[inline(always)]
+    fn knock_step(&self, key: &StepKey) -> Option<&StepEntry> {
+        // SAFETY: read-only use; userspace replaces whole entries.
+        unsafe { KNOCK_STEPS.get(key) }
+    }
+
+    #[inline(always)]
+    fn sequence(&self, index: u32) -> Option<&SequenceInfo> {
+        SEQUENCES.get(index)
+    }
+
+    #[inline(always)]
+    fn knock_state(&self, src: &SourceKey) -> Option<KnockState> {
+        // SAFETY: copied out at once.
+        unsafe { KNOCK_STATE.get(src) }.copied()
+    }
+
+    #[inline(always)]
+    fn set_knock_state(&self, src: &SourceKey, state: &KnockState) {
+        // An LRU insert only fails on allocation failure; the knock is then
+        // simply not followed, which fails closed.
+        let _ = KNOCK_STATE.insert(src, state, u64::from(BPF_ANY));
+    }
+
+    #[inline(always)]
+    fn clear_knock_state(&self, src: &SourceKey) {
+        let _ = KNOCK_STATE.remove(src);
+    }
+
+    #[inline(always)]
+    fn claim(&self, key: &UsedKey, now_ns: u64) -> bool {
+        // BPF_NOEXIST makes the insert the atomic test-and-set: of two CPUs
+        // completing the same sequence at once, exactly one succeeds.
+        USED.insert(key, now_ns, u64::from(BPF_NOEXIST)).is_ok()
+    }
+
+    #[inline(always)]
+    fn admit(&self, src: &SourceKey, entry: &AllowEntry) -> bool {
+        // Never shorten a longer window (e.g. a manual allow for an hour).
+        // SAFETY: copied out at once.
+        if let Some(old) = unsafe { ALLOW.get(src) }
+            && old.deadline_ns >= entry.deadline_ns
+        {
+            return true;
+        }
+        ALLOW.insert(src, entry, u64::from(BPF_ANY)).is_ok()
+    }
+
+    #[inline(always)]
+    fn knock_config(&self) -> KnockConfig {
+        KNOCK_CONFIG.get(0).copied().unwrap_or_default()
+    }
+
+    #[inline(always)]
+    fn knock_active_until(&self) -> u64 {
+        KNOCK_ACTIVE.get(0).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn set_knock_active_until(&self, until_ns: u64) {
+        if let Some(slot) = KNOCK_ACTIVE.get_ptr_mut(0) {
+            // SAFETY: a plain store into an array slot; racing writers all
+            // store "now + timeout", so any of their values is right.
+            unsafe {
+                if *slot < until_ns {
+                    *slot = until_ns;
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn emit(&self, event: &Event) {
+        // A full ring buffer loses the event, never the decision.
+        let _ = EVENTS.output::<Event>(event, 0);
+    }
+}
+
+/// CLOCK_BOOTTIME, the clock all deadlines are written in. Unlike the
 /// monotonic clock it keeps counting across suspend, so a window never
 /// outlives its wall-clock length.
 #[inline(always)]

@@ -38,8 +38,6 @@ const IPPROTO_DSTOPTS: u8 = 60;
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 const IPV6_HLEN: usize = 40;
-const TCP_HLEN: usize = 20;
-const UDP_HLEN: usize = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -100,13 +98,28 @@ struct Ipv6FragHdr {
     id: [u8; 4],
 }
 
-/// Only the destination port matters here; the whole minimal header must be
-/// present all the same (see `transport`).
+/// The minimal (option-less) TCP header.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct PortsHdr {
+struct TcpHdr {
     src_port: [u8; 2],
     dst_port: [u8; 2],
+    seq: [u8; 4],
+    ack: [u8; 4],
+    data_offset: u8,
+    flags: u8,
+    window: [u8; 2],
+    check: [u8; 2],
+    urgent: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct UdpHdr {
+    src_port: [u8; 2],
+    dst_port: [u8; 2],
+    len: [u8; 2],
+    check: [u8; 2],
 }
 
 /// Bounds-checked pointer to a `T` at `offset` bytes into the frame.
@@ -126,12 +139,6 @@ fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
     // SAFETY: `ptr_at` checked that the whole `T` lies inside the frame, and
     // every header type here is plain bytes with alignment 1.
     ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
-}
-
-/// True when `len` bytes from `offset` lie inside the frame.
-#[inline(always)]
-fn has(ctx: &XdpContext, offset: usize, len: usize) -> bool {
-    ctx.data() + offset + len <= ctx.data_end()
 }
 
 #[inline(always)]
@@ -257,24 +264,27 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
     }
 }
 
-/// Reads the destination port. The whole minimal header must be present: a
-/// first fragment too short to hold it (the tiny-fragment attack, RFC 1858)
-/// is dropped rather than guessed at.
+/// Reads the destination port (and TCP flags). The whole minimal header
+/// must be present: a first fragment too short to hold it (the tiny-fragment
+/// attack, RFC 1858) is dropped rather than guessed at.
 #[inline(always)]
 fn transport(ctx: &XdpContext, offset: usize, proto: Transport, src: SourceKey) -> Parsed {
-    let min_len = match proto {
-        Transport::Tcp => TCP_HLEN,
-        Transport::Udp => UDP_HLEN,
-    };
-    if !has(ctx, offset, min_len) {
-        return Parsed::Malformed;
-    }
-    let Some(ports) = read::<PortsHdr>(ctx, offset) else {
-        return Parsed::Malformed;
+    // One bounds-checked read per header: the verifier tracks the range of
+    // that one pointer, not of a second one derived from the same offset.
+    let (dst_port, flags) = match proto {
+        Transport::Tcp => match read::<TcpHdr>(ctx, offset) {
+            Some(tcp) => (tcp.dst_port, tcp.flags),
+            None => return Parsed::Malformed,
+        },
+        Transport::Udp => match read::<UdpHdr>(ctx, offset) {
+            Some(udp) => (udp.dst_port, 0),
+            None => return Parsed::Malformed,
+        },
     };
     Parsed::Transport {
         src,
         proto,
-        dport: u16::from_be_bytes(ports.dst_port),
+        dport: u16::from_be_bytes(dst_port),
+        flags,
     }
 }

@@ -89,7 +89,7 @@ impl Tables {
         let entry = AllowEntry {
             deadline_ns,
             origin,
-            _pad: 0,
+            client: 0,
         };
         self.allow
             .insert(SourceKey::from(addr), entry, 0)

@@ -3,9 +3,12 @@
 
 use std::ffi::OsString;
 
-use anyhow::{Context, Result};
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
 
-use crate::{cargo, is_root, run_cmd, setup, target_dir};
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, describe, is_root, run_cmd, setup, target_dir};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,14 +37,81 @@ pub fn run(args: &Args) -> Result<()> {
         .context("xtask test: building knock-xdp failed")?;
     let bin = target_dir().join("debug").join("knock-xdp");
 
-    run_cmd(
-        cargo()
-            .args(["test", "--workspace", "--exclude", "knock-ebpf"])
-            .args(&args.cargo_test_args)
-            .env("KNOCK_XDP_BIN", &bin),
-    )
-    .context("xtask test: tests failed")?;
-
-    println!("xtask test: all tests passed");
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--exclude", "knock-ebpf"])
+        .args(&args.cargo_test_args)
+        .env("KNOCK_XDP_BIN", &bin);
+    let totals = run_counting(&mut cmd)?;
+    // One plain closing line for the whole run; cargo's own end with the
+    // last (often empty) test binary.
+    println!(
+        "xtask test: {} passed, {} failed",
+        totals.passed, totals.failed
+    );
+    if !totals.success {
+        bail!("tests failed");
+    }
     Ok(())
+}
+
+struct Totals {
+    passed: u64,
+    failed: u64,
+    success: bool,
+}
+
+/// Runs `cargo test`, echoing its output and adding up the counts of every
+/// `test result:` line.
+fn run_counting(cmd: &mut Command) -> Result<Totals> {
+    let desc = describe(cmd);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{desc}`"))?;
+    let mut totals = Totals {
+        passed: 0,
+        failed: 0,
+        success: false,
+    };
+    let stdout = child.stdout.take().context("no stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            totals.passed += count(rest, " passed");
+            totals.failed += count(rest, " failed");
+        }
+    }
+    totals.success = child.wait().context("waiting for cargo test")?.success();
+    Ok(totals)
+}
+
+/// The number before `label` in "ok. 6 passed; 0 failed; ...".
+fn count(summary: &str, label: &str) -> u64 {
+    summary
+        .split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(label)?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count;
+
+    #[test]
+    fn counts_cargo_summaries() {
+        let line =
+            "ok. 6 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.55s";
+        assert_eq!(count(line, " passed"), 6);
+        assert_eq!(count(line, " failed"), 1);
+        assert_eq!(count("FAILED. 3 passed; 2 failed; 0 ignored", " failed"), 2);
+    }
 }
