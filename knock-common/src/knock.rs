@@ -72,7 +72,7 @@ pub fn on_attempt<T: KnockTables>(
         if now_ns.saturating_sub(state.started_ns) > config.knock_timeout_ns {
             t.clear_knock_state(src);
             if state.done == 0 {
-                emit(t, event_kind::TIMEOUT, src, None, state.step);
+                emit_candidates(t, event_kind::TIMEOUT, src, &state.candidates, state.step);
             }
             // Fall through: this packet may start a new attempt.
         } else if state.last_port == port && state.last_proto == proto {
@@ -111,7 +111,7 @@ pub fn on_attempt<T: KnockTables>(
             // Anything else from this source ends the attempt, so spraying
             // ports in order never walks through a sequence.
             t.clear_knock_state(src);
-            emit(t, event_kind::RESET, src, None, state.step);
+            emit_candidates(t, event_kind::RESET, src, &state.candidates, state.step);
             // Fall through: the same packet may be a fresh first knock.
         }
     }
@@ -171,7 +171,7 @@ fn advance<T: KnockTables>(
         state.done = 1;
         state.candidates = Bitmap::default();
     } else {
-        emit(t, event_kind::PROGRESS, src, None, u32::from(state.step));
+        emit_candidates(t, event_kind::PROGRESS, src, &matching, state.step);
     }
     t.set_knock_state(src, &state);
 }
@@ -228,6 +228,20 @@ fn complete<T: KnockTables>(
         return;
     }
     emit(t, outcome, src, refused.as_ref(), u32::from(step));
+}
+
+/// Emits an event naming the first candidate sequence (usually the only one).
+#[inline(always)]
+fn emit_candidates<T: KnockTables>(
+    t: &T,
+    kind: u32,
+    src: &SourceKey,
+    candidates: &Bitmap,
+    step: u8,
+) {
+    let mut candidates = *candidates;
+    let seq = take_lowest(&mut candidates).and_then(|index| t.sequence(index));
+    emit(t, kind, src, seq, step);
 }
 
 #[inline(always)]

@@ -1,16 +1,24 @@
 //! The command line: clap definitions and what each command does.
 
-use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::{
     check,
+    clients::ClientStore,
     control::{self, Changed, Listing, Request, Status, Unreachable},
     daemon::{self, AttachOptions},
+    knock,
     loader::{self, Mode},
-    ports::{self, PortSpec, ProtoPort},
+    ports::{self, PortSpec, Proto, ProtoPort},
+    profile::{self, Knock, Profile},
     state::{DEFAULT_STATE_DIR, StateDir, require_root},
     units::{format_duration, parse_duration},
 };
@@ -48,6 +56,12 @@ pub enum Command {
         /// XDP mode: auto tries native (driver) XDP, then falls back to skb (generic).
         #[arg(long, value_enum, default_value_t = Mode::Auto)]
         mode: Mode,
+        /// How long a source that knocked may open new connections.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+        open_window: Duration,
+        /// How long a whole knock sequence may take.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+        knock_timeout: Duration,
     },
     /// Detach from one interface, or from all; removes every pin knock-xdp made.
     Detach {
@@ -91,6 +105,36 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage the clients allowed to knock.
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Send a profile's current knock sequence to HOST.
+    ///
+    /// Exit status: 0 when sent (with --check: 0 open, 3 closed, 4 filtered).
+    Knock {
+        /// Address or host name of the server.
+        host: String,
+        /// The client profile (written by 'knock-xdp client add').
+        #[arg(long, value_name = "FILE")]
+        profile: PathBuf,
+        /// Milliseconds between knocks.
+        #[arg(long, value_name = "MS", default_value_t = 50)]
+        delay: u64,
+        /// Afterwards, report whether this TCP port is reachable.
+        #[arg(long, value_name = "PORT", value_parser = parse_port_arg)]
+        check: Option<u16>,
+        /// Knock as at this time instead of now (RFC 3339, UTC).
+        #[arg(long, value_name = "TIME", value_parser = knock::parse_time)]
+        at: Option<SystemTime>,
+    },
+    /// Print a profile's current knock sequence on one line (for any knock tool).
+    Sequence {
+        #[arg(long, value_name = "FILE")]
+        profile: PathBuf,
+        /// The sequence at this time instead of now (RFC 3339, UTC).
+        #[arg(long, value_name = "TIME", value_parser = knock::parse_time)]
+        at: Option<SystemTime>,
+    },
     /// Probe a TCP port: prints open, closed or filtered.
     ///
     /// Exit status: 0 open, 3 closed, 4 filtered, 1 on errors.
@@ -103,6 +147,52 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
         timeout: Duration,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Create a client and print its profile (or write it with --profile-out).
+    ///
+    /// Rotating clients knock on ports derived from a fresh 256-bit secret and
+    /// the time slot; --static makes a fixed sequence that any knock client
+    /// (e.g. knockd's 'knock') can send, but that can be replayed.
+    Add {
+        name: String,
+        /// Knocks per sequence (1-16).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=16), default_value_t = profile::DEFAULT_LENGTH)]
+        length: u8,
+        /// Slot length: the sequence changes this often.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+        slot: Duration,
+        /// Range the knock ports are drawn from.
+        #[arg(long, value_name = "LO-HI", value_parser = profile::parse_range, default_value = "61000-65535")]
+        ports: (u16, u16),
+        /// Knock with TCP SYNs or UDP datagrams.
+        #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
+        proto: ProtoArg,
+        /// Ports never to knock on (e.g. 62000,63000-63010).
+        #[arg(long, value_name = "PORTS", value_parser = profile::parse_port_list)]
+        exclude: Option<Vec<u16>>,
+        /// A fixed sequence in knockd's syntax, e.g. 7000,8000:udp,9000.
+        #[arg(long = "static", value_name = "SEQ", value_parser = profile::parse_static, conflicts_with_all = ["length", "slot", "ports", "proto", "exclude"])]
+        static_sequence: Option<Vec<ProtoPort>>,
+        /// Write the profile to FILE (mode 0600) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        profile_out: Option<PathBuf>,
+    },
+    /// List clients (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a client: its sequences stop opening the door at once.
+    Remove { name: String },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ProtoArg {
+    Tcp,
+    Udp,
 }
 
 fn parse_port_spec(text: &str) -> Result<PortSpec, String> {
@@ -132,6 +222,11 @@ impl Command {
             Command::List { .. } => "list",
             Command::Status { .. } => "status",
             Command::Check { .. } => "check",
+            Command::Client(ClientCommand::Add { .. }) => "client add",
+            Command::Client(ClientCommand::List { .. }) => "client list",
+            Command::Client(ClientCommand::Remove { .. }) => "client remove",
+            Command::Knock { .. } => "knock",
+            Command::Sequence { .. } => "sequence",
         }
     }
 }
@@ -140,11 +235,59 @@ impl Command {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let state = StateDir::new(&cli.state_dir);
     let command = cli.command;
-    if !matches!(command, Command::Check { .. }) {
+    let needs_root = !matches!(
+        command,
+        Command::Check { .. } | Command::Knock { .. } | Command::Sequence { .. }
+    );
+    if needs_root {
         require_root(command.name())?;
     }
     match command {
-        Command::Attach { ifaces, mode } => daemon::run(state, AttachOptions { ifaces, mode })?,
+        Command::Attach {
+            ifaces,
+            mode,
+            open_window,
+            knock_timeout,
+        } => daemon::run(
+            state,
+            AttachOptions {
+                ifaces,
+                mode,
+                open_window,
+                knock_timeout,
+            },
+        )?,
+        Command::Client(command) => client(&state, command)?,
+        Command::Knock {
+            host,
+            profile,
+            delay,
+            check,
+            at,
+        } => {
+            let profile = Profile::read(&profile)?;
+            let target = knock::resolve(&host)?;
+            let (slot, steps) = knock::steps_at(&profile, at)?;
+            knock::send(target, &steps, Duration::from_millis(delay))?;
+            let slot = slot.map_or_else(|| "static".to_owned(), |s| format!("slot {s}"));
+            println!(
+                "knocked {target}: {} ({slot})",
+                knock::sequence_line(&steps)
+            );
+            if let Some(port) = check {
+                // The door opens with the last knock; give the packet a moment.
+                std::thread::sleep(Duration::from_millis(100));
+                let (addr, port_state) =
+                    check::check(&target.to_string(), port, Duration::from_secs(2))?;
+                println!("{addr} {}", port_state.as_str());
+                return Ok(ExitCode::from(port_state.exit_code()));
+            }
+        }
+        Command::Sequence { profile, at } => {
+            let profile = Profile::read(&profile)?;
+            let (_, steps) = knock::steps_at(&profile, at)?;
+            println!("{}", knock::sequence_line(&steps));
+        }
         Command::Detach { iface } => detach(&state, iface)?,
         Command::Protect { ports } => change_protected(&state, &ports, true)?,
         Command::Unprotect { ports } => change_protected(&state, &ports, false)?,
@@ -182,6 +325,150 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `client add|list|remove`: edits the clients directory, then asks a
+/// running daemon to pick the change up.
+fn client(state: &StateDir, command: ClientCommand) -> Result<()> {
+    let store = ClientStore::new(state);
+    match command {
+        ClientCommand::Add {
+            name,
+            length,
+            slot,
+            ports,
+            proto,
+            exclude,
+            static_sequence,
+            profile_out,
+        } => {
+            profile::check_name(&name)?;
+            let knock = match static_sequence {
+                Some(steps) => Knock::Static { steps },
+                None => {
+                    if slot.subsec_nanos() != 0 || slot.as_secs() > 86_400 {
+                        bail!("--slot must be whole seconds, at most 1d");
+                    }
+                    Knock::Rotating {
+                        secret: profile::random_secret()?,
+                        proto: match proto {
+                            ProtoArg::Tcp => Proto::Tcp,
+                            ProtoArg::Udp => Proto::Udp,
+                        },
+                        length,
+                        slot_secs: slot.as_secs() as u32,
+                        ports,
+                        exclude: exclude.unwrap_or_default(),
+                    }
+                }
+            };
+            let profile = Profile { name, knock };
+            // Validates the parameters (enough ports for the length, ...).
+            profile.sequence_at(0)?;
+            let text = profile.to_toml()?;
+            // Refuse to clobber an existing file before anything is stored.
+            if let Some(path) = &profile_out
+                && path.exists()
+            {
+                bail!("{} exists already; not overwriting it", path.display());
+            }
+            state.create()?;
+            let client = store.add(profile)?;
+            match &profile_out {
+                Some(path) => {
+                    if let Err(err) = write_private(path, &text) {
+                        let _ = store.remove(&client.profile.name);
+                        return Err(err);
+                    }
+                    eprintln!("profile written to {}", path.display());
+                }
+                None => print!("{text}"),
+            }
+            notify_daemon(state)?;
+            eprintln!(
+                "client {} added ({})",
+                client.profile.name,
+                describe(&client.profile)
+            );
+        }
+        ClientCommand::List { json } => {
+            let clients = store.load()?;
+            if json {
+                let list: Vec<serde_json::Value> = clients
+                    .iter()
+                    .map(|c| {
+                        let mut file =
+                            serde_json::to_value(c.profile.to_file()).unwrap_or_default();
+                        if let Some(map) = file.as_object_mut() {
+                            map.remove("secret");
+                            map.remove("version");
+                            map.insert("kind".into(), c.profile.kind().into());
+                        }
+                        file
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if clients.is_empty() {
+                println!("no clients (add one with 'knock-xdp client add NAME')");
+            } else {
+                for c in &clients {
+                    println!("{:<20} {}", c.profile.name, describe(&c.profile));
+                }
+            }
+        }
+        ClientCommand::Remove { name } => {
+            let client = store.remove(&name)?;
+            notify_daemon(state)?;
+            println!("client {} removed", client.profile.name);
+        }
+    }
+    Ok(())
+}
+
+/// Tells a running daemon to re-read the clients; nothing to do without one.
+fn notify_daemon(state: &StateDir) -> Result<()> {
+    match control::connect(state) {
+        Ok(stream) => control::send::<Changed>(stream, &Request::ReloadClients).map(drop),
+        Err(Unreachable::NotRunning) => Ok(()),
+        Err(Unreachable::Other(err)) => Err(err),
+    }
+}
+
+fn describe(profile: &Profile) -> String {
+    match &profile.knock {
+        Knock::Rotating {
+            proto,
+            length,
+            slot_secs,
+            ports,
+            ..
+        } => {
+            let proto = match proto {
+                Proto::Tcp => "tcp",
+                Proto::Udp => "udp",
+            };
+            format!(
+                "rotating: {length} {proto} knocks from {}-{}, new every {}",
+                ports.0,
+                ports.1,
+                format_duration(Duration::from_secs(u64::from(*slot_secs)))
+            )
+        }
+        Knock::Static { steps } => format!("static: {}", profile::join_static(steps)),
+    }
+}
+
+/// Creates `path` with mode 0600 and writes `text`.
+fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Through the daemon when it runs; otherwise removes what a killed daemon

@@ -24,13 +24,26 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
-    Protect { ports: Vec<ProtoPort> },
-    Unprotect { ports: Vec<ProtoPort> },
-    Allow { addr: IpAddr, for_ms: u64 },
-    Revoke { addr: IpAddr },
+    Protect {
+        ports: Vec<ProtoPort>,
+    },
+    Unprotect {
+        ports: Vec<ProtoPort>,
+    },
+    Allow {
+        addr: IpAddr,
+        for_ms: u64,
+    },
+    Revoke {
+        addr: IpAddr,
+    },
     List,
     Status,
-    Detach { iface: Option<String> },
+    Detach {
+        iface: Option<String>,
+    },
+    /// Re-read the clients directory (after `client add` / `client remove`).
+    ReloadClients,
 }
 
 /// The daemon's answer: a JSON value on success, one line of text on failure.
@@ -74,6 +87,13 @@ pub struct Status {
     pub uptime_secs: u64,
     pub interfaces: Vec<InterfaceStatus>,
     pub counters: BTreeMap<String, u64>,
+    pub open_window_secs: u64,
+    pub knock_timeout_secs: u64,
+    pub clients: usize,
+    /// Sequences installed in the kernel (up to 4 per rotating client).
+    pub sequences: usize,
+    /// Sources with knock state in the kernel (finished ones included until they expire).
+    pub knocks_in_progress: usize,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

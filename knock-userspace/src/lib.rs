@@ -5,11 +5,14 @@
 
 pub mod check;
 pub mod cli;
+pub mod clients;
 pub mod clock;
 pub mod control;
 pub mod daemon;
+pub mod knock;
 pub mod loader;
 pub mod ports;
+pub mod profile;
 pub mod state;
 pub mod tables;
 pub mod units;

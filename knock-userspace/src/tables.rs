@@ -9,7 +9,9 @@ use aya::{
 };
 use knock_common::{
     maps::{
-        ALLOW_MAX_ENTRIES, AllowEntry, Counter, MAP_ALLOW, MAP_COUNTERS, MAP_PORT_FLAGS, SourceKey,
+        ALLOW_MAX_ENTRIES, AllowEntry, Counter, KnockConfig, KnockState, MAP_ALLOW, MAP_COUNTERS,
+        MAP_KNOCK_CONFIG, MAP_KNOCK_STATE, MAP_KNOCK_STEPS, MAP_PORT_FLAGS, MAP_SEQUENCES,
+        MAP_USED, SequenceInfo, SourceKey, StepEntry, StepKey, UsedKey,
     },
     verdict::Transport,
 };
@@ -20,6 +22,11 @@ pub struct Tables {
     port_flags: Array<MapData, u32>,
     allow: HashMap<MapData, SourceKey, AllowEntry>,
     counters: PerCpuArray<MapData, u64>,
+    knock_steps: HashMap<MapData, StepKey, StepEntry>,
+    sequences: Array<MapData, SequenceInfo>,
+    knock_state: HashMap<MapData, SourceKey, KnockState>,
+    used: HashMap<MapData, UsedKey, u64>,
+    knock_config: Array<MapData, KnockConfig>,
 }
 
 impl Tables {
@@ -33,31 +40,53 @@ impl Tables {
             port_flags: Array::try_from(take(MAP_PORT_FLAGS)?)?,
             allow: HashMap::try_from(take(MAP_ALLOW)?)?,
             counters: PerCpuArray::try_from(take(MAP_COUNTERS)?)?,
+            knock_steps: HashMap::try_from(take(MAP_KNOCK_STEPS)?)?,
+            sequences: Array::try_from(take(MAP_SEQUENCES)?)?,
+            knock_state: HashMap::try_from(take(MAP_KNOCK_STATE)?)?,
+            used: HashMap::try_from(take(MAP_USED)?)?,
+            knock_config: Array::try_from(take(MAP_KNOCK_CONFIG)?)?,
         })
     }
 
     /// Makes exactly `protected` protected, touching only the ports that
-    /// change (and leaving any other flag bits of those ports alone).
+    /// change (and leaving the other flag bits of those ports alone).
     pub fn set_protected(
         &mut self,
         before: &BTreeSet<ProtoPort>,
         protected: &BTreeSet<ProtoPort>,
     ) -> Result<()> {
-        let ports: BTreeSet<u16> = before.iter().chain(protected).map(|p| p.port).collect();
+        self.set_port_bits(before, protected, Transport::protected_flag)
+    }
+
+    /// Marks exactly `knock_ports` as knock ports.
+    pub fn set_knock_ports(
+        &mut self,
+        before: &BTreeSet<ProtoPort>,
+        knock_ports: &BTreeSet<ProtoPort>,
+    ) -> Result<()> {
+        self.set_port_bits(before, knock_ports, Transport::knock_flag)
+    }
+
+    fn set_port_bits(
+        &mut self,
+        before: &BTreeSet<ProtoPort>,
+        after: &BTreeSet<ProtoPort>,
+        bit_of: fn(Transport) -> u32,
+    ) -> Result<()> {
+        let ports: BTreeSet<u16> = before.symmetric_difference(after).map(|p| p.port).collect();
         for port in ports {
             let mut flags = self
                 .port_flags
                 .get(&u32::from(port), 0)
                 .context("cannot read PORT_FLAGS")?;
             for proto in [Transport::Tcp, Transport::Udp] {
-                let bit = proto.protected_flag();
-                if protected.contains(&ProtoPort {
+                if after.contains(&ProtoPort {
                     port,
                     proto: proto.into(),
                 }) {
-                    flags |= bit;
+                    flags |= bit_of(proto);
                 } else {
-                    flags &= !bit;
+                    flags &= !bit_of(proto);
                 }
             }
             self.port_flags
@@ -151,5 +180,52 @@ impl Tables {
                 Ok((counter, per_cpu.iter().sum()))
             })
             .collect()
+    }
+
+    pub fn set_knock_config(&mut self, config: KnockConfig) -> Result<()> {
+        self.knock_config
+            .set(0, config, 0)
+            .context("cannot write KNOCK_CONFIG")
+    }
+
+    pub fn set_sequence(&mut self, index: u32, info: SequenceInfo) -> Result<()> {
+        self.sequences
+            .set(index, info, 0)
+            .context("cannot write SEQUENCES")
+    }
+
+    pub fn set_step(&mut self, key: StepKey, entry: StepEntry) -> Result<()> {
+        self.knock_steps
+            .insert(key, entry, 0)
+            .context("cannot write KNOCK_STEPS")
+    }
+
+    pub fn remove_step(&mut self, key: &StepKey) -> Result<()> {
+        match self.knock_steps.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(err) => Err(err).context("cannot remove from KNOCK_STEPS"),
+        }
+    }
+
+    /// Forgets used-sequence records that `keep` rejects.
+    pub fn prune_used(&mut self, keep: impl Fn(&UsedKey) -> bool) -> Result<()> {
+        let stale: Vec<UsedKey> = self
+            .used
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !keep(k))
+            .collect();
+        for key in stale {
+            match self.used.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(err) => return Err(err).context("cannot remove from USED"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Knocks in progress (entries of the LRU state map, finished ones included).
+    pub fn knock_states(&self) -> usize {
+        self.knock_state.keys().filter(|k| k.is_ok()).count()
     }
 }

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use super::Daemon;
 use crate::{
+    clients::{Client, ClientStore},
     clock,
     control::{AllowedSource, Changed, InterfaceStatus, Listing, Reply, Request, Status},
     ports::{self, ProtoPort},
@@ -80,6 +81,27 @@ impl Daemon {
                     message: format!("detached from {iface}"),
                     stopping: self.stop,
                 })
+            }
+            Request::ReloadClients => {
+                let clients = ClientStore::new(&self.state_dir).load()?;
+                let before: Vec<u32> = self.clients.iter().map(|c| c.id).collect();
+                let removed: Vec<Client> = self
+                    .clients
+                    .iter()
+                    .filter(|c| !clients.iter().any(|n| n.id == c.id))
+                    .cloned()
+                    .collect();
+                self.clients = clients;
+                self.rotate()?;
+                for client in &self.clients {
+                    if !before.contains(&client.id) {
+                        info!(client = %client.profile.name, kind = client.profile.kind(), "client added");
+                    }
+                }
+                for client in removed {
+                    info!(client = %client.profile.name, "client removed; its sequences no longer open the door");
+                }
+                changed(format!("{} clients", self.clients.len()))
             }
             Request::Detach { iface: None } => {
                 self.stop = true;
@@ -158,6 +180,9 @@ impl Daemon {
                     expires_in_ms: (entry.deadline_ns - now) / 1_000_000,
                     origin: match entry.origin {
                         allow_origin::MANUAL => "manual".into(),
+                        allow_origin::KNOCK => {
+                            format!("knock ({})", self.client_name(entry.client))
+                        }
                         other => format!("unknown ({other})"),
                     },
                 })
@@ -193,6 +218,11 @@ impl Daemon {
                 .into_iter()
                 .map(|(counter, value)| (counter.name().to_owned(), value))
                 .collect(),
+            open_window_secs: self.options.open_window.as_secs(),
+            knock_timeout_secs: self.options.knock_timeout.as_secs(),
+            clients: self.clients.len(),
+            sequences: self.installed.count(),
+            knocks_in_progress: self.tables.knock_states(),
         })
     }
 }

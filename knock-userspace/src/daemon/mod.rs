@@ -5,6 +5,8 @@
 //! one `select!`, so map updates never race each other.
 
 mod control;
+mod events;
+mod rotate;
 mod sweep;
 
 use std::{
@@ -13,14 +15,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::maps::{MapData, RingBuf};
+use knock_common::maps::{KnockConfig, MAP_EVENTS};
 use tokio::{
+    io::{Interest, unix::AsyncFd},
     net::UnixListener,
     signal::unix::{SignalKind, signal},
 };
 use tracing::{info, warn};
 
 use crate::{
+    clients::{Client, ClientStore},
     loader::{self, Mode, Program},
     ports,
     state::{State, StateDir},
@@ -31,15 +37,27 @@ use crate::{
 /// itself, so this only bounds how long a dead entry occupies a slot.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often the installed sequences are checked against the clock. The
+/// next slot's sequence is always installed a slot ahead, so this only has
+/// to run well within one slot.
+const ROTATE_INTERVAL: Duration = Duration::from_secs(1);
+
 pub struct AttachOptions {
     pub ifaces: Vec<String>,
     pub mode: Mode,
+    /// How long a source that completed a sequence may open new connections.
+    pub open_window: Duration,
+    /// How long a whole sequence may take.
+    pub knock_timeout: Duration,
 }
 
 /// Everything the daemon's tasks share.
 pub(crate) struct Daemon {
     state_dir: StateDir,
+    options: AttachOptions,
     state: State,
+    clients: Vec<Client>,
+    installed: rotate::Installed,
     program: Program,
     tables: Tables,
     started: Instant,
@@ -62,27 +80,42 @@ pub fn run(state_dir: StateDir, options: AttachOptions) -> Result<()> {
         );
     };
     let state = state_dir.load()?;
+    let clients = ClientStore::new(&state_dir).load()?;
     loader::ensure_bpffs()?;
     let mut program = Program::load(loader::pin_dir(&state_dir)?)?;
 
-    let started = (|| -> Result<Daemon> {
+    let started = (|| -> Result<(Daemon, RingBuf<MapData>)> {
         let mut tables = Tables::take(&mut program.ebpf)?;
-        // Ports are protected before the first packet is seen.
+        let events = program
+            .ebpf
+            .take_map(MAP_EVENTS)
+            .ok_or_else(|| anyhow!("the XDP object has no map named {MAP_EVENTS}"))?;
+        let events = RingBuf::try_from(events)?;
+        tables.set_knock_config(KnockConfig {
+            open_window_ns: options.open_window.as_nanos() as u64,
+            knock_timeout_ns: options.knock_timeout.as_nanos() as u64,
+        })?;
+        // Ports are protected and sequences installed before the first packet.
         tables.set_protected(&Default::default(), &state.protected)?;
-        for iface in &options.ifaces {
-            program.attach(iface, options.mode)?;
-        }
-        Ok(Daemon {
+        let mut daemon = Daemon {
             state_dir: state_dir.clone(),
+            options,
             state,
+            clients,
+            installed: Default::default(),
             program,
             tables,
             started: Instant::now(),
             stop: false,
-        })
+        };
+        daemon.rotate()?;
+        for iface in daemon.options.ifaces.clone() {
+            daemon.program.attach(&iface, daemon.options.mode)?;
+        }
+        Ok((daemon, events))
     })();
-    let mut daemon = match started {
-        Ok(daemon) => daemon,
+    let (mut daemon, events) = match started {
+        Ok(started) => started,
         Err(err) => {
             // Nothing may stay behind from a refused start.
             if let Err(cleanup) = loader::remove_pins(&loader::pin_dir(&state_dir)?) {
@@ -99,12 +132,17 @@ pub fn run(state_dir: StateDir, options: AttachOptions) -> Result<()> {
     } else {
         info!(ports = %ports::join(&daemon.state.protected), "protecting");
     }
+    info!(
+        clients = daemon.clients.len(),
+        sequences = daemon.installed.count(),
+        "knock sequences installed"
+    );
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let served = runtime.block_on(daemon.serve());
+    let served = runtime.block_on(daemon.serve(events));
 
     let socket = state_dir.control_socket();
     let _ = fs::remove_file(&socket);
@@ -120,7 +158,7 @@ pub fn run(state_dir: StateDir, options: AttachOptions) -> Result<()> {
 }
 
 impl Daemon {
-    async fn serve(&mut self) -> Result<()> {
+    async fn serve(&mut self, events: RingBuf<MapData>) -> Result<()> {
         let socket = self.state_dir.control_socket();
         // We hold the daemon lock, so a socket file left here is stale.
         let _ = fs::remove_file(&socket);
@@ -131,6 +169,11 @@ impl Daemon {
         let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        let mut rotate = tokio::time::interval(ROTATE_INTERVAL);
+        // SAFETY: the ring buffer owns its fd and the AsyncFd owns the ring
+        // buffer, so the fd stays open for as long as it is registered.
+        let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+            .map_err(|err| anyhow!("cannot watch the event ring buffer: {err}"))?;
         info!(socket = %socket.display(), "ready");
 
         while !self.stop {
@@ -138,6 +181,21 @@ impl Daemon {
                 _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
                 _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
                 _ = sweep.tick() => self.sweep(),
+                _ = rotate.tick() => {
+                    if let Err(err) = self.rotate() {
+                        warn!("installing sequences: {err:#}");
+                    }
+                }
+                ready = events.readable_mut() => match ready {
+                    Ok(mut guard) => {
+                        let ring = guard.get_inner_mut();
+                        while let Some(item) = ring.next() {
+                            self.log_event(&item);
+                        }
+                        guard.clear_ready();
+                    }
+                    Err(err) => warn!("event ring buffer: {err}"),
+                },
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => self.answer(stream).await,
                     Err(err) => warn!("control socket: {err}"),

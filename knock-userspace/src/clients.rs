@@ -1,0 +1,140 @@
+//! The server's clients: one profile file each in `<state-dir>/clients/`,
+//! mode 0600, with the client's stable `id` added.
+
+use std::{
+    fs,
+    os::unix::fs::DirBuilderExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use knock_common::maps::MAX_CLIENTS;
+
+use crate::{
+    profile::{Profile, ProfileFile, check_name, parse_toml},
+    state::{StateDir, write_atomically},
+};
+
+/// A client as the server knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Client {
+    /// Stable for the client's life; keys single-use records in the kernel.
+    pub id: u32,
+    pub profile: Profile,
+}
+
+pub struct ClientStore {
+    dir: PathBuf,
+}
+
+impl ClientStore {
+    pub fn new(state: &StateDir) -> Self {
+        Self {
+            dir: state.path().join("clients"),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.toml"))
+    }
+
+    /// Every client, sorted by name. A broken file is an error naming it.
+    pub fn load(&self) -> Result<Vec<Client>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot read {}", self.dir.display()));
+            }
+        };
+        let mut clients = Vec::new();
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("cannot read {}", self.dir.display()))?
+                .path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                clients.push(read_client(&path)?);
+            }
+        }
+        clients.sort_by(|a, b| a.profile.name.cmp(&b.profile.name));
+        Ok(clients)
+    }
+
+    /// Stores a new client; refuses a taken name or a full house.
+    pub fn add(&self, profile: Profile) -> Result<Client> {
+        check_name(&profile.name)?;
+        let existing = self.load()?;
+        if existing.iter().any(|c| c.profile.name == profile.name) {
+            bail!("client '{}' exists already (remove it first)", profile.name);
+        }
+        if existing.len() >= MAX_CLIENTS as usize {
+            bail!("knock-xdp follows at most {MAX_CLIENTS} clients; remove one first");
+        }
+        let id = loop {
+            let bytes = crate::profile::random_secret()?;
+            let id = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            if id != 0 && !existing.iter().any(|c| c.id == id) {
+                break id;
+            }
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let client = Client { id, profile };
+        let mut file = client.profile.to_file();
+        file.id = Some(id);
+        let body = toml::to_string(&file).context("cannot serialise the client")?;
+        let text = format!(
+            "# knock-xdp client \"{}\" (server copy)\n{body}",
+            client.profile.name
+        );
+        write_atomically(&self.path(&client.profile.name), text.as_bytes())?;
+        Ok(client)
+    }
+
+    /// Removes a client; an error when there is none by that name.
+    pub fn remove(&self, name: &str) -> Result<Client> {
+        check_name(name)?;
+        let path = self.path(name);
+        if !path.exists() {
+            bail!("no client named '{name}'");
+        }
+        let client = read_client(&path)?;
+        fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        Ok(client)
+    }
+
+    pub fn get(&self, name: &str) -> Result<Client> {
+        check_name(name)?;
+        let path = self.path(name);
+        if !path.exists() {
+            bail!("no client named '{name}'");
+        }
+        read_client(&path)
+    }
+}
+
+fn read_client(path: &Path) -> Result<Client> {
+    let text =
+        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file: ProfileFile = parse_toml(&text, path)?;
+    let id = file
+        .id
+        .with_context(|| format!("{}: the client has no id", path.display()))?;
+    let profile =
+        Profile::from_file(&file).with_context(|| format!("invalid client {}", path.display()))?;
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if stem != profile.name {
+        bail!(
+            "{}: the file name does not match the client name '{}'",
+            path.display(),
+            profile.name
+        );
+    }
+    Ok(Client { id, profile })
+}

@@ -1,0 +1,45 @@
+//! Logging what the XDP program reports through its ring buffer: one line
+//! per opening, refusal, reset or timeout; step-by-step progress at debug.
+
+use knock_common::maps::{Event, event_kind};
+use tracing::{debug, info, warn};
+
+use super::Daemon;
+use crate::units::format_duration;
+
+impl Daemon {
+    pub(super) fn log_event(&self, bytes: &[u8]) {
+        let Ok(event) = bytemuck::try_pod_read_unaligned::<Event>(bytes) else {
+            return warn!(len = bytes.len(), "malformed event from the XDP program");
+        };
+        let source = event
+            .source
+            .ip()
+            .map_or_else(|| "?".to_owned(), |ip| ip.to_string());
+        let client = if event.client == 0 {
+            "-".to_owned()
+        } else {
+            self.client_name(event.client)
+        };
+        let step = event.step;
+        match event.kind {
+            event_kind::PROGRESS => debug!(%client, %source, step, "knock"),
+            event_kind::OPENED => {
+                let window = format_duration(self.options.open_window);
+                info!(%client, %source, slot = event.slot, %window, "door opened")
+            }
+            event_kind::REPLAY => {
+                warn!(%client, %source, slot = event.slot, "replayed sequence refused (already used)")
+            }
+            event_kind::RESET => info!(%client, %source, step, "knock reset by a wrong packet"),
+            event_kind::TIMEOUT => info!(%client, %source, step, "knock timed out"),
+            event_kind::STALE => {
+                info!(%source, step, "sequence completed outside its slot's window")
+            }
+            event_kind::ALLOW_FULL => {
+                warn!(%client, %source, "sequence completed but the allow map is full")
+            }
+            other => warn!(kind = other, "unknown event from the XDP program"),
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Installing the clients' sequences in the kernel, ahead of time.
+//!
+//! For a rotating client, the sequences of slots s-1, s, s+1 (accepted now)
+//! and s+2 (accepted from the next slot on) are installed, each with the
+//! boot-clock window in which it is valid. The kernel checks that window
+//! itself, so it never depends on this task waking up at a slot boundary:
+//! there is a whole slot to install the next one.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Result;
+use knock_common::{
+    knock::set_bit,
+    maps::{MAX_CLIENTS, SLOTS_PER_CLIENT, STATIC_SLOT, SequenceInfo, StepEntry, StepKey},
+    verdict::Transport,
+};
+use tracing::{debug, warn};
+
+use super::Daemon;
+use crate::{
+    clients::Client,
+    clock,
+    ports::{Proto, ProtoPort},
+    profile::Knock,
+};
+
+/// What is installed, so each pass writes only what changed.
+#[derive(Default)]
+pub(crate) struct Installed {
+    /// Client id → client index (0..MAX_CLIENTS), stable while the daemon runs
+    /// so knocks in progress survive other clients coming and going.
+    indexes: HashMap<u32, u32>,
+    sequences: BTreeMap<u32, Installation>,
+    steps: BTreeMap<StepKey, StepEntry>,
+    knock_ports: BTreeSet<ProtoPort>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Installation {
+    client: u32,
+    slot: u64,
+    ports: Vec<ProtoPort>,
+    info: SequenceInfo,
+}
+
+impl Installed {
+    pub(crate) fn count(&self) -> usize {
+        self.sequences.len()
+    }
+
+    /// Keeps indexes of remaining clients; gives new ones the lowest free index.
+    fn assign_indexes(&mut self, clients: &[Client]) {
+        self.indexes
+            .retain(|id, _| clients.iter().any(|c| c.id == *id));
+        for client in clients {
+            if !self.indexes.contains_key(&client.id) {
+                let free = (0..MAX_CLIENTS).find(|i| !self.indexes.values().any(|v| v == i));
+                if let Some(index) = free {
+                    self.indexes.insert(client.id, index);
+                }
+            }
+        }
+    }
+}
+
+/// Real time now, in nanoseconds since the epoch.
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Daemon {
+    /// Brings the kernel's sequences up to date with the clients and the clock.
+    /// Cheap when nothing changed: only new (client, slot) pairs are derived.
+    pub(super) fn rotate(&mut self) -> Result<()> {
+        let unix_now = unix_ns();
+        let boot_now = clock::boot_ns();
+        // Converts a UNIX time (seconds) to the boot clock the kernel reads.
+        let to_boot = |unix_secs: u64| {
+            let delta = i128::from(unix_secs) * 1_000_000_000 - i128::from(unix_now);
+            (i128::from(boot_now) + delta).clamp(0, i128::from(u64::MAX)) as u64
+        };
+
+        self.installed.assign_indexes(&self.clients);
+        let mut wanted: BTreeMap<u32, (u32, u64)> = BTreeMap::new(); // index → (client, slot)
+        for client in &self.clients {
+            let Some(&cindex) = self.installed.indexes.get(&client.id) else {
+                continue;
+            };
+            let base = cindex * SLOTS_PER_CLIENT;
+            match &client.profile.knock {
+                Knock::Static { .. } => {
+                    wanted.insert(base, (client.id, STATIC_SLOT));
+                }
+                Knock::Rotating { slot_secs, .. } => {
+                    let now_slot = unix_now / 1_000_000_000 / u64::from(*slot_secs);
+                    for slot in now_slot.saturating_sub(1)..=now_slot + 2 {
+                        wanted.insert(
+                            base + (slot % u64::from(SLOTS_PER_CLIENT)) as u32,
+                            (client.id, slot),
+                        );
+                    }
+                }
+            }
+        }
+        let unchanged = wanted.len() == self.installed.sequences.len()
+            && wanted.iter().all(|(index, (client, slot))| {
+                self.installed
+                    .sequences
+                    .get(index)
+                    .is_some_and(|i| i.client == *client && i.slot == *slot)
+            });
+        if unchanged {
+            return Ok(());
+        }
+
+        // The new set: keep what is installed, derive only what is new.
+        let mut next: BTreeMap<u32, Installation> = BTreeMap::new();
+        for (&index, &(client_id, slot)) in &wanted {
+            if let Some(old) = self
+                .installed
+                .sequences
+                .get(&index)
+                .filter(|i| i.client == client_id && i.slot == slot)
+            {
+                next.insert(index, old.clone());
+                continue;
+            }
+            let client = self
+                .clients
+                .iter()
+                .find(|c| c.id == client_id)
+                .expect("wanted from clients");
+            let ports =
+                client
+                    .profile
+                    .sequence_for_slot(if slot == STATIC_SLOT { 0 } else { slot })?;
+            let (valid_from_ns, valid_until_ns) = match &client.profile.knock {
+                Knock::Static { .. } => (0, u64::MAX),
+                // Slot x is accepted during slots x-1, x and x+1.
+                Knock::Rotating { slot_secs, .. } => {
+                    let len = u64::from(*slot_secs);
+                    (
+                        to_boot(slot.saturating_sub(1) * len),
+                        to_boot((slot + 2) * len),
+                    )
+                }
+            };
+            let info = SequenceInfo {
+                valid_from_ns,
+                valid_until_ns,
+                slot,
+                client: client_id,
+                length: ports.len() as u32,
+            };
+            next.insert(
+                index,
+                Installation {
+                    client: client_id,
+                    slot,
+                    ports,
+                    info,
+                },
+            );
+        }
+
+        let steps = steps_of(&next);
+        let knock_ports: BTreeSet<ProtoPort> = next
+            .values()
+            .flat_map(|i| i.ports.iter().copied())
+            .collect();
+
+        // Order matters for knocks in flight: retire changed indexes first,
+        // then rewrite the steps, then publish the new sequences.
+        let changed: Vec<u32> = self
+            .installed
+            .sequences
+            .iter()
+            .filter(|(index, old)| next.get(index) != Some(old))
+            .map(|(index, _)| *index)
+            .collect();
+        for &index in &changed {
+            self.tables.set_sequence(index, SequenceInfo::default())?;
+        }
+        for (key, entry) in &steps {
+            if self.installed.steps.get(key) != Some(entry) {
+                self.tables.set_step(*key, *entry)?;
+            }
+        }
+        for key in self
+            .installed
+            .steps
+            .keys()
+            .filter(|k| !steps.contains_key(k))
+        {
+            self.tables.remove_step(key)?;
+        }
+        for (index, installation) in &next {
+            if self.installed.sequences.get(index) != Some(installation) {
+                self.tables.set_sequence(*index, installation.info)?;
+                let name = self.client_name(installation.client);
+                debug!(client = %name, slot = installation.slot, index, "sequence installed");
+                self.warn_collisions(&name, installation);
+            }
+        }
+        self.tables
+            .set_knock_ports(&self.installed.knock_ports, &knock_ports)?;
+
+        // Single-use records matter only while their slot is accepted.
+        let live: BTreeSet<(u32, u64)> = next.values().map(|i| (i.client, i.slot)).collect();
+        self.tables
+            .prune_used(|k| live.contains(&(k.client, k.slot)))?;
+
+        self.installed.sequences = next;
+        self.installed.steps = steps;
+        self.installed.knock_ports = knock_ports;
+        Ok(())
+    }
+
+    /// Warns when a knock port would hide a service for as long as the
+    /// sequence is installed: knocks on it are dropped.
+    fn warn_collisions(&self, name: &str, installation: &Installation) {
+        let listening = listening_ports();
+        for port in &installation.ports {
+            if self.state.protected.contains(port) {
+                warn!(client = %name, port = %port, slot = installation.slot,
+                    "knock port is also a protected port: new connections to it are dropped while this sequence is installed");
+            } else if listening.contains(port) {
+                warn!(client = %name, port = %port, slot = installation.slot,
+                    "knock port has a listening socket on this host: that service is unreachable while this sequence is installed");
+            }
+        }
+    }
+
+    pub(super) fn client_name(&self, id: u32) -> String {
+        self.clients
+            .iter()
+            .find(|c| c.id == id)
+            .map_or_else(|| format!("#{id}"), |c| c.profile.name.clone())
+    }
+}
+
+/// The step bitmaps of a set of sequences.
+fn steps_of(sequences: &BTreeMap<u32, Installation>) -> BTreeMap<StepKey, StepEntry> {
+    let mut steps: BTreeMap<StepKey, StepEntry> = BTreeMap::new();
+    for (&index, installation) in sequences {
+        let last = installation.ports.len() - 1;
+        for (step, port) in installation.ports.iter().enumerate() {
+            let key = StepKey {
+                port: port.port,
+                proto: Transport::from(port.proto).number(),
+                step: step as u8,
+            };
+            let entry = steps.entry(key).or_default();
+            set_bit(&mut entry.continues, index);
+            if step == last {
+                set_bit(&mut entry.finishes, index);
+            }
+        }
+    }
+    steps
+}
+
+/// Local ports with a listening TCP socket or a bound UDP socket, from /proc.
+fn listening_ports() -> BTreeSet<ProtoPort> {
+    let mut out = BTreeSet::new();
+    for (file, proto, listen_state) in [
+        ("/proc/net/tcp", Proto::Tcp, Some("0A")),
+        ("/proc/net/tcp6", Proto::Tcp, Some("0A")),
+        ("/proc/net/udp", Proto::Udp, None),
+        ("/proc/net/udp6", Proto::Udp, None),
+    ] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else {
+                continue;
+            };
+            if listen_state.is_some_and(|s| s != *state) {
+                continue;
+            }
+            if let Some(port) = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+            {
+                out.insert(ProtoPort { port, proto });
+            }
+        }
+    }
+    out
+}
