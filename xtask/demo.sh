@@ -5,7 +5,9 @@
 #
 # Builds a two-namespace network (server and client joined by a veth pair),
 # runs a real HTTP service in the server namespace and shows the door
-# closing, opening for one client for a few seconds, and closing again.
+# closing, opening for a few seconds after a client sends its rotating knock
+# sequence (but not for a wrong-order knock, nor for the same sequence
+# replayed from another address), and closing again.
 # Everything lives in throwaway namespaces and a temp directory, which the
 # exit trap removes; the host's own network is never touched.
 set -euo pipefail
@@ -32,6 +34,9 @@ VS=kxd-s$$
 VC=kxd-c$$
 SRV4=10.213.0.1
 CLI4=10.213.0.2
+# A second client address, standing in for an eavesdropper who replays the
+# sequence it saw.
+SPY4=10.213.0.3
 PORT=8080
 
 WORK=""
@@ -99,17 +104,56 @@ expect_check() {
     fi
 }
 
+# Opens a TCP connection to the service from the client namespace with the
+# source address $1 (python: knock-xdp check has no source option) and
+# checks the verdict like expect_check.
+expect_probe_from() {
+    local src=$1 want=$2 out rc=0
+    out=$(ip netns exec "$CLI" python3 - "$src" "$SRV4" "$PORT" 2>&1 <<'EOF'
+import socket, sys
+src, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket()
+s.bind((src, 0))
+s.settimeout(2)
+try:
+    s.connect((host, port))
+    print("open")
+except socket.timeout:
+    print("filtered")
+except ConnectionRefusedError:
+    print("closed")
+finally:
+    s.close()
+EOF
+    ) || rc=$?
+    echo "    connect to $SRV4:$PORT from $src: ${out:-<no output>}"
+    if [[ $rc -ne 0 || $out != "$want" ]]; then
+        fail "expected a connection from $src to be '$want', got '${out}' (exit $rc)"
+    fi
+}
+
+# Shows what the daemon logged about knocks matching $1 (informational: the
+# verdicts above are what the demo checks).
+daemon_said() {
+    local line
+    while IFS= read -r line; do
+        echo "    daemon log: $line"
+    done < <(sed -n 's/.*daemon::events: //p' "$WORK/daemon.log" 2>/dev/null | grep -F -- "$1")
+}
+
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/knock-xdp-demo.XXXXXX")
 STATE=$WORK/state
 mkdir -m 0700 "$STATE" "$WORK/www"
 echo "hello from behind the knock-xdp door" >"$WORK/www/index.html"
 
-step "create namespaces $SRV (server, $SRV4) and $CLI (client, $CLI4)"
+step "create namespaces $SRV (server, $SRV4) and $CLI (client, $CLI4 and $SPY4)"
 ip netns add "$SRV"
 ip netns add "$CLI"
 ip link add "$VS" netns "$SRV" type veth peer name "$VC" netns "$CLI"
 ip -n "$SRV" addr add "$SRV4/24" dev "$VS"
 ip -n "$CLI" addr add "$CLI4/24" dev "$VC"
+# Secondary: the client's own traffic keeps leaving from $CLI4.
+ip -n "$CLI" addr add "$SPY4/24" dev "$VC"
 ip -n "$SRV" addr add fd00:213::1/64 dev "$VS" nodad
 ip -n "$CLI" addr add fd00:213::2/64 dev "$VC" nodad
 for ns_dev in "$SRV:$VS" "$CLI:$VC"; do
@@ -141,10 +185,10 @@ echo "    listening on $SRV4:$PORT"
 step "the service is reachable from the client"
 expect_check open
 
-step "start the daemon: attach to $VS (native XDP)"
-echo "    \$ knock-xdp attach $VS --mode native   (in the background)"
+step "start the daemon: attach to $VS (native XDP), knocks open the door for 5 s"
+echo "    \$ knock-xdp attach $VS --mode native --open-window 5s   (in the background)"
 ip netns exec "$SRV" "$BIN" --state-dir "$STATE" attach "$VS" --mode native \
-    >"$WORK/daemon.log" 2>&1 &
+    --open-window 5s >"$WORK/daemon.log" 2>&1 &
 DAEMON_PID=$!
 ready=""
 for _ in $(seq 50); do
@@ -171,22 +215,84 @@ knock protect "$PORT/tcp"
 expect_check filtered
 echo "door closed: the service is invisible"
 
-step "allow the client ($CLI4) for 5 s"
-knock allow "$CLI4" --for 5s
-knock list
-expect_check open
+PROFILE=$WORK/laptop.knock
+step "add a client 'laptop' with a fresh secret"
+knock client add laptop --profile-out "$PROFILE"
+[[ -s $PROFILE ]] || fail "client add did not write $PROFILE"
+grep -q '^secret = ' "$PROFILE" || fail "$PROFILE has no secret line"
+echo "    the profile, $PROFILE (secret masked):"
+sed 's/^secret = .*/secret = "…" (256 bits, hidden)/; s/^/      /' "$PROFILE"
+echo "    \$ knock-xdp sequence --profile $PROFILE"
+seq_now=$("$BIN" sequence --profile "$PROFILE") || fail "knock-xdp sequence failed"
+read -r -a seq_ports <<<"$seq_now"
+[[ ${#seq_ports[@]} -eq 4 ]] || fail "expected a sequence of 4 knocks, got '$seq_now'"
+echo "    this slot's sequence: $seq_now (it changes every 30 s)"
+
+step "knock in the wrong order (the sequence reversed) from $CLI4"
+for ((i = ${#seq_ports[@]} - 1; i >= 0; i--)); do
+    p=${seq_ports[i]%:tcp}
+    out=$(ip netns exec "$CLI" "$BIN" check "$SRV4" "$p" --timeout 200ms 2>&1) || true
+    echo "    knock $p: ${out:-<no output>}"
+done
+expect_check filtered
+daemon_said "knock reset"
+echo "knocking in the wrong order does nothing"
+
+step "knock the right sequence from the client ($CLI4)"
+echo "    \$ knock-xdp knock $SRV4 --profile $PROFILE --check $PORT   (from the client)"
+rc=0
+out=$(ip netns exec "$CLI" "$BIN" knock "$SRV4" --profile "$PROFILE" --check "$PORT" 2>&1) || rc=$?
+sed 's/^/    /' <<<"$out"
+if [[ $rc -ne 0 || $out != *"$SRV4:$PORT open"* ]]; then
+    fail "expected '$SRV4:$PORT open' (exit 0) after the knock, got exit $rc"
+fi
+# The sequence actually sent: "knocked ADDR: p1 p2 p3 p4 (slot N)". The
+# replay below must use exactly these ports, whatever slot it is by then.
+knocked=$(grep -m1 '^knocked ' <<<"$out") || fail "the knock printed no 'knocked' line"
+knocked=${knocked#*: }
+knocked=${knocked% (*}
+read -r -a knocked_ports <<<"$knocked"
+for p in "${knocked_ports[@]}"; do
+    [[ ${p%:tcp} =~ ^[0-9]+$ ]] || fail "cannot parse the knocked sequence '$knocked'"
+done
+[[ ${#knocked_ports[@]} -eq 4 ]] || fail "expected 4 knocked ports, got '$knocked'"
 echo "    fetching http://$SRV4:$PORT/ from the client"
 status=$(ip netns exec "$CLI" python3 -c \
     'import urllib.request;print(urllib.request.urlopen("http://10.213.0.1:8080/", timeout=3).status)' 2>&1) ||
     fail "fetching the page failed: $status"
 echo "    HTTP status: $status"
 [[ $status == 200 ]] || fail "expected HTTP status 200, got $status"
-echo "door open: the client gets through"
+listing=$(knock list) || fail "knock-xdp list failed"
+printf '%s\n' "$listing"
+[[ $listing == *"$CLI4"*"knock (laptop)"* ]] ||
+    fail "expected 'list' to show $CLI4 admitted by 'knock (laptop)'"
+daemon_said "door opened"
+echo "door open after the knock: the client gets through"
 
-step "wait 6 s for the allowance to expire"
+step "replay the same sequence ($knocked) from $SPY4"
+ports=()
+for p in "${knocked_ports[@]}"; do ports+=("${p%:tcp}"); done
+ip netns exec "$CLI" python3 - "$SPY4" "$SRV4" "${ports[@]}" <<'EOF' ||
+import socket, sys, time
+src, host, ports = sys.argv[1], sys.argv[2], sys.argv[3:]
+for port in ports:
+    s = socket.socket()
+    s.bind((src, 0))
+    s.setblocking(False)
+    s.connect_ex((host, int(port)))
+    time.sleep(0.05)
+    s.close()
+    print(f"    SYN {src} -> {host}:{port}")
+EOF
+    fail "sending the replayed sequence failed"
+expect_probe_from "$SPY4" filtered
+daemon_said "replayed"
+echo "a replayed sequence does not open the door"
+
+step "wait 6 s for the open window to close"
 sleep 6
 expect_check filtered
-echo "door closed again"
+echo "window closed: new connections are refused again"
 knock status
 
 step "detach"
@@ -194,4 +300,4 @@ knock detach
 expect_check open
 echo "    port $PORT is no longer protected"
 
-printf '\ndemo: door closed, opened, closed again — OK\n'
+printf '\ndemo: door closed, opened by a knock, closed again — OK\n'

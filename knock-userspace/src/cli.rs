@@ -171,11 +171,11 @@ pub enum ClientCommand {
         #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
         proto: ProtoArg,
         /// Ports never to knock on (e.g. 62000,63000-63010).
-        #[arg(long, value_name = "PORTS", value_parser = profile::parse_port_list)]
-        exclude: Option<Vec<u16>>,
+        #[arg(long, value_name = "PORTS", value_parser = parse_port_list)]
+        exclude: Option<PortList>,
         /// A fixed sequence in knockd's syntax, e.g. 7000,8000:udp,9000.
-        #[arg(long = "static", value_name = "SEQ", value_parser = profile::parse_static, conflicts_with_all = ["length", "slot", "ports", "proto", "exclude"])]
-        static_sequence: Option<Vec<ProtoPort>>,
+        #[arg(long = "static", value_name = "SEQ", value_parser = parse_static, conflicts_with_all = ["length", "slot", "ports", "proto", "exclude"])]
+        static_sequence: Option<StaticSequence>,
         /// Write the profile to FILE (mode 0600) instead of standard output.
         #[arg(long, value_name = "FILE")]
         profile_out: Option<PathBuf>,
@@ -187,6 +187,22 @@ pub enum ClientCommand {
     },
     /// Remove a client: its sequences stop opening the door at once.
     Remove { name: String },
+}
+
+/// `--exclude` as one value (clap would read a `Vec` as repeated values).
+#[derive(Clone, Debug)]
+pub struct PortList(Vec<u16>);
+
+/// `--static` as one value.
+#[derive(Clone, Debug)]
+pub struct StaticSequence(Vec<ProtoPort>);
+
+fn parse_port_list(text: &str) -> Result<PortList, String> {
+    profile::parse_port_list(text).map(PortList)
+}
+
+fn parse_static(text: &str) -> Result<StaticSequence, String> {
+    profile::parse_static(text).map(StaticSequence)
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -344,7 +360,7 @@ fn client(state: &StateDir, command: ClientCommand) -> Result<()> {
         } => {
             profile::check_name(&name)?;
             let knock = match static_sequence {
-                Some(steps) => Knock::Static { steps },
+                Some(StaticSequence(steps)) => Knock::Static { steps },
                 None => {
                     if slot.subsec_nanos() != 0 || slot.as_secs() > 86_400 {
                         bail!("--slot must be whole seconds, at most 1d");
@@ -358,7 +374,7 @@ fn client(state: &StateDir, command: ClientCommand) -> Result<()> {
                         length,
                         slot_secs: slot.as_secs() as u32,
                         ports,
-                        exclude: exclude.unwrap_or_default(),
+                        exclude: exclude.map(|PortList(ports)| ports).unwrap_or_default(),
                     }
                 }
             };

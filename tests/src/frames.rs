@@ -60,6 +60,8 @@ pub struct Frame {
     /// IPv4 fragment offset in 8-byte units.
     pub ipv4_frag_offset: u16,
     pub ipv6_ext: Vec<Ext>,
+    /// TCP flags (SYN unless changed).
+    pub tcp_flags: u8,
 }
 
 impl Frame {
@@ -73,6 +75,7 @@ impl Frame {
             ipv4_option_words: 0,
             ipv4_frag_offset: 0,
             ipv6_ext: vec![],
+            tcp_flags: 0x02,
         }
     }
 
@@ -164,7 +167,7 @@ impl Frame {
             L4::Tcp => {
                 t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
                 t.push(5 << 4);
-                t.push(0x02); // SYN
+                t.push(self.tcp_flags);
                 t.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
             }
             L4::Udp => {

@@ -266,6 +266,116 @@ impl Lab {
     }
 }
 
+/// One knock: a port and whether it is UDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Knock {
+    pub port: u16,
+    pub udp: bool,
+}
+
+/// Parses `knock-xdp sequence` output: `61001 62002:udp ...`.
+pub fn parse_sequence(line: &str) -> Vec<Knock> {
+    line.split_whitespace()
+        .map(|word| match word.strip_suffix(":udp") {
+            Some(port) => Knock {
+                port: port.parse().unwrap(),
+                udp: true,
+            },
+            None => Knock {
+                port: word.parse().unwrap(),
+                udp: false,
+            },
+        })
+        .collect()
+}
+
+impl Lab {
+    /// Sends knocks from `source` (an address of the client namespace):
+    /// a SYN per TCP knock, a datagram per UDP knock, `gap` apart.
+    pub fn send_knocks(&self, source: &str, server: &str, knocks: &[Knock], gap: Duration) {
+        let source: IpAddr = source.parse().unwrap();
+        let server: IpAddr = server.parse().unwrap();
+        let knocks = knocks.to_vec();
+        self.client.enter(move || {
+            for knock in knocks {
+                let target = SocketAddr::new(server, knock.port);
+                if knock.udp {
+                    let socket = UdpSocket::bind(SocketAddr::new(source, 0)).unwrap();
+                    socket.send_to(b"knock", target).unwrap();
+                } else {
+                    syn_from(source, target);
+                }
+                thread::sleep(gap);
+            }
+        })
+    }
+
+    /// Sends one SYN from `source` to every port from 1 to 65535, in order.
+    pub fn spray_syns(&self, source: &str, server: &str) {
+        let source: IpAddr = source.parse().unwrap();
+        let server: IpAddr = server.parse().unwrap();
+        self.client.enter(move || {
+            for port in 1..=u16::MAX {
+                syn_from(source, SocketAddr::new(server, port));
+            }
+        })
+    }
+
+    /// Runs `knock-xdp ARGS` in the client namespace (commands that need no daemon).
+    pub fn client_cli(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.client.name])
+            .arg(binary())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run knock-xdp")
+    }
+
+    /// Runs a program in the client namespace.
+    pub fn client_run(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.client.name, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+    }
+}
+
+/// Sends one SYN: a non-blocking connect from `source`, abandoned at once
+/// (closing a socket in SYN-SENT sends nothing more).
+fn syn_from(source: IpAddr, target: SocketAddr) {
+    let domain = if source.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2).
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: we own the fd; the stream closes it on drop.
+    let stream = unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let (src, src_len) = sockaddr(SocketAddr::new(source, 0));
+    let (dst, dst_len) = sockaddr(target);
+    // SAFETY: valid fd and sockaddrs of the given lengths.
+    unsafe {
+        assert_eq!(
+            libc::bind(fd, &src as *const _ as *const libc::sockaddr, src_len),
+            0,
+            "bind {source}"
+        );
+        libc::connect(fd, &dst as *const _ as *const libc::sockaddr, dst_len);
+    }
+    drop(stream);
+}
+
 fn connect_from(source: IpAddr, target: SocketAddr) -> std::io::Result<std::net::TcpStream> {
     // std cannot bind before connect; a raw socket with libc can.
     let domain = if source.is_ipv4() {
@@ -382,6 +492,7 @@ pub struct Instance {
     entry: Entry,
     daemon: Option<Child>,
     log: PathBuf,
+    profiles: std::cell::RefCell<Vec<PathBuf>>,
 }
 
 impl Instance {
@@ -396,6 +507,7 @@ impl Instance {
             entry,
             daemon: None,
             log,
+            profiles: Default::default(),
         }
     }
 
@@ -501,6 +613,19 @@ impl Instance {
         child.wait().unwrap();
     }
 
+    /// `client add NAME ARGS --profile-out FILE`; returns the profile's path.
+    pub fn add_client(&self, name: &str, args: &[&str]) -> PathBuf {
+        let path = self.state_dir.with_extension(format!("{name}.knock"));
+        let _ = fs::remove_file(&path);
+        let mut all = vec!["client", "add", name];
+        all.extend_from_slice(args);
+        let path_arg = path.to_str().unwrap().to_owned();
+        all.extend_from_slice(&["--profile-out", &path_arg]);
+        self.ok(&all);
+        self.profiles.borrow_mut().push(path.clone());
+        path
+    }
+
     /// Where this instance pins (valid for `Entry::NsenterNet`).
     pub fn pin_dir(&self) -> PathBuf {
         let state = knock_userspace::state::StateDir::new(&self.state_dir);
@@ -531,6 +656,9 @@ impl Drop for Instance {
         }
         let _ = fs::remove_dir_all(&self.state_dir);
         let _ = fs::remove_file(&self.log);
+        for profile in self.profiles.borrow().iter() {
+            let _ = fs::remove_file(profile);
+        }
     }
 }
 

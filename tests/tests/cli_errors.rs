@@ -29,6 +29,43 @@ const MISTAKES: &[(&[&str], &str)] = &[
     ),
     (&["check", "127.0.0.1", "0"], "out of range"),
     (&["frobnicate"], "unrecognized subcommand"),
+    (&["client", "add", "../evil"], "invalid client name"),
+    (&["client", "add", "a", "--length", "0"], "invalid value"),
+    (&["client", "add", "a", "--length", "17"], "invalid value"),
+    (
+        &["client", "add", "a", "--ports", "65000-61000"],
+        "is above",
+    ),
+    (
+        &["client", "add", "a", "--ports", "61000-61002"],
+        "fewer than the sequence length",
+    ),
+    (&["client", "add", "a", "--slot", "1500ms"], "whole seconds"),
+    (&["client", "add", "a", "--proto", "icmp"], "invalid value"),
+    (
+        &["client", "add", "a", "--static", "7000,7000"],
+        "twice in a row",
+    ),
+    (
+        &["client", "add", "a", "--static", "7000", "--length", "3"],
+        "cannot be used with",
+    ),
+    (&["client", "remove", "nobody"], "no client named 'nobody'"),
+    (
+        &["knock", "127.0.0.1", "--profile", "/nonexistent.knock"],
+        "cannot read profile",
+    ),
+    (&["knock", "127.0.0.1"], "required"),
+    (
+        &[
+            "sequence",
+            "--profile",
+            "/nonexistent.knock",
+            "--at",
+            "yesterday",
+        ],
+        "invalid time",
+    ),
     // Commands that need a running daemon.
     (&["allow", "10.0.0.1"], "not running"),
     (&["revoke", "10.0.0.1"], "not running"),

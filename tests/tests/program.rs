@@ -9,7 +9,10 @@ use aya::{
     programs::{TestRun as _, TestRunOptions},
 };
 use knock_common::{
-    maps::{ALL_MAPS, Counter, allow_origin},
+    knock::set_bit,
+    maps::{
+        ALL_MAPS, Counter, KnockConfig, PROTO_TCP, SequenceInfo, StepEntry, StepKey, allow_origin,
+    },
     verdict::{XDP_DROP, XDP_PASS},
 };
 use knock_tests::{
@@ -471,4 +474,125 @@ fn headers_that_cannot_be_followed_drop() {
         XDP_PASS,
         Counter::Passed,
     );
+}
+
+/// Installs `ports` (TCP) as the only sequence, index 5 of client 42, valid now.
+fn install_sequence(h: &mut Harness, ports: &[u16]) {
+    h.tables
+        .set_knock_config(KnockConfig {
+            open_window_ns: 30_000_000_000,
+            knock_timeout_ns: 10_000_000_000,
+        })
+        .unwrap();
+    for (step, &port) in ports.iter().enumerate() {
+        let mut entry = StepEntry::default();
+        set_bit(&mut entry.continues, 5);
+        if step == ports.len() - 1 {
+            set_bit(&mut entry.finishes, 5);
+        }
+        h.tables
+            .set_step(
+                StepKey {
+                    port,
+                    proto: PROTO_TCP,
+                    step: step as u8,
+                },
+                entry,
+            )
+            .unwrap();
+    }
+    let now = clock::boot_ns();
+    let info = SequenceInfo {
+        valid_from_ns: now - 1_000_000_000,
+        valid_until_ns: now + 60_000_000_000,
+        slot: 7,
+        client: 42,
+        length: ports.len() as u32,
+    };
+    h.tables.set_sequence(5, info).unwrap();
+    let knock_ports = ports
+        .iter()
+        .map(|&port| ProtoPort {
+            port,
+            proto: knock_userspace::ports::Proto::Tcp,
+        })
+        .collect();
+    h.tables
+        .set_knock_ports(&Default::default(), &knock_ports)
+        .unwrap();
+}
+
+#[test]
+fn a_knock_through_the_program_opens_the_door_once() {
+    if !privileged("a_knock_through_the_program_opens_the_door_once") {
+        return;
+    }
+    let mut h = Harness::new();
+    let knocks = [61001, 62002, 63003];
+    install_sequence(&mut h, &knocks);
+    for (family, (knocker, replayer, server)) in [
+        ("ipv4", (STRANGER_V4, EXPIRED_V4, SERVER_V4)),
+        ("ipv6", (STRANGER_V6, EXPIRED_V6, SERVER_V6)),
+    ] {
+        let syn = |src: &str, port| Frame::new(ip(src), ip(server), L4::Tcp, port).build();
+        // Not knocks: a SYN+ACK or a bare ACK to a knock port passes untouched.
+        for flags in [0x12, 0x10, 0x03] {
+            let frame = Frame {
+                tcp_flags: flags,
+                ..Frame::new(ip(knocker), ip(server), L4::Tcp, knocks[0])
+            };
+            h.expect(
+                &format!("{family} flags {flags:#x} to a knock port"),
+                &frame.build(),
+                XDP_PASS,
+                Counter::Passed,
+            );
+        }
+        h.expect(
+            &format!("{family} before knocking"),
+            &syn(knocker, PROTECTED_TCP),
+            XDP_DROP,
+            Counter::DroppedProtected,
+        );
+        for &port in &knocks {
+            h.expect(
+                &format!("{family} knock {port}"),
+                &syn(knocker, port),
+                XDP_DROP,
+                Counter::DroppedKnock,
+            );
+        }
+        if family == "ipv4" {
+            h.expect(
+                "after knocking",
+                &syn(knocker, PROTECTED_TCP),
+                XDP_PASS,
+                Counter::PassedAllowed,
+            );
+            let admitted = h.tables.allowed().unwrap();
+            let entry = admitted
+                .iter()
+                .find(|(k, _)| k.ip() == Some(ip(knocker)))
+                .expect("admitted")
+                .1;
+            assert_eq!((entry.origin, entry.client), (allow_origin::KNOCK, 42));
+        } else {
+            // Single use: the same (client, slot) opened the door over IPv4 already.
+            h.expect(
+                "ipv6 replay of a used sequence",
+                &syn(knocker, PROTECTED_TCP),
+                XDP_DROP,
+                Counter::DroppedProtected,
+            );
+        }
+        for &port in &knocks {
+            h.run(&syn(replayer, port));
+        }
+        h.expect(
+            &format!("{family} replayed"),
+            &syn(replayer, PROTECTED_TCP),
+            XDP_DROP,
+            Counter::DroppedProtected,
+        );
+    }
 }

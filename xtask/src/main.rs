@@ -39,7 +39,7 @@ enum Cmd {
     BuildEbpf(build::Args),
     /// Build the daemon and run the whole test suite (run as root for the privileged tests).
     Test(test::Args),
-    /// Run a self-contained demo in throwaway network namespaces (must be root).
+    /// Run a self-contained knocking demo in throwaway network namespaces (must be root).
     Demo,
 }
 

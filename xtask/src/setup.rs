@@ -13,7 +13,8 @@ use crate::{cargo, is_root, output_if_ok, run_cmd};
 
 /// Debian packages: LLVM 22 (bpf-linker links against it), bpftool for
 /// inspecting programs, iproute2 for the namespaced tests and the demo,
-/// python3 for the demo's HTTP service.
+/// python3 for the demo's HTTP service and the sequence spec check, knockd
+/// for its `knock` client, which the tests use as a third-party peer.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -22,6 +23,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
     "python3",
+    "knockd",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,7 +1,7 @@
 //! Logging what the XDP program reports through its ring buffer: one line
 //! per opening, refusal, reset or timeout; step-by-step progress at debug.
 
-use knock_common::maps::{Event, event_kind};
+use knock_common::maps::{Event, STATIC_SLOT, event_kind};
 use tracing::{debug, info, warn};
 
 use super::Daemon;
@@ -22,14 +22,19 @@ impl Daemon {
             self.client_name(event.client)
         };
         let step = event.step;
+        let slot = if event.slot == STATIC_SLOT {
+            "static".to_owned()
+        } else {
+            event.slot.to_string()
+        };
         match event.kind {
             event_kind::PROGRESS => debug!(%client, %source, step, "knock"),
             event_kind::OPENED => {
                 let window = format_duration(self.options.open_window);
-                info!(%client, %source, slot = event.slot, %window, "door opened")
+                info!(%client, %source, %slot, %window, "door opened")
             }
             event_kind::REPLAY => {
-                warn!(%client, %source, slot = event.slot, "replayed sequence refused (already used)")
+                warn!(%client, %source, %slot, "replayed sequence refused (already used)")
             }
             event_kind::RESET => info!(%client, %source, step, "knock reset by a wrong packet"),
             event_kind::TIMEOUT => info!(%client, %source, step, "knock timed out"),

@@ -225,12 +225,16 @@ impl Daemon {
     /// sequence is installed: knocks on it are dropped.
     fn warn_collisions(&self, name: &str, installation: &Installation) {
         let listening = listening_ports();
+        let slot = match installation.slot {
+            STATIC_SLOT => "static".to_owned(),
+            slot => slot.to_string(),
+        };
         for port in &installation.ports {
             if self.state.protected.contains(port) {
-                warn!(client = %name, port = %port, slot = installation.slot,
+                warn!(client = %name, port = %port, %slot,
                     "knock port is also a protected port: new connections to it are dropped while this sequence is installed");
             } else if listening.contains(port) {
-                warn!(client = %name, port = %port, slot = installation.slot,
+                warn!(client = %name, port = %port, %slot,
                     "knock port has a listening socket on this host: that service is unreachable while this sequence is installed");
             }
         }

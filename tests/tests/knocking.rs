@@ -1,0 +1,417 @@
+//! Knocking end to end: real clients (knock-xdp's own, knockd's `knock`, and
+//! raw sockets replaying or spraying) in a client namespace, a real daemon
+//! and real services in the server namespace.
+
+use std::{
+    path::Path,
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use knock_tests::{
+    lab::{
+        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_V4, SERVER_V6,
+        parse_sequence,
+    },
+    privileged,
+};
+use knock_userspace::check::PortState;
+
+const SERVICE: u16 = 8022;
+const GAP: Duration = Duration::from_millis(20);
+
+fn lab_with_service() -> Lab {
+    let lab = Lab::new();
+    lab.tcp_echo(SERVER_V4, SERVICE);
+    lab.tcp_echo(SERVER_V6, SERVICE);
+    lab
+}
+
+/// A daemon protecting the service, with short windows for the tests.
+fn knock_daemon(lab: &Lab, open_window: &str, knock_timeout: &str) -> Instance {
+    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
+    knock.attach(&[
+        &lab.server_if,
+        "--open-window",
+        open_window,
+        "--knock-timeout",
+        knock_timeout,
+    ]);
+    knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
+    knock
+}
+
+/// The knocks of `profile` at `at` (RFC 3339), as `knock-xdp sequence` prints them.
+fn sequence(lab: &Lab, profile: &Path, at: Option<SystemTime>) -> Vec<Knock> {
+    let mut args = vec![
+        "sequence".to_owned(),
+        "--profile".into(),
+        profile.display().to_string(),
+    ];
+    if let Some(at) = at {
+        args.push("--at".into());
+        args.push(humantime::format_rfc3339_seconds(at).to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.client_cli(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_sequence(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Waits, if needed, so that at least `needed` is left in the current slot.
+fn away_from_slot_boundary(slot_secs: u64, needed: Duration) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let into_slot =
+        Duration::from_nanos((now.as_nanos() % (u128::from(slot_secs) * 1_000_000_000)) as u64);
+    let left = Duration::from_secs(slot_secs) - into_slot;
+    if left < needed {
+        thread::sleep(left + Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_knock_opens_the_door_and_mistakes_do_not() {
+    if !privileged("a_knock_opens_the_door_and_mistakes_do_not") {
+        return;
+    }
+    let lab = lab_with_service();
+    let knock = knock_daemon(&lab, "4s", "2s");
+    let profile = knock.add_client("alice", &["--slot", "60s"]);
+    away_from_slot_boundary(60, Duration::from_secs(25));
+    let seq = sequence(&lab, &profile, None);
+    assert_eq!(seq.len(), 4);
+
+    // Without a knock, the service is invisible.
+    assert_eq!(lab.tcp_state(SERVER_V4, SERVICE), PortState::Filtered);
+
+    // Wrong order.
+    let reversed: Vec<Knock> = seq.iter().rev().copied().collect();
+    lab.send_knocks(CLIENT_V4, SERVER_V4, &reversed, GAP);
+    assert!(
+        !lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE),
+        "reversed order opened the door"
+    );
+
+    // One extra wrong port in the middle (not a knock port).
+    let mut extra = seq.clone();
+    extra.insert(
+        2,
+        Knock {
+            port: 60999,
+            udp: false,
+        },
+    );
+    lab.send_knocks(CLIENT_V4, SERVER_V4, &extra, GAP);
+    assert!(
+        !lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE),
+        "an extra port opened the door"
+    );
+
+    // Too slowly: four knocks 800 ms apart exceed the 2 s knock timeout.
+    let slow = knock_cli(&lab, &profile, &["--delay", "800"]);
+    assert!(
+        slow.status.success(),
+        "{}",
+        String::from_utf8_lossy(&slow.stderr)
+    );
+    assert!(
+        !lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE),
+        "a slow knock opened the door"
+    );
+
+    // The right sequence, sent by knock-xdp itself, opens it.
+    let out = knock_cli(&lab, &profile, &["--check", &SERVICE.to_string()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" open"), "{stdout}");
+    let opened = Instant::now();
+    assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE));
+    let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
+    assert_eq!(listing["allowed"][0]["addr"], CLIENT_V4);
+    assert_eq!(listing["allowed"][0]["origin"], "knock (alice)");
+    // Only that source: the second address of the client is still out.
+    assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, SERVICE));
+
+    // After the open window, new connections are refused again.
+    thread::sleep(
+        Duration::from_secs(4).saturating_sub(opened.elapsed()) + Duration::from_millis(300),
+    );
+    assert!(
+        !lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE),
+        "the window did not close"
+    );
+
+    let log = knock.daemon_log();
+    assert!(
+        log.contains("door opened") && log.contains("client=alice"),
+        "{log}"
+    );
+    assert!(
+        log.contains("knock reset") && log.contains("knock timed out"),
+        "{log}"
+    );
+    let counters = &knock.status()["counters"];
+    // 4 reversed + 4 around the extra port + 4 slow + 4 right.
+    assert!(
+        counters["dropped_knock"].as_u64().unwrap() >= 16,
+        "{counters}"
+    );
+}
+
+fn knock_cli(lab: &Lab, profile: &Path, extra: &[&str]) -> std::process::Output {
+    let profile = profile.display().to_string();
+    let mut args = vec!["knock", SERVER_V4, "--profile", &profile];
+    args.extend_from_slice(extra);
+    lab.client_cli(&args)
+}
+
+#[test]
+fn udp_and_ipv6_clients() {
+    if !privileged("udp_and_ipv6_clients") {
+        return;
+    }
+    let lab = lab_with_service();
+    let knock = knock_daemon(&lab, "30s", "10s");
+    let udp = knock.add_client("phone", &["--proto", "udp", "--length", "6"]);
+    let tcp = knock.add_client("laptop", &[]);
+
+    let seq = sequence(&lab, &udp, None);
+    assert!(seq.iter().all(|k| k.udp) && seq.len() == 6, "{seq:?}");
+    let out = knock_cli(&lab, &udp, &["--check", &SERVICE.to_string()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Over IPv6, with the server given as [addr].
+    assert!(!lab.tcp_exchange(CLIENT_V6, SERVER_V6, SERVICE));
+    let host = format!("[{SERVER_V6}]");
+    let profile = tcp.display().to_string();
+    let out = lab.client_cli(&[
+        "knock",
+        &host,
+        "--profile",
+        &profile,
+        "--check",
+        &SERVICE.to_string(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(lab.tcp_exchange(CLIENT_V6, SERVER_V6, SERVICE));
+}
+
+#[test]
+fn knockd_knock_client_opens_a_static_door() {
+    if !privileged("knockd_knock_client_opens_a_static_door") {
+        return;
+    }
+    let lab = lab_with_service();
+    let knock = knock_daemon(&lab, "30s", "10s");
+    knock.add_client("legacy", &["--static", "7000,8000:udp,9000"]);
+    assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE));
+
+    // knockd's client, unchanged: `knock HOST PORT[:PROTO]...`.
+    let out = lab.client_run(
+        "knock",
+        &["-d", "50", SERVER_V4, "7000", "8000:udp", "9000"],
+    );
+    assert!(
+        out.status.success(),
+        "knock: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE));
+    // Static sequences do not rotate, so they are not single use.
+    let out = lab.client_run(
+        "knock",
+        &["-d", "50", SERVER_V4, "7000", "8000:udp", "9000"],
+    );
+    assert!(out.status.success());
+    lab.send_knocks(
+        CLIENT2_V4,
+        SERVER_V4,
+        &[
+            Knock {
+                port: 7000,
+                udp: false,
+            },
+            Knock {
+                port: 8000,
+                udp: true,
+            },
+            Knock {
+                port: 9000,
+                udp: false,
+            },
+        ],
+        GAP,
+    );
+    assert!(lab.tcp_exchange(CLIENT2_V4, SERVER_V4, SERVICE));
+
+    // A knock port on a protected port or a listening service gets a loud warning.
+    lab.udp_echo(SERVER_V4, 5353);
+    knock.add_client("clash", &["--static", &format!("{SERVICE},5353:udp")]);
+    let log = knock.daemon_log();
+    assert!(
+        log.contains("knock port is also a protected port") && log.contains("port=8022/tcp"),
+        "{log}"
+    );
+    assert!(
+        log.contains("knock port has a listening socket") && log.contains("port=5353/udp"),
+        "{log}"
+    );
+}
+
+#[test]
+fn neighbouring_slots_open_and_distant_ones_do_not() {
+    if !privileged("neighbouring_slots_open_and_distant_ones_do_not") {
+        return;
+    }
+    let lab = lab_with_service();
+    let knock = knock_daemon(&lab, "30s", "10s");
+    let slot_secs = 60;
+    let profile = knock.add_client("skewed", &["--slot", "60s"]);
+    away_from_slot_boundary(slot_secs, Duration::from_secs(30));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let slot = now / slot_secs;
+    let middle_of = |offset: i64| {
+        UNIX_EPOCH
+            + Duration::from_secs(((slot as i64 + offset) as u64) * slot_secs + slot_secs / 2)
+    };
+    let try_slot = |offset: i64| {
+        let seq = sequence(&lab, &profile, Some(middle_of(offset)));
+        lab.send_knocks(CLIENT_V4, SERVER_V4, &seq, GAP);
+        let opened = lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE);
+        knock.cli(&["revoke", CLIENT_V4]);
+        opened
+    };
+    assert!(!try_slot(-2), "slot s-2 opened the door");
+    assert!(!try_slot(2), "slot s+2 opened the door");
+    assert!(try_slot(-1), "slot s-1 did not open the door");
+    assert!(try_slot(1), "slot s+1 did not open the door");
+    assert!(try_slot(0), "slot s did not open the door");
+}
+
+#[test]
+fn a_replayed_sequence_fails_from_another_source() {
+    if !privileged("a_replayed_sequence_fails_from_another_source") {
+        return;
+    }
+    let lab = lab_with_service();
+    let knock = knock_daemon(&lab, "30s", "10s");
+    let profile = knock.add_client("alice", &["--slot", "60s"]);
+    away_from_slot_boundary(60, Duration::from_secs(15));
+    let seq = sequence(&lab, &profile, None);
+    lab.send_knocks(CLIENT_V4, SERVER_V4, &seq, GAP);
+    assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE));
+
+    // An eavesdropper replays the captured knocks from its own address.
+    lab.send_knocks(CLIENT2_V4, SERVER_V4, &seq, GAP);
+    assert!(
+        !lab.tcp_exchange(CLIENT2_V4, SERVER_V4, SERVICE),
+        "the replay opened the door"
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !knock.daemon_log().contains("replayed sequence refused") && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        knock.daemon_log().contains("replayed sequence refused"),
+        "{}",
+        knock.daemon_log()
+    );
+}
+
+#[test]
+fn two_clients_sharing_ports_knock_at_once() {
+    if !privileged("two_clients_sharing_ports_knock_at_once") {
+        return;
+    }
+    let lab = lab_with_service();
+    let knock = knock_daemon(&lab, "30s", "10s");
+    // Four knocks out of six ports: any two sequences share at least two.
+    let a = knock.add_client("a", &["--ports", "61000-61005", "--slot", "60s"]);
+    let b = knock.add_client("b", &["--ports", "61000-61005", "--slot", "60s"]);
+    away_from_slot_boundary(60, Duration::from_secs(15));
+    let (seq_a, seq_b) = (sequence(&lab, &a, None), sequence(&lab, &b, None));
+    let shared = seq_a.iter().filter(|k| seq_b.contains(k)).count();
+    assert!(shared >= 2, "{seq_a:?} {seq_b:?}");
+
+    // Interleaved, knock by knock, from two sources.
+    for (ka, kb) in seq_a.iter().zip(&seq_b) {
+        lab.send_knocks(CLIENT_V4, SERVER_V4, &[*ka], Duration::ZERO);
+        lab.send_knocks(CLIENT2_V4, SERVER_V4, &[*kb], GAP);
+    }
+    assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "client a");
+    assert!(lab.tcp_exchange(CLIENT2_V4, SERVER_V4, SERVICE), "client b");
+    // Each source is credited to its own client, unless its sequence happens
+    // to equal one the other client has installed for another slot (from 6
+    // ports, about one run in a hundred): identical knocks cannot be told apart.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let slot_time = |offset: i64| UNIX_EPOCH + Duration::from_secs((now + offset * 60) as u64);
+    let installed = |profile: &Path| -> Vec<Vec<Knock>> {
+        (-1..=2)
+            .map(|offset| sequence(&lab, profile, Some(slot_time(offset))))
+            .collect()
+    };
+    let ambiguous = installed(&a).contains(&seq_b) || installed(&b).contains(&seq_a);
+    let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
+    let origins: Vec<&str> = listing["allowed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["origin"].as_str().unwrap())
+        .collect();
+    if !ambiguous {
+        assert_eq!(
+            origins,
+            ["knock (a)", "knock (b)"],
+            "{seq_a:?} {seq_b:?}\n{}",
+            knock.daemon_log()
+        );
+    }
+}
+
+#[test]
+fn spraying_every_port_in_order_never_opens_the_door() {
+    if !privileged("spraying_every_port_in_order_never_opens_the_door") {
+        return;
+    }
+    let lab = lab_with_service();
+    let knock = knock_daemon(&lab, "30s", "10s");
+    // The spray crosses every port of every installed sequence, in order.
+    knock.add_client("alice", &[]);
+    for _ in 0..3 {
+        lab.spray_syns(CLIENT_V4, SERVER_V4);
+    }
+    assert!(
+        !lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE),
+        "spraying opened the door"
+    );
+    let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
+    assert!(
+        listing["allowed"].as_array().unwrap().is_empty(),
+        "{listing}"
+    );
+}
