@@ -14,7 +14,7 @@
 
 use crate::{
     maps::{
-        AllowEntry, Bitmap, Event, KnockConfig, KnockState, PROTO_TCP, PROTO_UDP, STATIC_SLOT,
+        AllowEntry, Bitmap, Config, Event, KnockState, PROTO_TCP, PROTO_UDP, STATIC_SLOT,
         SequenceInfo, SourceKey, StepEntry, StepKey, UsedKey, allow_origin, event_kind,
     },
     verdict::Transport,
@@ -37,7 +37,7 @@ pub trait KnockTables {
     fn claim(&self, key: &UsedKey, now_ns: u64) -> bool;
     /// Puts `src` in the allow map; false when the map is full.
     fn admit(&self, src: &SourceKey, entry: &AllowEntry) -> bool;
-    fn knock_config(&self) -> KnockConfig;
+    fn config(&self) -> Config;
     /// Boot ns until which some knock may be in progress.
     fn knock_active_until(&self) -> u64;
     fn set_knock_active_until(&self, until_ns: u64);
@@ -67,7 +67,7 @@ pub fn on_attempt<T: KnockTables>(
     now_ns: u64,
 ) {
     let proto = proto.number();
-    let config = t.knock_config();
+    let config = t.config();
     if let Some(state) = t.knock_state(src) {
         if now_ns.saturating_sub(state.started_ns) > config.knock_timeout_ns {
             t.clear_knock_state(src);
@@ -159,7 +159,7 @@ fn advance<T: KnockTables>(
     port: u16,
     proto: u8,
     now_ns: u64,
-    config: &KnockConfig,
+    config: &Config,
 ) {
     state.candidates = matching;
     state.step = state.step.saturating_add(1);
@@ -185,7 +185,7 @@ fn complete<T: KnockTables>(
     mut finished: Bitmap,
     step: u8,
     now_ns: u64,
-    config: &KnockConfig,
+    config: &Config,
 ) {
     let mut refused: Option<SequenceInfo> = None;
     let mut outcome = event_kind::STALE;

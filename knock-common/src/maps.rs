@@ -19,15 +19,19 @@ pub const MAP_SEQUENCES: &str = "SEQUENCES";
 pub const MAP_KNOCK_STATE: &str = "KNOCK_STATE";
 /// Sequences already used to open the door: [`UsedKey`] → boot ns of the use.
 pub const MAP_USED: &str = "USED";
-/// One [`KnockConfig`], written by userspace before attaching.
-pub const MAP_KNOCK_CONFIG: &str = "KNOCK_CONFIG";
+/// One [`Config`], written by userspace before attaching.
+pub const MAP_CONFIG: &str = "CONFIG";
 /// One `u64`: boot ns until which a knock may still be in progress anywhere.
 pub const MAP_KNOCK_ACTIVE: &str = "KNOCK_ACTIVE";
 /// Ring buffer of [`Event`]s for the daemon.
 pub const MAP_EVENTS: &str = "EVENTS";
+/// Admitted flows (LRU): [`FlowKey`] → [`FlowEntry`].
+pub const MAP_FLOWS: &str = "FLOWS";
+/// Always-allowed networks (longest-prefix match): [`NetKey`] → `u32` (unused).
+pub const MAP_ALLOW_NETS: &str = "ALLOW_NETS";
 
 /// Every map the object must expose; a test checks the loaded object against it.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 12] = [
     MAP_PORT_FLAGS,
     MAP_ALLOW,
     MAP_COUNTERS,
@@ -35,17 +39,26 @@ pub const ALL_MAPS: [&str; 10] = [
     MAP_SEQUENCES,
     MAP_KNOCK_STATE,
     MAP_USED,
-    MAP_KNOCK_CONFIG,
+    MAP_CONFIG,
     MAP_KNOCK_ACTIVE,
     MAP_EVENTS,
+    MAP_FLOWS,
+    MAP_ALLOW_NETS,
 ];
+
+/// Open flows followed at once. An LRU: when full, the flow idle the
+/// longest makes room; active flows are never the ones evicted first.
+pub const FLOWS_MAX_ENTRIES: u32 = 262_144;
+/// Always-allowed networks.
+pub const ALLOW_NETS_MAX_ENTRIES: u32 = 1024;
 
 /// One entry per possible port, so "is this port protected" is a single array
 /// load on the hot path instead of a hash lookup.
 pub const PORT_COUNT: u32 = 1 << 16;
 
-/// Upper bound of the allow map. Userspace refuses new manual entries when it
-/// is full rather than letting the kernel evict someone who was admitted.
+/// Upper bound of the allow map, an LRU: a new knock always gets a slot,
+/// taking the least recently used entry's (usually one whose window ended
+/// before the sweep reached it). Open flows do not depend on it.
 pub const ALLOW_MAX_ENTRIES: u32 = 65_536;
 
 /// Bits of a [`MAP_PORT_FLAGS`] entry.
@@ -151,13 +164,62 @@ pub struct UsedKey {
     pub slot: u64,
 }
 
+/// The daemon's timing settings, one entry in [`MAP_CONFIG`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct KnockConfig {
+pub struct Config {
     /// How long a source that completed a sequence may open new connections.
     pub open_window_ns: u64,
     /// How long a whole sequence may take.
     pub knock_timeout_ns: u64,
+    /// How long an admitted flow lives without a packet.
+    pub idle_timeout_ns: u64,
+    /// How long a TCP flow still passes after a FIN or RST from the client,
+    /// for the closing handshake.
+    pub close_grace_ns: u64,
+}
+
+/// One connection (or UDP exchange) to a protected port, as the client sends it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowKey {
+    pub src: SourceKey,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// An admitted flow. It passes while packets keep coming within the idle
+/// timeout; a FIN or RST from the client starts the close grace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FlowEntry {
+    /// Boot ns of the client's last packet.
+    pub last_seen_ns: u64,
+    /// Non-zero once the client sent FIN or RST: boot ns after which the
+    /// flow admits nothing more.
+    pub closing_until_ns: u64,
+}
+
+/// Key of the always-allowed networks trie: the family byte, then the
+/// address (IPv4 in the first 4 bytes). The prefix length counts the family
+/// byte, so IPv4 and IPv6 prefixes never match each other.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct NetKey {
+    pub family: u8,
+    pub addr: [u8; 16],
+}
+
+impl NetKey {
+    pub const fn of(src: &SourceKey) -> Self {
+        Self {
+            family: src.family,
+            addr: src.addr,
+        }
+    }
 }
 
 /// What happened to a knock, for the daemon's log.
@@ -289,15 +351,21 @@ pub enum Counter {
     DroppedMalformed = 3,
     /// A knock (a SYN or datagram to a port of an installed sequence): dropped.
     DroppedKnock = 4,
+    /// To a protected port on an open flow: passed.
+    PassedFlow = 5,
+    /// To a protected port from an always-allowed network: passed.
+    PassedNetwork = 6,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 5] = [
+    pub const ALL: [Counter; 7] = [
         Counter::Passed,
         Counter::DroppedProtected,
         Counter::PassedAllowed,
         Counter::DroppedMalformed,
         Counter::DroppedKnock,
+        Counter::PassedFlow,
+        Counter::PassedNetwork,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -309,6 +377,8 @@ impl Counter {
             Counter::PassedAllowed => "passed_allowed",
             Counter::DroppedMalformed => "dropped_malformed",
             Counter::DroppedKnock => "dropped_knock",
+            Counter::PassedFlow => "passed_flow",
+            Counter::PassedNetwork => "passed_network",
         }
     }
 }
@@ -324,5 +394,8 @@ mod pod {
     unsafe impl aya::Pod for super::SequenceInfo {}
     unsafe impl aya::Pod for super::KnockState {}
     unsafe impl aya::Pod for super::UsedKey {}
-    unsafe impl aya::Pod for super::KnockConfig {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowEntry {}
+    unsafe impl aya::Pod for super::NetKey {}
 }

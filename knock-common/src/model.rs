@@ -9,8 +9,8 @@ use std::{cell::RefCell, collections::HashMap, vec::Vec};
 use crate::{
     knock::{KnockTables, on_attempt, set_bit},
     maps::{
-        AllowEntry, Event, KnockConfig, KnockState, PROTO_TCP, SequenceInfo, SourceKey, StepEntry,
-        StepKey, UsedKey,
+        AllowEntry, Config, Event, FlowEntry, FlowKey, KnockState, PROTO_TCP, SequenceInfo,
+        SourceKey, StepEntry, StepKey, UsedKey,
     },
     verdict::{Tables, Transport},
 };
@@ -27,15 +27,20 @@ pub struct Model {
     pub used: RefCell<HashMap<UsedKey, u64>>,
     pub active: RefCell<u64>,
     pub events: RefCell<Vec<Event>>,
-    pub config: KnockConfig,
+    pub flows: RefCell<HashMap<FlowKey, FlowEntry>>,
+    /// Always-allowed networks: (network, prefix length in bits).
+    pub nets: Vec<(SourceKey, u8)>,
+    pub config: Config,
 }
 
 impl Model {
     pub fn new() -> Self {
         Self {
-            config: KnockConfig {
+            config: Config {
                 open_window_ns: 30 * SEC,
                 knock_timeout_ns: 10 * SEC,
+                idle_timeout_ns: 900 * SEC,
+                close_grace_ns: 10 * SEC,
             },
             ..Self::default()
         }
@@ -109,6 +114,21 @@ impl Tables for Model {
     fn allowed(&self, src: &SourceKey) -> Option<AllowEntry> {
         self.allow.borrow().get(src).copied()
     }
+    fn in_allowed_network(&self, src: &SourceKey) -> bool {
+        self.nets.iter().any(|(net, bits)| {
+            net.family == src.family
+                && (0..usize::from(*bits)).all(|bit| {
+                    let mask = 0x80u8 >> (bit % 8);
+                    net.addr[bit / 8] & mask == src.addr[bit / 8] & mask
+                })
+        })
+    }
+    fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
+        self.flows.borrow().get(key).copied()
+    }
+    fn set_flow(&self, key: &FlowKey, entry: &FlowEntry) {
+        self.flows.borrow_mut().insert(*key, *entry);
+    }
 }
 
 impl KnockTables for Model {
@@ -141,7 +161,7 @@ impl KnockTables for Model {
         }
         true
     }
-    fn knock_config(&self) -> KnockConfig {
+    fn config(&self) -> Config {
         self.config
     }
     fn knock_active_until(&self) -> u64 {

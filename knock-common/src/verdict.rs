@@ -3,7 +3,7 @@
 
 use crate::{
     knock::{self, KnockTables},
-    maps::{AllowEntry, Counter, SourceKey, port_flags},
+    maps::{AllowEntry, Counter, FlowEntry, FlowKey, SourceKey, port_flags},
 };
 
 /// XDP verdicts (from `enum xdp_action` in the kernel's uapi).
@@ -69,6 +69,7 @@ pub enum Parsed {
     Transport {
         src: SourceKey,
         proto: Transport,
+        sport: u16,
         dport: u16,
         /// The TCP flags byte (0 for UDP).
         flags: u8,
@@ -82,6 +83,12 @@ pub trait Tables: KnockTables {
     fn port_flags(&self, port: u16) -> u32;
     /// The allow entry of `src`, if any.
     fn allowed(&self, src: &SourceKey) -> Option<AllowEntry>;
+    /// True when `src` lies in an always-allowed network.
+    fn in_allowed_network(&self, src: &SourceKey) -> bool;
+    /// The flow's entry, if it is followed.
+    fn flow(&self, key: &FlowKey) -> Option<FlowEntry>;
+    /// Creates or replaces a flow.
+    fn set_flow(&self, key: &FlowKey, entry: &FlowEntry);
 }
 
 /// A verdict and the counter that records it.
@@ -116,15 +123,16 @@ impl<F: Fn() -> u64> Clock<F> {
 /// protected ports.
 #[inline(always)]
 pub fn decide<T: Tables>(tables: &T, parsed: Parsed, clock: impl Fn() -> u64) -> Decision {
-    let (src, proto, dport, flags) = match parsed {
+    let (src, proto, sport, dport, flags) = match parsed {
         Parsed::Unrelated => return Decision::new(XDP_PASS, Counter::Passed),
         Parsed::Malformed => return Decision::new(XDP_DROP, Counter::DroppedMalformed),
         Parsed::Transport {
             src,
             proto,
+            sport,
             dport,
             flags,
-        } => (src, proto, dport, flags),
+        } => (src, proto, sport, dport, flags),
     };
     let mut clock = Clock {
         read: clock,
@@ -150,13 +158,73 @@ pub fn decide<T: Tables>(tables: &T, parsed: Parsed, clock: impl Fn() -> u64) ->
     if port & proto.protected_flag() == 0 {
         return Decision::new(XDP_PASS, Counter::Passed);
     }
-    match tables.allowed(&src) {
-        // The kernel enforces the deadline itself: userspace may sweep late.
-        Some(entry) if clock.now() < entry.deadline_ns => {
-            Decision::new(XDP_PASS, Counter::PassedAllowed)
+    protected(tables, src, proto, sport, dport, flags, &mut clock)
+}
+
+/// A packet to a protected port: an open flow, an allowed source or an
+/// always-allowed network lets it through; nothing else does.
+#[inline(always)]
+fn protected<T: Tables, F: Fn() -> u64>(
+    tables: &T,
+    src: SourceKey,
+    proto: Transport,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    clock: &mut Clock<F>,
+) -> Decision {
+    let key = FlowKey {
+        src,
+        src_port: sport,
+        dst_port: dport,
+        proto: proto.number(),
+        _pad: [0; 3],
+    };
+    let now = clock.now();
+    let config = tables.config();
+    // The client ends the connection: the flow passes only for the closing
+    // handshake, then can never be reused as a hole.
+    let closing = matches!(proto, Transport::Tcp) && flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
+    let close_at = |entry: &FlowEntry| match (entry.closing_until_ns, closing) {
+        (0, true) => now.saturating_add(config.close_grace_ns),
+        (until, _) => until,
+    };
+
+    // Most packets to a protected port belong to a flow admitted earlier:
+    // it keeps passing after the open window, for as long as it is active.
+    if let Some(entry) = tables.flow(&key) {
+        let idle = now.saturating_sub(entry.last_seen_ns) >= config.idle_timeout_ns;
+        let closed = entry.closing_until_ns != 0 && now >= entry.closing_until_ns;
+        if !idle && !closed {
+            tables.set_flow(
+                &key,
+                &FlowEntry {
+                    last_seen_ns: now,
+                    closing_until_ns: close_at(&entry),
+                },
+            );
+            return Decision::new(XDP_PASS, Counter::PassedFlow);
         }
-        _ => Decision::new(XDP_DROP, Counter::DroppedProtected),
     }
+
+    let counter = match tables.allowed(&src) {
+        // The kernel enforces the deadline itself: userspace may sweep late.
+        Some(entry) if now < entry.deadline_ns => Counter::PassedAllowed,
+        _ if tables.in_allowed_network(&src) => Counter::PassedNetwork,
+        _ => return Decision::new(XDP_DROP, Counter::DroppedProtected),
+    };
+    let fresh = FlowEntry {
+        last_seen_ns: now,
+        closing_until_ns: 0,
+    };
+    tables.set_flow(
+        &key,
+        &FlowEntry {
+            closing_until_ns: close_at(&fresh),
+            ..fresh
+        },
+    );
+    Decision::new(XDP_PASS, counter)
 }
 
 #[cfg(test)]
@@ -177,6 +245,7 @@ mod tests {
         Parsed::Transport {
             src: CLIENT,
             proto,
+            sport: 40000,
             dport,
             flags,
         }
@@ -234,8 +303,9 @@ mod tests {
             decide(&m, tcp(22), || 5),
             Decision::new(XDP_PASS, Counter::PassedAllowed)
         );
+        // A new connection once the deadline has passed.
         assert_eq!(
-            decide(&m, tcp(22), || 10),
+            decide(&m, syn_from_port(40001, 22), || 10),
             Decision::new(XDP_DROP, Counter::DroppedProtected)
         );
     }
@@ -251,6 +321,7 @@ mod tests {
         let pkt = Parsed::Transport {
             src: SourceKey::v6(mapped),
             proto: Transport::Tcp,
+            sport: 40000,
             dport: 22,
             flags: tcp_flags::SYN,
         };
@@ -283,7 +354,7 @@ mod tests {
         );
         // Past the open window new connections are dropped again.
         assert_eq!(
-            decide(&m, tcp(22), || 32 * SEC).counter,
+            decide(&m, syn_from_port(40001, 22), || 32 * SEC).counter,
             Counter::DroppedProtected
         );
     }
@@ -330,5 +401,107 @@ mod tests {
             let ip: core::net::IpAddr = ip.parse().unwrap();
             assert_eq!(SourceKey::from(ip).ip(), Some(ip));
         }
+    }
+
+    fn syn_from_port(sport: u16, dport: u16) -> Parsed {
+        Parsed::Transport {
+            src: CLIENT,
+            proto: Transport::Tcp,
+            sport,
+            dport,
+            flags: tcp_flags::SYN,
+        }
+    }
+
+    fn ack(dport: u16) -> Parsed {
+        packet(Transport::Tcp, dport, tcp_flags::ACK)
+    }
+
+    #[test]
+    fn a_flow_outlives_the_window_while_it_is_active() {
+        let m = model();
+        allow_until(&m, 10 * SEC);
+        assert_eq!(decide(&m, tcp(22), || SEC).counter, Counter::PassedAllowed);
+        // Past the window, the same connection goes on while it is active...
+        for t in [20, 40, 60, 80] {
+            assert_eq!(
+                decide(&m, ack(22), || t * SEC).counter,
+                Counter::PassedFlow,
+                "at {t}s"
+            );
+        }
+        // ...but a new connection (another source port) is refused.
+        assert_eq!(
+            decide(&m, syn_from_port(40001, 22), || 81 * SEC).counter,
+            Counter::DroppedProtected
+        );
+    }
+
+    #[test]
+    fn an_idle_flow_expires() {
+        let m = model();
+        allow_until(&m, 10 * SEC);
+        decide(&m, tcp(22), || SEC);
+        let idle = m.config.idle_timeout_ns / SEC;
+        assert_eq!(
+            decide(&m, ack(22), || (idle + 2) * SEC).counter,
+            Counter::DroppedProtected
+        );
+    }
+
+    #[test]
+    fn fin_or_rst_closes_a_flow_after_the_grace() {
+        for end in [tcp_flags::FIN | tcp_flags::ACK, tcp_flags::RST] {
+            let m = model();
+            allow_until(&m, 10 * SEC);
+            decide(&m, tcp(22), || SEC);
+            assert_eq!(
+                decide(&m, packet(Transport::Tcp, 22, end), || 20 * SEC).counter,
+                Counter::PassedFlow
+            );
+            // The closing handshake still passes...
+            assert_eq!(
+                decide(&m, ack(22), || 21 * SEC).counter,
+                Counter::PassedFlow
+            );
+            // ...then the flow is gone for good, even for a new SYN on it.
+            let after = 20 * SEC + m.config.close_grace_ns;
+            assert_eq!(
+                decide(&m, ack(22), || after).counter,
+                Counter::DroppedProtected
+            );
+            assert_eq!(
+                decide(&m, tcp(22), || after + SEC).counter,
+                Counter::DroppedProtected
+            );
+        }
+    }
+
+    #[test]
+    fn udp_flows_work_like_tcp_ones() {
+        let mut m = model();
+        m.ports.insert(51820, port_flags::PROTECTED_UDP);
+        allow_until(&m, 10 * SEC);
+        let dgram = packet(Transport::Udp, 51820, 0);
+        assert_eq!(decide(&m, dgram, || SEC).counter, Counter::PassedAllowed);
+        assert_eq!(decide(&m, dgram, || 100 * SEC).counter, Counter::PassedFlow);
+    }
+
+    #[test]
+    fn always_allowed_networks_pass_by_longest_prefix() {
+        let mut m = model();
+        m.nets.push((SourceKey::v4([10, 0, 0, 0]), 8));
+        assert_eq!(decide(&m, tcp(22), || SEC).counter, Counter::PassedNetwork);
+        m.nets.clear();
+        m.flows.borrow_mut().clear();
+        assert_eq!(
+            decide(&m, tcp(22), || SEC).counter,
+            Counter::DroppedProtected
+        );
+        m.nets.push((SourceKey::v4([10, 0, 1, 0]), 24));
+        assert_eq!(
+            decide(&m, tcp(22), || SEC).counter,
+            Counter::DroppedProtected
+        );
     }
 }

@@ -5,13 +5,14 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::bpf_ktime_get_boot_ns,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use knock_common::{
     knock::KnockTables,
     maps::{
-        ALLOW_MAX_ENTRIES, AllowEntry, Counter, EVENTS_BYTES, Event, KNOCK_STATE_MAX_ENTRIES,
-        KNOCK_STEPS_MAX_ENTRIES, KnockConfig, KnockState, MAX_SEQUENCES, PORT_COUNT, SequenceInfo,
+        ALLOW_MAX_ENTRIES, ALLOW_NETS_MAX_ENTRIES, AllowEntry, Config, Counter, EVENTS_BYTES,
+        Event, FLOWS_MAX_ENTRIES, FlowEntry, FlowKey, KNOCK_STATE_MAX_ENTRIES,
+        KNOCK_STEPS_MAX_ENTRIES, KnockState, MAX_SEQUENCES, NetKey, PORT_COUNT, SequenceInfo,
         SourceKey, StepEntry, StepKey, USED_MAX_ENTRIES, UsedKey,
     },
     verdict::Tables,
@@ -21,7 +22,14 @@ use knock_common::{
 static PORT_FLAGS: Array<u32> = Array::with_max_entries(PORT_COUNT, 0);
 
 #[map]
-static ALLOW: HashMap<SourceKey, AllowEntry> = HashMap::with_max_entries(ALLOW_MAX_ENTRIES, 0);
+static ALLOW: LruHashMap<SourceKey, AllowEntry> =
+    LruHashMap::with_max_entries(ALLOW_MAX_ENTRIES, 0);
+
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
+
+#[map]
+static ALLOW_NETS: LpmTrie<NetKey, u32> = LpmTrie::with_max_entries(ALLOW_NETS_MAX_ENTRIES, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
@@ -41,7 +49,7 @@ static KNOCK_STATE: LruHashMap<SourceKey, KnockState> =
 static USED: HashMap<UsedKey, u64> = HashMap::with_max_entries(USED_MAX_ENTRIES, 0);
 
 #[map]
-static KNOCK_CONFIG: Array<KnockConfig> = Array::with_max_entries(1, 0);
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map]
 static KNOCK_ACTIVE: Array<u64> = Array::with_max_entries(1, 0);
@@ -62,6 +70,29 @@ impl Tables for Maps {
         // SAFETY: the value is copied out at once; a concurrent update from
         // userspace can at worst give a torn deadline for one packet.
         unsafe { ALLOW.get(src) }.copied()
+    }
+
+    #[inline(always)]
+    fn in_allowed_network(&self, src: &SourceKey) -> bool {
+        // The family byte is part of every stored prefix.
+        ALLOW_NETS.get(Key::new(8 + 128, NetKey::of(src))).is_some()
+    }
+
+    #[inline(always)]
+    fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
+        // SAFETY: copied out at once.
+        unsafe { FLOWS.get(key) }.copied()
+    }
+
+    #[inline(always)]
+    fn set_flow(&self, key: &FlowKey, entry: &FlowEntry) {
+        // In place when the flow exists (the common case: no hash update).
+        if let Some(slot) = FLOWS.get_ptr_mut(key) {
+            // SAFETY: a valid map value; racing writers store equivalent times.
+            unsafe { *slot = *entry };
+        } else {
+            let _ = FLOWS.insert(key, entry, u64::from(BPF_ANY));
+        }
     }
 }
 
@@ -115,8 +146,8 @@ impl KnockTables for Maps {
     }
 
     #[inline(always)]
-    fn knock_config(&self) -> KnockConfig {
-        KNOCK_CONFIG.get(0).copied().unwrap_or_default()
+    fn config(&self) -> Config {
+        CONFIG.get(0).copied().unwrap_or_default()
     }
 
     #[inline(always)]

@@ -271,19 +271,20 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
 fn transport(ctx: &XdpContext, offset: usize, proto: Transport, src: SourceKey) -> Parsed {
     // One bounds-checked read per header: the verifier tracks the range of
     // that one pointer, not of a second one derived from the same offset.
-    let (dst_port, flags) = match proto {
+    let (src_port, dst_port, flags) = match proto {
         Transport::Tcp => match read::<TcpHdr>(ctx, offset) {
-            Some(tcp) => (tcp.dst_port, tcp.flags),
+            Some(tcp) => (tcp.src_port, tcp.dst_port, tcp.flags),
             None => return Parsed::Malformed,
         },
         Transport::Udp => match read::<UdpHdr>(ctx, offset) {
-            Some(udp) => (udp.dst_port, 0),
+            Some(udp) => (udp.src_port, udp.dst_port, 0),
             None => return Parsed::Malformed,
         },
     };
     Parsed::Transport {
         src,
         proto,
+        sport: u16::from_be_bytes(src_port),
         dport: u16::from_be_bytes(dst_port),
         flags,
     }

@@ -1,7 +1,6 @@
 //! The command line: clap definitions and what each command does.
 
 use std::{
-    net::IpAddr,
     path::PathBuf,
     process::ExitCode,
     time::{Duration, SystemTime},
@@ -17,9 +16,10 @@ use crate::{
     daemon::{self, AttachOptions},
     knock,
     loader::{self, Mode},
+    nets::Cidr,
     ports::{self, PortSpec, Proto, ProtoPort},
     profile::{self, Knock, Profile},
-    state::{DEFAULT_STATE_DIR, StateDir, require_root},
+    state::{DEFAULT_STATE_DIR, State, StateDir, require_root},
     units::{format_duration, parse_duration},
 };
 
@@ -62,6 +62,9 @@ pub enum Command {
         /// How long a whole knock sequence may take.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
         knock_timeout: Duration,
+        /// How long an admitted connection lives without a packet from its client.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "15m")]
+        idle_timeout: Duration,
     },
     /// Detach from one interface, or from all; removes every pin knock-xdp made.
     Detach {
@@ -81,19 +84,25 @@ pub enum Command {
         #[arg(required = true, value_name = "PORT[/tcp|/udp]", value_parser = parse_port_spec)]
         ports: Vec<PortSpec>,
     },
-    /// Admit a source address to the protected ports for a while.
+    /// Admit a source address for a while, or a network for good (--permanent).
+    ///
+    /// Connections opened while a source is admitted outlive its window for
+    /// as long as they stay active (see attach --idle-timeout).
     Allow {
-        /// IPv4 or IPv6 address.
-        #[arg(value_parser = parse_addr)]
-        addr: IpAddr,
+        /// An IPv4 or IPv6 address; with --permanent also a network (10.0.0.0/8).
+        #[arg(value_name = "ADDR|CIDR", value_parser = parse_target)]
+        target: Cidr,
         /// How long (e.g. 30s, 10m, 2h).
-        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration, default_value = "1h", conflicts_with = "permanent")]
         duration: Duration,
+        /// Admit without knocking until revoked; persisted across restarts.
+        #[arg(long)]
+        permanent: bool,
     },
-    /// Remove a source from the allow list.
+    /// Remove an allowed address (ending its open connections) or an always-allowed network.
     Revoke {
-        #[arg(value_parser = parse_addr)]
-        addr: IpAddr,
+        #[arg(value_name = "ADDR|CIDR", value_parser = parse_target)]
+        target: Cidr,
     },
     /// Show protected ports and allowed sources with their time left.
     List {
@@ -219,11 +228,8 @@ fn parse_port_arg(text: &str) -> Result<u16, String> {
     ports::parse_port(text)
 }
 
-fn parse_addr(text: &str) -> Result<IpAddr, String> {
-    text.trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .map_err(|_| format!("invalid address '{text}' (expected an IPv4 or IPv6 address)"))
+fn parse_target(text: &str) -> Result<Cidr, String> {
+    text.parse()
 }
 
 impl Command {
@@ -264,15 +270,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             mode,
             open_window,
             knock_timeout,
-        } => daemon::run(
-            state,
-            AttachOptions {
+            idle_timeout,
+        } => {
+            let options = AttachOptions {
                 ifaces,
                 mode,
                 open_window,
                 knock_timeout,
-            },
-        )?,
+                idle_timeout,
+            };
+            daemon::run(state, options)?
+        }
         Command::Client(command) => client(&state, command)?,
         Command::Knock {
             host,
@@ -307,13 +315,29 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Detach { iface } => detach(&state, iface)?,
         Command::Protect { ports } => change_protected(&state, &ports, true)?,
         Command::Unprotect { ports } => change_protected(&state, &ports, false)?,
-        Command::Allow { addr, duration } => {
+        Command::Allow {
+            target,
+            permanent: true,
+            ..
+        } => allow_network(&state, target)?,
+        Command::Allow {
+            target,
+            duration,
+            permanent: false,
+        } => {
+            if !target.is_host() {
+                bail!("a network can only be allowed --permanent ({target})");
+            }
             let for_ms = duration.as_millis() as u64;
-            print_changed(control::request(&state, &Request::Allow { addr, for_ms })?);
+            print_changed(control::request(
+                &state,
+                &Request::Allow {
+                    addr: target.addr,
+                    for_ms,
+                },
+            )?);
         }
-        Command::Revoke { addr } => {
-            print_changed(control::request(&state, &Request::Revoke { addr })?)
-        }
+        Command::Revoke { target } => revoke(&state, target)?,
         Command::List { json } => {
             let listing: Listing = control::request(&state, &Request::List)?;
             if json {
@@ -341,6 +365,54 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `allow CIDR --permanent`: through the daemon, or into the state file.
+fn allow_network(state: &StateDir, net: Cidr) -> Result<()> {
+    match control::connect(state) {
+        Ok(stream) => print_changed(control::send(stream, &Request::AllowNet { net })?),
+        Err(Unreachable::Other(err)) => return Err(err),
+        Err(Unreachable::NotRunning) => {
+            edit_offline(state, |saved| {
+                saved.allow_nets.insert(net);
+                Ok(())
+            })?;
+            println!(
+                "{net} is always allowed (the daemon is not running: takes effect at the next 'knock-xdp attach')"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `revoke`: through the daemon; without it only a permanent network can be
+/// removed (from the state file).
+fn revoke(state: &StateDir, target: Cidr) -> Result<()> {
+    match control::connect(state) {
+        Ok(stream) => print_changed(control::send(stream, &Request::Revoke { target })?),
+        Err(Unreachable::Other(err)) => return Err(err),
+        Err(Unreachable::NotRunning) => {
+            if !state.path().exists() || !state.load()?.allow_nets.contains(&target) {
+                return control::request::<Changed>(state, &Request::Revoke { target }).map(drop);
+            }
+            edit_offline(state, |saved| {
+                saved.allow_nets.remove(&target);
+                Ok(())
+            })?;
+            println!("{target} is no longer always allowed");
+        }
+    }
+    Ok(())
+}
+
+/// Changes the persisted state while no daemon runs (holding its lock).
+fn edit_offline(state: &StateDir, edit: impl FnOnce(&mut State) -> Result<()>) -> Result<()> {
+    let Some(_lock) = lock_offline(state)? else {
+        bail!("the knock-xdp daemon is starting or stopping; try again");
+    };
+    let mut saved = state.load()?;
+    edit(&mut saved)?;
+    state.save(&saved).context("cannot persist the change")
 }
 
 /// `client add|list|remove`: edits the clients directory, then asks a
@@ -565,18 +637,16 @@ fn change_protected(state: &StateDir, specs: &[PortSpec], protect: bool) -> Resu
         }
         Err(Unreachable::Other(err)) => Err(err),
         Err(Unreachable::NotRunning) => {
-            let Some(_lock) = lock_offline(state)? else {
-                bail!("the knock-xdp daemon is starting or stopping; try again");
-            };
-            let mut saved = state.load()?;
-            for port in &requested {
-                if protect {
-                    saved.protected.insert(*port);
-                } else {
-                    saved.protected.remove(port);
+            edit_offline(state, |saved| {
+                for port in &requested {
+                    if protect {
+                        saved.protected.insert(*port);
+                    } else {
+                        saved.protected.remove(port);
+                    }
                 }
-            }
-            state.save(&saved).context("cannot persist the change")?;
+                Ok(())
+            })?;
             let verb = if protect { "protected" } else { "unprotected" };
             println!(
                 "{verb} {} (the daemon is not running: takes effect at the next 'knock-xdp attach')",
@@ -593,23 +663,52 @@ fn print_changed(changed: Changed) {
 
 fn print_listing(listing: &Listing) {
     let protected: Vec<String> = listing.protected.iter().map(ToString::to_string).collect();
-    if protected.is_empty() {
-        println!("protected ports: none");
+    let protected = if protected.is_empty() {
+        "none".to_owned()
     } else {
-        println!("protected ports: {}", protected.join(" "));
+        protected.join(" ")
+    };
+    println!("protected ports: {protected}");
+    if !listing.permanent.is_empty() {
+        let nets: Vec<String> = listing.permanent.iter().map(ToString::to_string).collect();
+        println!("always allowed: {}", nets.join(" "));
     }
     if listing.allowed.is_empty() {
         println!("allowed sources: none");
+    } else {
+        println!("allowed sources:");
+        for source in &listing.allowed {
+            let left = format_duration(Duration::from_millis(source.expires_in_ms));
+            println!(
+                "  {:<39} {:>9} left  ({})",
+                source.addr.to_string(),
+                left,
+                source.origin
+            );
+        }
+    }
+    print_flows(listing);
+}
+
+fn print_flows(listing: &Listing) {
+    if listing.flows.is_empty() {
+        println!("open flows: none");
         return;
     }
-    println!("allowed sources:");
-    for source in &listing.allowed {
-        let left = format_duration(Duration::from_millis(source.expires_in_ms));
+    println!("open flows:");
+    for flow in &listing.flows {
+        let proto = if flow.proto == Proto::Udp {
+            "udp"
+        } else {
+            "tcp"
+        };
+        let source = std::net::SocketAddr::new(flow.source, flow.source_port);
+        let idle = format_duration(Duration::from_millis(flow.idle_ms));
+        let closing = if flow.closing { "  closing" } else { "" };
         println!(
-            "  {:<39} {:>9} left  ({})",
-            source.addr.to_string(),
-            left,
-            source.origin
+            "  {:<46} -> {}/{proto}  idle {idle}{closing}",
+            source.to_string(),
+            flow.port
         );
     }
 }

@@ -16,7 +16,12 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::{loader::Mode, ports::ProtoPort, state::StateDir};
+use crate::{
+    loader::Mode,
+    nets::Cidr,
+    ports::{Proto, ProtoPort},
+    state::StateDir,
+};
 
 /// How long a control command waits for the daemon.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,8 +39,13 @@ pub enum Request {
         addr: IpAddr,
         for_ms: u64,
     },
+    /// Always allow a network (persisted).
+    AllowNet {
+        net: Cidr,
+    },
+    /// Remove an always-allowed network and/or an allowed address (ending its flows).
     Revoke {
-        addr: IpAddr,
+        target: Cidr,
     },
     List,
     Status,
@@ -67,7 +77,23 @@ pub struct Changed {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Listing {
     pub protected: Vec<ProtoPort>,
+    /// Networks admitted without knocking.
+    pub permanent: Vec<Cidr>,
     pub allowed: Vec<AllowedSource>,
+    pub flows: Vec<Flow>,
+}
+
+/// An open flow to a protected port.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Flow {
+    pub source: IpAddr,
+    pub source_port: u16,
+    pub port: u16,
+    pub proto: Proto,
+    /// Milliseconds since the client's last packet.
+    pub idle_ms: u64,
+    /// True once the client sent FIN or RST.
+    pub closing: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -89,6 +115,7 @@ pub struct Status {
     pub counters: BTreeMap<String, u64>,
     pub open_window_secs: u64,
     pub knock_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
     pub clients: usize,
     /// Sequences installed in the kernel (up to 4 per rotating client).
     pub sequences: usize,

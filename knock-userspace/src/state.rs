@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::ports::ProtoPort;
+use crate::{nets::Cidr, ports::ProtoPort};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/knock-xdp";
 
@@ -28,6 +28,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/knock-xdp";
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     pub protected: BTreeSet<ProtoPort>,
+    /// Networks admitted without knocking (`allow CIDR --permanent`).
+    pub allow_nets: BTreeSet<Cidr>,
 }
 
 /// The on-disk form of [`State`]: ports as `"22/tcp"` strings, readable and
@@ -37,6 +39,8 @@ pub struct State {
 struct StateFile {
     #[serde(default)]
     protected: Vec<String>,
+    #[serde(default)]
+    allow: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -108,7 +112,17 @@ impl StateDir {
                 .map_err(|err| anyhow::anyhow!("{}: protected: {err}", path.display()))?;
             protected.insert(port);
         }
-        Ok(State { protected })
+        let mut allow_nets = BTreeSet::new();
+        for entry in &file.allow {
+            let net = entry
+                .parse()
+                .map_err(|err| anyhow::anyhow!("{}: allow: {err}", path.display()))?;
+            allow_nets.insert(net);
+        }
+        Ok(State {
+            protected,
+            allow_nets,
+        })
     }
 
     /// Writes the state atomically: a temp file, fsync, rename, fsync of the
@@ -116,6 +130,7 @@ impl StateDir {
     pub fn save(&self, state: &State) -> Result<()> {
         let file = StateFile {
             protected: state.protected.iter().map(ToString::to_string).collect(),
+            allow: state.allow_nets.iter().map(ToString::to_string).collect(),
         };
         let text = toml::to_string(&file).context("cannot serialise state")?;
         let text = format!("# knock-xdp state; written by knock-xdp, safe to read.\n{text}");
@@ -205,6 +220,11 @@ mod tests {
         let dir = temp_dir("roundtrip");
         assert_eq!(dir.load().unwrap(), State::default());
         let state = State {
+            allow_nets: [
+                "10.0.0.0/8".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+            ]
+            .into(),
             protected: ["22/tcp".parse().unwrap(), "53/udp".parse().unwrap()].into(),
         };
         dir.save(&state).unwrap();

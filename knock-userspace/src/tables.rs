@@ -5,18 +5,22 @@ use std::{collections::BTreeSet, net::IpAddr};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    maps::{
+        Array, HashMap, MapData, MapError, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
 };
 use knock_common::{
     maps::{
-        ALLOW_MAX_ENTRIES, AllowEntry, Counter, KnockConfig, KnockState, MAP_ALLOW, MAP_COUNTERS,
-        MAP_KNOCK_CONFIG, MAP_KNOCK_STATE, MAP_KNOCK_STEPS, MAP_PORT_FLAGS, MAP_SEQUENCES,
-        MAP_USED, SequenceInfo, SourceKey, StepEntry, StepKey, UsedKey,
+        ALLOW_MAX_ENTRIES, AllowEntry, Config, Counter, FlowEntry, FlowKey, KnockState, MAP_ALLOW,
+        MAP_ALLOW_NETS, MAP_CONFIG, MAP_COUNTERS, MAP_FLOWS, MAP_KNOCK_STATE, MAP_KNOCK_STEPS,
+        MAP_PORT_FLAGS, MAP_SEQUENCES, MAP_USED, NetKey, PROTO_TCP, SequenceInfo, SourceKey,
+        StepEntry, StepKey, UsedKey,
     },
     verdict::Transport,
 };
 
-use crate::ports::ProtoPort;
+use crate::{nets::Cidr, ports::ProtoPort};
 
 pub struct Tables {
     port_flags: Array<MapData, u32>,
@@ -26,7 +30,9 @@ pub struct Tables {
     sequences: Array<MapData, SequenceInfo>,
     knock_state: HashMap<MapData, SourceKey, KnockState>,
     used: HashMap<MapData, UsedKey, u64>,
-    knock_config: Array<MapData, KnockConfig>,
+    config: Array<MapData, Config>,
+    flows: HashMap<MapData, FlowKey, FlowEntry>,
+    allow_nets: LpmTrie<MapData, NetKey, u32>,
 }
 
 impl Tables {
@@ -44,7 +50,9 @@ impl Tables {
             sequences: Array::try_from(take(MAP_SEQUENCES)?)?,
             knock_state: HashMap::try_from(take(MAP_KNOCK_STATE)?)?,
             used: HashMap::try_from(take(MAP_USED)?)?,
-            knock_config: Array::try_from(take(MAP_KNOCK_CONFIG)?)?,
+            config: Array::try_from(take(MAP_CONFIG)?)?,
+            flows: HashMap::try_from(take(MAP_FLOWS)?)?,
+            allow_nets: LpmTrie::try_from(take(MAP_ALLOW_NETS)?)?,
         })
     }
 
@@ -182,10 +190,8 @@ impl Tables {
             .collect()
     }
 
-    pub fn set_knock_config(&mut self, config: KnockConfig) -> Result<()> {
-        self.knock_config
-            .set(0, config, 0)
-            .context("cannot write KNOCK_CONFIG")
+    pub fn set_config(&mut self, config: Config) -> Result<()> {
+        self.config.set(0, config, 0).context("cannot write CONFIG")
     }
 
     pub fn set_sequence(&mut self, index: u32, info: SequenceInfo) -> Result<()> {
@@ -227,5 +233,83 @@ impl Tables {
     /// Knocks in progress (entries of the LRU state map, finished ones included).
     pub fn knock_states(&self) -> usize {
         self.knock_state.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// Follows already established TCP connections (to a port about to be
+    /// protected) as if they had been admitted now.
+    pub fn seed_flows(&mut self, keys: &[FlowKey], now_ns: u64) -> Result<()> {
+        for key in keys {
+            let entry = FlowEntry {
+                last_seen_ns: now_ns,
+                closing_until_ns: 0,
+            };
+            self.flows
+                .insert(key, entry, 0)
+                .context("cannot write FLOWS")?;
+        }
+        Ok(())
+    }
+
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
+        self.flows
+            .iter()
+            .map(|entry| entry.context("cannot read FLOWS"))
+            .collect()
+    }
+
+    /// Ends every flow whose source matches; returns how many.
+    pub fn end_flows(&mut self, matches: impl Fn(&FlowKey) -> bool) -> Result<usize> {
+        let doomed: Vec<FlowKey> = self
+            .flows
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| matches(k))
+            .collect();
+        for key in &doomed {
+            match self.flows.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(err) => return Err(err).context("cannot remove from FLOWS"),
+            }
+        }
+        Ok(doomed.len())
+    }
+
+    /// Makes exactly `nets` always allowed.
+    pub fn set_allowed_nets(
+        &mut self,
+        before: &BTreeSet<Cidr>,
+        nets: &BTreeSet<Cidr>,
+    ) -> Result<()> {
+        for net in nets.difference(before) {
+            self.allow_nets
+                .insert(&net_key(net), 1, 0)
+                .with_context(|| format!("cannot allow {net}"))?;
+        }
+        for net in before.difference(nets) {
+            match self.allow_nets.remove(&net_key(net)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(err) => return Err(err).with_context(|| format!("cannot remove {net}")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The trie key of a network: the family byte counts in the prefix.
+fn net_key(net: &Cidr) -> Key<NetKey> {
+    Key::new(
+        8 + u32::from(net.prefix),
+        NetKey::of(&SourceKey::from(net.addr)),
+    )
+}
+
+/// A TCP flow key, for seeding established connections.
+pub fn tcp_flow(src: IpAddr, src_port: u16, dst_port: u16) -> FlowKey {
+    FlowKey {
+        src: SourceKey::from(src),
+        src_port,
+        dst_port,
+        proto: PROTO_TCP,
+        _pad: [0; 3],
     }
 }

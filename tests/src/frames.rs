@@ -81,7 +81,12 @@ impl Frame {
 
     /// The frame's bytes.
     pub fn build(&self) -> Vec<u8> {
-        let transport = self.transport();
+        self.build_with_sport(40000)
+    }
+
+    /// The frame's bytes, from source port `sport`.
+    pub fn build_with_sport(&self, sport: u16) -> Vec<u8> {
+        let transport = self.transport(sport);
         let ether_type = match self.src {
             IpAddr::V4(_) => ETH_P_IPV4,
             IpAddr::V6(_) => ETH_P_IPV6,
@@ -159,9 +164,9 @@ impl Frame {
         }
     }
 
-    fn transport(&self) -> Vec<u8> {
+    fn transport(&self, sport: u16) -> Vec<u8> {
         let mut t = Vec::new();
-        t.extend_from_slice(&40000u16.to_be_bytes());
+        t.extend_from_slice(&sport.to_be_bytes());
         t.extend_from_slice(&self.dport.to_be_bytes());
         match self.l4 {
             L4::Tcp => {

@@ -10,9 +10,7 @@ use aya::{
 };
 use knock_common::{
     knock::set_bit,
-    maps::{
-        ALL_MAPS, Counter, KnockConfig, PROTO_TCP, SequenceInfo, StepEntry, StepKey, allow_origin,
-    },
+    maps::{ALL_MAPS, Config, Counter, PROTO_TCP, SequenceInfo, StepEntry, StepKey, allow_origin},
     verdict::{XDP_DROP, XDP_PASS},
 };
 use knock_tests::{
@@ -33,6 +31,15 @@ const STRANGER_V6: &str = "2001:db8::12";
 const PROTECTED_TCP: u16 = 22;
 const PROTECTED_UDP: u16 = 51820;
 const OPEN_PORT: u16 = 80;
+
+fn config(idle_timeout_ns: u64, close_grace_ns: u64) -> Config {
+    Config {
+        open_window_ns: 30_000_000_000,
+        knock_timeout_ns: 10_000_000_000,
+        idle_timeout_ns,
+        close_grace_ns,
+    }
+}
 
 struct Harness {
     ebpf: Ebpf,
@@ -57,6 +64,9 @@ impl Harness {
         tables
             .set_protected(&Default::default(), &protected)
             .unwrap();
+        // No idle time: flows never outlive their packet, so every frame of
+        // the tables below is judged on its own (flows have their own test).
+        tables.set_config(config(0, 1)).unwrap();
         let later = clock::boot_ns() + 3_600_000_000_000;
         let earlier = clock::boot_ns() - 1;
         for (addr, deadline) in [
@@ -478,12 +488,6 @@ fn headers_that_cannot_be_followed_drop() {
 
 /// Installs `ports` (TCP) as the only sequence, index 5 of client 42, valid now.
 fn install_sequence(h: &mut Harness, ports: &[u16]) {
-    h.tables
-        .set_knock_config(KnockConfig {
-            open_window_ns: 30_000_000_000,
-            knock_timeout_ns: 10_000_000_000,
-        })
-        .unwrap();
     for (step, &port) in ports.iter().enumerate() {
         let mut entry = StepEntry::default();
         set_bit(&mut entry.continues, 5);
@@ -595,4 +599,116 @@ fn a_knock_through_the_program_opens_the_door_once() {
             Counter::DroppedProtected,
         );
     }
+}
+
+#[test]
+fn flows_and_always_allowed_networks_through_the_program() {
+    if !privileged("flows_and_always_allowed_networks_through_the_program") {
+        return;
+    }
+    let mut h = Harness::new();
+    h.tables
+        .set_config(config(60_000_000_000, 50_000_000))
+        .unwrap();
+    let frame = |src: &str, sport: u16, flags: u8| {
+        Frame {
+            tcp_flags: flags,
+            ..Frame::new(ip(src), ip(SERVER_V4), L4::Tcp, PROTECTED_TCP)
+        }
+        .build_with_sport(sport)
+    };
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const FIN_ACK: u8 = 0x11;
+    h.expect(
+        "allowed SYN",
+        &frame(ALLOWED_V4, 41000, SYN),
+        XDP_PASS,
+        Counter::PassedAllowed,
+    );
+    // The allow entry goes; the connection does not.
+    assert!(h.tables.revoke(ip(ALLOWED_V4)).unwrap());
+    h.expect(
+        "ACK on the flow",
+        &frame(ALLOWED_V4, 41000, ACK),
+        XDP_PASS,
+        Counter::PassedFlow,
+    );
+    h.expect(
+        "new connection",
+        &frame(ALLOWED_V4, 41001, SYN),
+        XDP_DROP,
+        Counter::DroppedProtected,
+    );
+    h.expect(
+        "client FIN",
+        &frame(ALLOWED_V4, 41000, FIN_ACK),
+        XDP_PASS,
+        Counter::PassedFlow,
+    );
+    h.expect(
+        "last ACK",
+        &frame(ALLOWED_V4, 41000, ACK),
+        XDP_PASS,
+        Counter::PassedFlow,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    h.expect(
+        "after the close grace",
+        &frame(ALLOWED_V4, 41000, ACK),
+        XDP_DROP,
+        Counter::DroppedProtected,
+    );
+
+    // Always-allowed networks, by longest prefix and per family.
+    let nets = [
+        "192.0.2.0/28".parse().unwrap(),
+        "2001:db8::/126".parse().unwrap(),
+    ]
+    .into();
+    h.tables
+        .set_allowed_nets(&Default::default(), &nets)
+        .unwrap();
+    h.expect(
+        "in the v4 network",
+        &frame(STRANGER_V4, 42000, SYN),
+        XDP_PASS,
+        Counter::PassedNetwork,
+    );
+    let outside = Frame::new(ip("192.0.2.200"), ip(SERVER_V4), L4::Tcp, PROTECTED_TCP).build();
+    h.expect(
+        "outside the v4 network",
+        &outside,
+        XDP_DROP,
+        Counter::DroppedProtected,
+    );
+    let v6 = |src: &str| Frame::new(ip(src), ip(SERVER_V6), L4::Tcp, PROTECTED_TCP).build();
+    h.expect(
+        "in the v6 network",
+        &v6("2001:db8::2"),
+        XDP_PASS,
+        Counter::PassedNetwork,
+    );
+    h.expect(
+        "outside the v6 network",
+        &v6(STRANGER_V6),
+        XDP_DROP,
+        Counter::DroppedProtected,
+    );
+    let mapped = "::ffff:192.0.2.1";
+    h.expect(
+        "v4-mapped v6 source",
+        &v6(mapped),
+        XDP_DROP,
+        Counter::DroppedProtected,
+    );
+    h.tables
+        .set_allowed_nets(&nets, &Default::default())
+        .unwrap();
+    h.expect(
+        "after revoking the network",
+        &frame(STRANGER_V4, 42001, SYN),
+        XDP_DROP,
+        Counter::DroppedProtected,
+    );
 }

@@ -3,7 +3,7 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{Result, anyhow, bail};
-use knock_common::maps::allow_origin;
+use knock_common::maps::{PROTO_UDP, SourceKey, allow_origin};
 use serde::Serialize;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
@@ -15,8 +15,10 @@ use super::Daemon;
 use crate::{
     clients::{Client, ClientStore},
     clock,
-    control::{AllowedSource, Changed, InterfaceStatus, Listing, Reply, Request, Status},
-    ports::{self, ProtoPort},
+    control::{AllowedSource, Changed, Flow, InterfaceStatus, Listing, Reply, Request, Status},
+    nets::Cidr,
+    ports::{self, Proto, ProtoPort},
+    state::State,
     units::format_duration,
 };
 
@@ -64,13 +66,17 @@ impl Daemon {
                 info!(source = %addr, window = %format_duration(duration), "allowed by hand");
                 changed(format!("allowed {addr} for {}", format_duration(duration)))
             }
-            Request::Revoke { addr } => {
-                if !self.tables.revoke(addr)? {
-                    bail!("{addr} is not in the allow list");
+            Request::AllowNet { net } => {
+                if self.state.allow_nets.contains(&net) {
+                    return changed(format!("{net} is always allowed already"));
                 }
-                info!(source = %addr, "revoked");
-                changed(format!("revoked {addr}"))
+                let mut next = self.state.clone();
+                next.allow_nets.insert(net);
+                self.apply_nets(next)?;
+                info!(network = %net, "always allowed");
+                changed(format!("{net} is always allowed (persisted)"))
             }
+            Request::Revoke { target } => self.revoke(target),
             Request::List => to_value(self.listing()?),
             Request::Status => to_value(self.status()?),
             Request::Detach { iface: Some(iface) } => {
@@ -139,6 +145,9 @@ impl Daemon {
                 }
             });
 
+        // Connections already established to newly protected ports survive.
+        let added: BTreeSet<ProtoPort> = after.difference(&before).copied().collect();
+        super::keep_established(&mut self.tables, &added)?;
         self.tables.set_protected(&before, &after)?;
         let mut next = self.state.clone();
         next.protected = after;
@@ -167,6 +176,54 @@ impl Daemon {
         changed(message.join("; "))
     }
 
+    /// Removes an always-allowed network equal to `target`, and, for a single
+    /// address, its allow entry and open flows.
+    fn revoke(&mut self, target: Cidr) -> Result<serde_json::Value> {
+        let mut done = Vec::new();
+        if self.state.allow_nets.contains(&target) {
+            let mut next = self.state.clone();
+            next.allow_nets.remove(&target);
+            self.apply_nets(next)?;
+            info!(network = %target, "no longer always allowed");
+            done.push(format!("{target} is no longer always allowed"));
+        }
+        if target.is_host() {
+            let addr = target.addr;
+            let was_allowed = self.tables.revoke(addr)?;
+            let key = SourceKey::from(addr);
+            let flows = self.tables.end_flows(|flow| flow.src == key)?;
+            if was_allowed || flows > 0 {
+                info!(source = %addr, flows, "revoked");
+                done.push(format!("revoked {addr} ({flows} open flows ended)"));
+            }
+        }
+        if done.is_empty() {
+            bail!(
+                "{} is not in the allow list",
+                if target.is_host() {
+                    target.addr.to_string()
+                } else {
+                    target.to_string()
+                }
+            );
+        }
+        changed(done.join("; "))
+    }
+
+    /// Applies a new set of always-allowed networks, then persists it; if it
+    /// cannot be saved, the kernel is put back.
+    fn apply_nets(&mut self, next: State) -> Result<()> {
+        self.tables
+            .set_allowed_nets(&self.state.allow_nets, &next.allow_nets)?;
+        if let Err(err) = self.state_dir.save(&next) {
+            self.tables
+                .set_allowed_nets(&next.allow_nets, &self.state.allow_nets)?;
+            return Err(err);
+        }
+        self.state = next;
+        Ok(())
+    }
+
     fn listing(&self) -> Result<Listing> {
         let now = clock::boot_ns();
         let mut allowed: Vec<AllowedSource> = self
@@ -189,9 +246,34 @@ impl Daemon {
             })
             .collect();
         allowed.sort_by_key(|a| a.addr);
+        let idle = self.options.idle_timeout.as_nanos() as u64;
+        let mut flows: Vec<Flow> = self
+            .tables
+            .flows()?
+            .into_iter()
+            .filter(|(_, e)| now.saturating_sub(e.last_seen_ns) < idle)
+            .filter(|(_, e)| e.closing_until_ns == 0 || now < e.closing_until_ns)
+            .filter_map(|(key, entry)| {
+                Some(Flow {
+                    source: key.src.ip()?,
+                    source_port: key.src_port,
+                    port: key.dst_port,
+                    proto: if key.proto == PROTO_UDP {
+                        Proto::Udp
+                    } else {
+                        Proto::Tcp
+                    },
+                    idle_ms: now.saturating_sub(entry.last_seen_ns) / 1_000_000,
+                    closing: entry.closing_until_ns != 0,
+                })
+            })
+            .collect();
+        flows.sort_by_key(|f| (f.source, f.port, f.source_port));
         Ok(Listing {
             protected: self.state.protected.iter().copied().collect(),
+            permanent: self.state.allow_nets.iter().copied().collect(),
             allowed,
+            flows,
         })
     }
 
@@ -220,6 +302,7 @@ impl Daemon {
                 .collect(),
             open_window_secs: self.options.open_window.as_secs(),
             knock_timeout_secs: self.options.knock_timeout.as_secs(),
+            idle_timeout_secs: self.options.idle_timeout.as_secs(),
             clients: self.clients.len(),
             sequences: self.installed.count(),
             knocks_in_progress: self.tables.knock_states(),

@@ -10,6 +10,7 @@ mod rotate;
 mod sweep;
 
 use std::{
+    collections::BTreeSet,
     fs,
     os::unix::fs::PermissionsExt as _,
     time::{Duration, Instant},
@@ -17,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{MapData, RingBuf};
-use knock_common::maps::{KnockConfig, MAP_EVENTS};
+use knock_common::maps::{Config, MAP_EVENTS};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     net::UnixListener,
@@ -27,9 +28,13 @@ use tracing::{info, warn};
 
 use crate::{
     clients::{Client, ClientStore},
+    clock,
     loader::{self, Mode, Program},
     ports,
+    ports::{Proto, ProtoPort},
+    procnet,
     state::{State, StateDir},
+    tables,
     tables::Tables,
 };
 
@@ -49,7 +54,16 @@ pub struct AttachOptions {
     pub open_window: Duration,
     /// How long a whole sequence may take.
     pub knock_timeout: Duration,
+    /// How long an admitted flow lives without a packet from its client.
+    pub idle_timeout: Duration,
 }
+
+/// How long a TCP flow still passes after the client's FIN or RST: enough for
+/// the closing handshake, short enough that the flow cannot be reused.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// How often dead flows are removed (the kernel already ignores them).
+const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Everything the daemon's tasks share.
 pub(crate) struct Daemon {
@@ -91,12 +105,18 @@ pub fn run(state_dir: StateDir, options: AttachOptions) -> Result<()> {
             .take_map(MAP_EVENTS)
             .ok_or_else(|| anyhow!("the XDP object has no map named {MAP_EVENTS}"))?;
         let events = RingBuf::try_from(events)?;
-        tables.set_knock_config(KnockConfig {
+        tables.set_config(Config {
             open_window_ns: options.open_window.as_nanos() as u64,
             knock_timeout_ns: options.knock_timeout.as_nanos() as u64,
+            idle_timeout_ns: options.idle_timeout.as_nanos() as u64,
+            close_grace_ns: CLOSE_GRACE.as_nanos() as u64,
         })?;
+        // Connections already established to protected ports keep working:
+        // they are followed before the ports are protected.
+        keep_established(&mut tables, &state.protected)?;
         // Ports are protected and sequences installed before the first packet.
         tables.set_protected(&Default::default(), &state.protected)?;
+        tables.set_allowed_nets(&Default::default(), &state.allow_nets)?;
         let mut daemon = Daemon {
             state_dir: state_dir.clone(),
             options,
@@ -170,6 +190,7 @@ impl Daemon {
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         let mut rotate = tokio::time::interval(ROTATE_INTERVAL);
+        let mut flow_sweep = tokio::time::interval(FLOW_SWEEP_INTERVAL);
         // SAFETY: the ring buffer owns its fd and the AsyncFd owns the ring
         // buffer, so the fd stays open for as long as it is registered.
         let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
@@ -181,6 +202,7 @@ impl Daemon {
                 _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
                 _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
                 _ = sweep.tick() => self.sweep(),
+                _ = flow_sweep.tick() => self.sweep_flows(),
                 _ = rotate.tick() => {
                     if let Err(err) = self.rotate() {
                         warn!("installing sequences: {err:#}");
@@ -204,4 +226,27 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// Seeds the flow table with the TCP connections established to `ports`, so
+/// protecting a port never cuts the session it is protected from.
+pub(crate) fn keep_established(tables: &mut Tables, ports: &BTreeSet<ProtoPort>) -> Result<()> {
+    let tcp: BTreeSet<u16> = ports
+        .iter()
+        .filter(|p| p.proto == Proto::Tcp)
+        .map(|p| p.port)
+        .collect();
+    if tcp.is_empty() {
+        return Ok(());
+    }
+    let established = procnet::established_to(&tcp);
+    let keys: Vec<_> = established
+        .iter()
+        .map(|&(ip, port, local)| tables::tcp_flow(ip, port, local))
+        .collect();
+    tables.seed_flows(&keys, clock::boot_ns())?;
+    for (ip, port, local) in established {
+        info!(source = %ip, source_port = port, port = local, "established connection kept open");
+    }
+    Ok(())
 }

@@ -20,12 +20,7 @@ use knock_common::{
 use tracing::{debug, warn};
 
 use super::Daemon;
-use crate::{
-    clients::Client,
-    clock,
-    ports::{Proto, ProtoPort},
-    profile::Knock,
-};
+use crate::{clients::Client, clock, ports::ProtoPort, procnet, profile::Knock};
 
 /// What is installed, so each pass writes only what changed.
 #[derive(Default)]
@@ -224,7 +219,7 @@ impl Daemon {
     /// Warns when a knock port would hide a service for as long as the
     /// sequence is installed: knocks on it are dropped.
     fn warn_collisions(&self, name: &str, installation: &Installation) {
-        let listening = listening_ports();
+        let listening = procnet::listening_ports();
         let slot = match installation.slot {
             STATIC_SLOT => "static".to_owned(),
             slot => slot.to_string(),
@@ -267,36 +262,4 @@ fn steps_of(sequences: &BTreeMap<u32, Installation>) -> BTreeMap<StepKey, StepEn
         }
     }
     steps
-}
-
-/// Local ports with a listening TCP socket or a bound UDP socket, from /proc.
-fn listening_ports() -> BTreeSet<ProtoPort> {
-    let mut out = BTreeSet::new();
-    for (file, proto, listen_state) in [
-        ("/proc/net/tcp", Proto::Tcp, Some("0A")),
-        ("/proc/net/tcp6", Proto::Tcp, Some("0A")),
-        ("/proc/net/udp", Proto::Udp, None),
-        ("/proc/net/udp6", Proto::Udp, None),
-    ] {
-        let Ok(text) = std::fs::read_to_string(file) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else {
-                continue;
-            };
-            if listen_state.is_some_and(|s| s != *state) {
-                continue;
-            }
-            if let Some(port) = local
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok())
-            {
-                out.insert(ProtoPort { port, proto });
-            }
-        }
-    }
-    out
 }

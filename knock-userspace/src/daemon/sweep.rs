@@ -18,4 +18,26 @@ impl Daemon {
             Err(err) => warn!("sweep: {err:#}"),
         }
     }
+
+    /// Removes flows the kernel no longer admits, to free their slots.
+    pub(super) fn sweep_flows(&mut self) {
+        let now = clock::boot_ns();
+        let idle = self.options.idle_timeout.as_nanos() as u64;
+        let dead = |entry: &knock_common::maps::FlowEntry| {
+            now.saturating_sub(entry.last_seen_ns) >= idle
+                || (entry.closing_until_ns != 0 && now >= entry.closing_until_ns)
+        };
+        let flows = match self.tables.flows() {
+            Ok(flows) => flows,
+            Err(err) => return warn!("flow sweep: {err:#}"),
+        };
+        let doomed: std::collections::HashSet<_> = flows
+            .into_iter()
+            .filter(|(_, e)| dead(e))
+            .map(|(k, _)| k)
+            .collect();
+        if let Err(err) = self.tables.end_flows(|k| doomed.contains(k)) {
+            warn!("flow sweep: {err:#}");
+        }
+    }
 }
