@@ -266,6 +266,63 @@ impl Lab {
     }
 }
 
+/// An open TCP connection from the client namespace to an echo service.
+pub struct TcpSession {
+    stream: std::net::TcpStream,
+}
+
+impl TcpSession {
+    /// Sends a line and waits (1.5 s at most) for its echo.
+    pub fn exchange(&mut self) -> bool {
+        let mut buf = [0u8; 5];
+        self.stream
+            .set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        self.stream.write_all(b"hello").is_ok()
+            && self.stream.read_exact(&mut buf).is_ok()
+            && &buf == b"hello"
+    }
+}
+
+/// A UDP socket in the client namespace talking to an echo service: one flow.
+pub struct UdpSession {
+    socket: UdpSocket,
+    server: SocketAddr,
+}
+
+impl UdpSession {
+    /// Sends a datagram and waits (1 s at most) for its echo.
+    pub fn exchange(&self) -> bool {
+        self.socket
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        self.socket.send_to(b"ping", self.server).unwrap();
+        let mut buf = [0u8; 16];
+        matches!(self.socket.recv_from(&mut buf), Ok((4, _))) && &buf[..4] == b"ping"
+    }
+}
+
+impl Lab {
+    /// Opens a TCP connection from `source`; `None` when it cannot connect.
+    pub fn tcp_session(&self, source: &str, server: &str, port: u16) -> Option<TcpSession> {
+        let source: IpAddr = source.parse().unwrap();
+        let target = SocketAddr::new(server.parse().unwrap(), port);
+        self.client
+            .enter(move || connect_from(source, target).ok())
+            .map(|stream| TcpSession { stream })
+    }
+
+    /// A UDP socket bound to `source` in the client namespace.
+    pub fn udp_session(&self, source: &str, server: &str, port: u16) -> UdpSession {
+        let source: IpAddr = source.parse().unwrap();
+        let server = SocketAddr::new(server.parse().unwrap(), port);
+        let socket = self
+            .client
+            .enter(move || UdpSocket::bind(SocketAddr::new(source, 0)).unwrap());
+        UdpSession { socket, server }
+    }
+}
+
 /// One knock: a port and whether it is UDP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Knock {

@@ -22,6 +22,16 @@ const MISTAKES: &[(&[&str], &str)] = &[
     (&["allow", "10.0.0.1", "--for", "0s"], "longer than zero"),
     (&["allow", "10.0.0.1", "--for", "500d"], "maximum"),
     (&["revoke", "::g"], "invalid address"),
+    (&["allow", "10.0.0.0/8"], "only be allowed --permanent"),
+    (&["allow", "10.0.0.0/33", "--permanent"], "invalid address"),
+    (
+        &["allow", "10.0.0.1", "--permanent", "--for", "1h"],
+        "cannot be used with",
+    ),
+    (
+        &["attach", "lo", "--idle-timeout", "0s"],
+        "longer than zero",
+    ),
     (&["attach", "--mode", "turbo", "lo"], "invalid value"),
     (
         &["attach", "no-such-if0"],

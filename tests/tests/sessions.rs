@@ -1,0 +1,204 @@
+//! Sessions and lock-out safety: connections outlive the open window while
+//! active, idle ones end, established sessions survive `protect`,
+//! always-allowed networks need no knock, and `revoke` ends flows at once.
+
+use std::{thread, time::Duration};
+
+use knock_tests::{
+    lab::{CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6},
+    privileged,
+};
+
+const TCP_PORT: u16 = 8022;
+const UDP_PORT: u16 = 5353;
+
+fn lab() -> Lab {
+    let lab = Lab::new();
+    for addr in [SERVER_V4, SERVER_V6] {
+        lab.tcp_echo(addr, TCP_PORT);
+        lab.udp_echo(addr, UDP_PORT);
+    }
+    lab
+}
+
+fn daemon(lab: &Lab, extra: &[&str]) -> Instance {
+    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
+    let mut args = vec![lab.server_if.as_str()];
+    args.extend_from_slice(extra);
+    knock.attach(&args);
+    knock.ok(&[
+        "protect",
+        &format!("{TCP_PORT}/tcp"),
+        &format!("{UDP_PORT}/udp"),
+    ]);
+    knock
+}
+
+fn flows(knock: &Instance) -> Vec<serde_json::Value> {
+    let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
+    listing["flows"].as_array().unwrap().clone()
+}
+
+#[test]
+fn connections_outlive_the_open_window_over_tcp_udp_ipv4_and_ipv6() {
+    if !privileged("connections_outlive_the_open_window_over_tcp_udp_ipv4_and_ipv6") {
+        return;
+    }
+    let lab = lab();
+    let knock = daemon(&lab, &[]);
+    for (client, server) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
+        knock.ok(&["allow", client, "--for", "2s"]);
+        let mut tcp = lab
+            .tcp_session(client, server, TCP_PORT)
+            .expect("connect while allowed");
+        let udp = lab.udp_session(client, server, UDP_PORT);
+        assert!(tcp.exchange() && udp.exchange(), "{client}: first exchange");
+        // Keep talking for twice the window.
+        for round in 0..8 {
+            thread::sleep(Duration::from_millis(500));
+            assert!(tcp.exchange(), "{client}: tcp round {round}");
+            assert!(udp.exchange(), "{client}: udp round {round}");
+        }
+        // New connections (and a new UDP flow) are refused.
+        assert!(
+            lab.tcp_session(client, server, TCP_PORT).is_none(),
+            "{client}: new tcp connection"
+        );
+        assert!(
+            !lab.udp_session(client, server, UDP_PORT).exchange(),
+            "{client}: new udp flow"
+        );
+        // The old ones still work.
+        assert!(tcp.exchange() && udp.exchange(), "{client}: after refusals");
+    }
+    let flows = flows(&knock);
+    assert_eq!(flows.len(), 4, "{flows:?}");
+    assert!(
+        flows
+            .iter()
+            .any(|f| f["proto"] == "udp" && f["port"] == UDP_PORT && f["source"] == CLIENT_V6)
+    );
+    // The IPv4 flows last spoke before the IPv6 round began.
+    assert!(
+        flows
+            .iter()
+            .all(|f| f["idle_ms"].as_u64().unwrap() < 15_000),
+        "{flows:?}"
+    );
+}
+
+#[test]
+fn an_idle_connection_ends_after_the_idle_timeout() {
+    if !privileged("an_idle_connection_ends_after_the_idle_timeout") {
+        return;
+    }
+    let lab = lab();
+    let knock = daemon(&lab, &["--idle-timeout", "2s"]);
+    knock.ok(&["allow", CLIENT_V4, "--for", "1s"]);
+    let mut tcp = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).unwrap();
+    let udp = lab.udp_session(CLIENT_V4, SERVER_V4, UDP_PORT);
+    assert!(tcp.exchange() && udp.exchange());
+    thread::sleep(Duration::from_millis(1500));
+    // Activity within the idle timeout keeps them alive...
+    assert!(tcp.exchange() && udp.exchange());
+    // ...silence longer than it ends them.
+    thread::sleep(Duration::from_millis(2500));
+    assert!(!tcp.exchange(), "the idle tcp connection still works");
+    assert!(!udp.exchange(), "the idle udp flow still works");
+}
+
+#[test]
+fn a_connection_established_before_protect_survives_it() {
+    if !privileged("a_connection_established_before_protect_survives_it") {
+        return;
+    }
+    let lab = lab();
+    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
+    knock.attach(&[&lab.server_if]);
+    // The operator's session, opened while the port is still open.
+    let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).unwrap();
+    let mut v6_session = lab.tcp_session(CLIENT_V6, SERVER_V6, TCP_PORT).unwrap();
+    assert!(session.exchange() && v6_session.exchange());
+
+    knock.ok(&["protect", &format!("{TCP_PORT}/tcp")]);
+    assert!(session.exchange(), "protect cut the established session");
+    assert!(
+        v6_session.exchange(),
+        "protect cut the established IPv6 session"
+    );
+    assert!(
+        lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).is_none(),
+        "a new connection got in"
+    );
+    assert!(
+        knock
+            .daemon_log()
+            .contains("established connection kept open")
+    );
+
+    // A daemon starting with the port protected keeps them too.
+    knock.ok(&["detach"]);
+    knock.wait_daemon();
+    assert!(session.exchange());
+    knock.attach(&[&lab.server_if]);
+    assert!(session.exchange(), "a restart cut the established session");
+    assert!(lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).is_none());
+}
+
+#[test]
+fn always_allowed_networks_need_no_knock_until_revoked() {
+    if !privileged("always_allowed_networks_need_no_knock_until_revoked") {
+        return;
+    }
+    let lab = lab();
+    let mut knock = daemon(&lab, &[]);
+    assert!(lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).is_none());
+    knock.ok(&["allow", "10.201.0.2/32", "--permanent"]);
+    knock.ok(&["allow", "fd00:201::/64", "--permanent"]);
+    assert!(lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).is_some());
+    assert!(lab.tcp_session(CLIENT_V6, SERVER_V6, TCP_PORT).is_some());
+    // Longest prefix: the neighbour address is not in 10.201.0.2/32.
+    assert!(lab.tcp_session(CLIENT2_V4, SERVER_V4, TCP_PORT).is_none());
+
+    let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
+    assert_eq!(
+        listing["permanent"],
+        serde_json::json!(["10.201.0.2/32", "fd00:201::/64"])
+    );
+    assert!(
+        listing["allowed"].as_array().unwrap().is_empty(),
+        "permanent networks are listed apart"
+    );
+
+    // Persisted across restarts.
+    knock.ok(&["detach"]);
+    knock.wait_daemon();
+    knock.attach(&[&lab.server_if]);
+    assert!(
+        lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).is_some(),
+        "lost across a restart"
+    );
+
+    knock.ok(&["revoke", "10.201.0.2/32"]);
+    knock.ok(&["revoke", "fd00:201::/64"]);
+    assert!(lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).is_none());
+    assert!(lab.tcp_session(CLIENT_V6, SERVER_V6, TCP_PORT).is_none());
+}
+
+#[test]
+fn revoking_an_address_ends_its_flows_at_once() {
+    if !privileged("revoking_an_address_ends_its_flows_at_once") {
+        return;
+    }
+    let lab = lab();
+    let knock = daemon(&lab, &[]);
+    knock.ok(&["allow", CLIENT_V4, "--for", "1h"]);
+    let mut tcp = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).unwrap();
+    let udp = lab.udp_session(CLIENT_V4, SERVER_V4, UDP_PORT);
+    assert!(tcp.exchange() && udp.exchange());
+    let out = knock.ok(&["revoke", CLIENT_V4]);
+    assert!(out.contains("2 open flows ended"), "{out}");
+    assert!(!tcp.exchange(), "the tcp connection survived revoke");
+    assert!(!udp.exchange(), "the udp flow survived revoke");
+    assert!(flows(&knock).is_empty());
+}
