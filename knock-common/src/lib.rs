@@ -10,6 +10,8 @@ pub mod maps;
 #[cfg(any(test, feature = "model"))]
 pub mod model;
 #[cfg(feature = "sequence")]
+pub mod secret;
+#[cfg(feature = "sequence")]
 pub mod sequence;
 pub mod verdict;
 

@@ -3,6 +3,7 @@
 //! Data flows one way: `cli` → `daemon` / `control` / `check` → `loader`,
 //! `tables` → `knock_common`.
 
+pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod clients;
@@ -15,6 +16,8 @@ pub mod nets;
 pub mod ports;
 pub mod procnet;
 pub mod profile;
+pub mod qr;
+pub mod secrets;
 pub mod state;
 pub mod tables;
 pub mod units;

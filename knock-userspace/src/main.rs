@@ -21,11 +21,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         Err(err) => {
-            // One line: clap's first line names the problem; the usage it
-            // appends is one `--help` away.
+            // One line: clap's first paragraph names the problem (sometimes
+            // over several lines); the usage it appends is one --help away.
             let rendered = err.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!("knock-xdp: {}", first.trim_start_matches("error: "));
+            let problem = rendered.split("\n\n").next().unwrap_or("invalid arguments");
+            let problem: Vec<&str> = problem
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!(
+                "knock-xdp: {}",
+                problem.join(" ").trim_start_matches("error: ")
+            );
             return ExitCode::from(2);
         }
     };

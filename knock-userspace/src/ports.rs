@@ -77,6 +77,18 @@ pub enum Proto {
     Udp,
 }
 
+impl FromStr for Proto {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            other => Err(format!("unknown protocol '{other}' (use tcp or udp)")),
+        }
+    }
+}
+
 impl From<Transport> for Proto {
     fn from(t: Transport) -> Self {
         match t {

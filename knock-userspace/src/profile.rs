@@ -13,13 +13,18 @@
 //! ```
 //!
 //! or, for a static sequence (knockd's syntax): `static = "7000,8000:udp,9000"`.
-//! The server keeps the same file plus the client's `id` in its state directory.
+//! Passphrase and authenticator (TOTP) clients carry `mode`, `salt` and
+//! `cost` instead of a secret (docs/secrets-v1.md). The server keeps the same
+//! file plus the client's `id` and the derived keys in its state directory.
+//!
+//! The same fields make the single-line URI form, `knock-xdp:profile?v=1&name=alice&...`.
 
 use std::{fmt::Write as _, fs, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use knock_common::{
     maps::MAX_KNOCK_STEPS,
+    secret::{self, SALT_LEN},
     sequence::{self, MAX_SLOT_SECS, Params},
 };
 use serde::{Deserialize, Serialize};
@@ -30,6 +35,8 @@ use crate::{
 };
 
 pub const PROFILE_VERSION: u32 = 1;
+/// The URI form of a profile starts with this.
+pub const URI_PREFIX: &str = "knock-xdp:profile?";
 pub const DEFAULT_LENGTH: u8 = 4;
 pub const DEFAULT_SLOT: Duration = Duration::from_secs(30);
 /// Above Linux's ephemeral range (32768-60999), where replies to the host's
@@ -41,7 +48,7 @@ pub const DEFAULT_PORTS: (u16, u16) = (61000, 65535);
 pub enum Knock {
     /// Derived from a secret and the time slot (docs/sequence-v1.md).
     Rotating {
-        secret: [u8; 32],
+        key: Key,
         proto: Proto,
         length: u8,
         slot_secs: u32,
@@ -51,6 +58,40 @@ pub enum Knock {
     /// The same ports every time: works with any knock client, but a
     /// sniffed sequence can be replayed at will.
     Static { steps: Vec<ProtoPort> },
+}
+
+/// Where a rotating client's secret comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Key {
+    /// A random 256-bit secret, carried by the profile.
+    Random([u8; 32]),
+    /// Derived from a passphrase; `secret` is known once the passphrase was
+    /// given (and always on the server).
+    Passphrase {
+        salt: [u8; SALT_LEN],
+        cost: u32,
+        secret: Option<[u8; 32]>,
+    },
+    /// Authenticator mode: each slot's secret comes from that TOTP step's
+    /// code and the PIN key. The server holds the TOTP secret; a client
+    /// holds the code the app shows and the PIN.
+    Totp {
+        salt: [u8; SALT_LEN],
+        cost: u32,
+        pin_key: Option<[u8; 32]>,
+        totp_secret: Option<Vec<u8>>,
+        code: Option<u32>,
+    },
+}
+
+impl Key {
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Key::Random(_) => "random",
+            Key::Passphrase { .. } => "passphrase",
+            Key::Totp { .. } => "totp",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,8 +121,20 @@ pub struct ProfileFile {
     pub exclude: Option<Vec<u16>>,
     #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
     pub static_sequence: Option<String>,
+    /// `random` (default), `passphrase` or `totp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+    /// PBKDF2 iterations of a passphrase or PIN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<u32>,
+    /// The random secret; on the server also the derived passphrase secret or PIN key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// Server side only: the authenticator's secret (base32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp_secret: Option<String>,
 }
 
 /// Checks a client name: it becomes a file name, so a strict alphabet.
@@ -168,27 +221,44 @@ pub fn to_hex(bytes: &[u8]) -> String {
     })
 }
 
-fn secret_from_hex(text: &str) -> Result<[u8; 32]> {
+fn from_hex<const N: usize>(what: &str, text: &str) -> Result<[u8; N]> {
     let text = text.trim();
-    if text.len() != 64 || !text.chars().all(|c| c.is_ascii_hexdigit()) {
-        bail!("secret must be 64 hexadecimal digits");
+    if text.len() != 2 * N || !text.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("{what} must be {} hexadecimal digits", 2 * N);
     }
-    let mut out = [0u8; 32];
+    let mut out = [0u8; N];
     for (i, byte) in out.iter_mut().enumerate() {
         *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("checked hex digits");
     }
     Ok(out)
 }
 
-/// 32 bytes from the kernel's CSPRNG.
-pub fn random_secret() -> Result<[u8; 32]> {
-    let mut secret = [0u8; 32];
+/// Random bytes from the kernel's CSPRNG.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut out = [0u8; N];
     // SAFETY: valid buffer of the given length; flags 0 blocks until seeded.
-    let n = unsafe { libc::getrandom(secret.as_mut_ptr().cast(), secret.len(), 0) };
-    if n != secret.len() as isize {
+    let n = unsafe { libc::getrandom(out.as_mut_ptr().cast(), out.len(), 0) };
+    if n != out.len() as isize {
         return Err(std::io::Error::last_os_error()).context("getrandom failed");
     }
-    Ok(secret)
+    Ok(out)
+}
+
+/// A fresh 256-bit secret.
+pub fn random_secret() -> Result<[u8; 32]> {
+    random_bytes()
+}
+
+fn base32(data: &[u8]) -> String {
+    let mut out = vec![0u8; secret::base32_len(data.len())];
+    secret::base32_encode(data, &mut out).to_owned()
+}
+
+fn from_base32(text: &str) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; text.len()];
+    let n = secret::base32_decode(text, &mut out).context("totp_secret is not valid base32")?;
+    out.truncate(n);
+    Ok(out)
 }
 
 impl Profile {
@@ -202,25 +272,26 @@ impl Profile {
         }
         check_name(&file.name)?;
         let knock = if let Some(text) = &file.static_sequence {
-            if file.secret.is_some()
-                || file.length.is_some()
-                || file.ports.is_some()
-                || file.slot.is_some()
-            {
-                bail!("a static profile has no secret, length, ports or slot");
+            let rotating_only = [
+                file.secret.is_some(),
+                file.length.is_some(),
+                file.ports.is_some(),
+                file.slot.is_some(),
+                file.mode.is_some(),
+            ];
+            if rotating_only.contains(&true) {
+                bail!("a static profile has no secret, mode, length, ports or slot");
             }
             Knock::Static {
                 steps: parse_static(text).map_err(|e| anyhow!(e))?,
             }
         } else {
-            let secret = secret_from_hex(
-                file.secret
-                    .as_deref()
-                    .context("the profile has no secret")?,
-            )?;
-            let slot = match &file.slot {
-                Some(text) => parse_duration(text).map_err(|e| anyhow!("slot: {e}"))?,
-                None => DEFAULT_SLOT,
+            let key = key_from_file(file)?;
+            let slot = match (&file.slot, &key) {
+                // An authenticator's code changes every 30 s: so do its sequences.
+                (_, Key::Totp { .. }) => Duration::from_secs(u64::from(secret::TOTP_STEP_SECS)),
+                (Some(text), _) => parse_duration(text).map_err(|e| anyhow!("slot: {e}"))?,
+                (None, _) => DEFAULT_SLOT,
             };
             if slot.subsec_nanos() != 0
                 || slot.as_secs() == 0
@@ -232,21 +303,25 @@ impl Profile {
                 Some(text) => parse_range(text).map_err(|e| anyhow!(e))?,
                 None => DEFAULT_PORTS,
             };
-            let knock = Knock::Rotating {
-                secret,
-                proto: file.proto.unwrap_or(Proto::Tcp),
-                length: file.length.unwrap_or(DEFAULT_LENGTH),
+            let length = file.length.unwrap_or(DEFAULT_LENGTH);
+            let exclude = file.exclude.clone().unwrap_or_default();
+            // Check the parameters (length, enough ports) with a dummy secret.
+            let params = Params {
+                length,
+                port_lo: ports.0,
+                port_hi: ports.1,
+                exclude: &exclude,
+            };
+            sequence::derive(&[0; 32], 0, &params).map_err(|e| anyhow!("{e}"))?;
+            let proto = file.proto.unwrap_or(Proto::Tcp);
+            Knock::Rotating {
+                key,
+                proto,
+                length,
                 slot_secs: slot.as_secs() as u32,
                 ports,
-                exclude: file.exclude.clone().unwrap_or_default(),
-            };
-            // Derive once to check the parameters (length, enough ports).
-            Profile {
-                name: file.name.clone(),
-                knock: knock.clone(),
+                exclude,
             }
-            .sequence_at(0)?;
-            knock
         };
         Ok(Self {
             name: file.name.clone(),
@@ -254,7 +329,19 @@ impl Profile {
         })
     }
 
+    /// The file form. `with_secrets` adds what only the server (or the owner
+    /// of a random secret) may hold: derived keys and the TOTP secret.
     pub fn to_file(&self) -> ProfileFile {
+        self.file_form(true)
+    }
+
+    /// The file form for the client: without the server-side keys of
+    /// passphrase and authenticator clients.
+    pub fn to_client_file(&self) -> ProfileFile {
+        self.file_form(false)
+    }
+
+    fn file_form(&self, server: bool) -> ProfileFile {
         let mut file = ProfileFile {
             version: PROFILE_VERSION,
             name: self.name.clone(),
@@ -262,7 +349,7 @@ impl Profile {
         };
         match &self.knock {
             Knock::Rotating {
-                secret,
+                key,
                 proto,
                 length,
                 slot_secs,
@@ -274,7 +361,30 @@ impl Profile {
                 file.slot = Some(format_duration(Duration::from_secs(u64::from(*slot_secs))));
                 file.ports = Some(format!("{}-{}", ports.0, ports.1));
                 file.exclude = Some(exclude.clone());
-                file.secret = Some(to_hex(secret));
+                match key {
+                    Key::Random(secret) => file.secret = Some(to_hex(secret)),
+                    Key::Passphrase { salt, cost, secret } => {
+                        file.mode = Some(key.mode().into());
+                        file.salt = Some(to_hex(salt));
+                        file.cost = Some(*cost);
+                        file.secret = secret.filter(|_| server).map(|s| to_hex(&s));
+                    }
+                    Key::Totp {
+                        salt,
+                        cost,
+                        pin_key,
+                        totp_secret,
+                        ..
+                    } => {
+                        file.mode = Some(key.mode().into());
+                        file.slot = None;
+                        file.salt = Some(to_hex(salt));
+                        file.cost = Some(*cost);
+                        file.secret = pin_key.filter(|_| server).map(|k| to_hex(&k));
+                        file.totp_secret =
+                            totp_secret.as_ref().filter(|_| server).map(|t| base32(t));
+                    }
+                }
             }
             Knock::Static { steps } => {
                 file.static_sequence = Some(join_static(steps));
@@ -283,13 +393,96 @@ impl Profile {
         file
     }
 
-    /// The profile as TOML, with a header saying what it is.
+    /// The client's profile as TOML, with a header saying what it is.
     pub fn to_toml(&self) -> Result<String> {
-        let body = toml::to_string(&self.to_file()).context("cannot serialise the profile")?;
+        let body =
+            toml::to_string(&self.to_client_file()).context("cannot serialise the profile")?;
+        let warning = match &self.knock {
+            Knock::Rotating {
+                key: Key::Random(_),
+                ..
+            } => "it opens the door, keep it secret",
+            Knock::Rotating { .. } => {
+                "holds no secret; knocking needs the passphrase or the code and PIN"
+            }
+            Knock::Static { .. } => "a static sequence: anyone who sees it can knock",
+        };
         Ok(format!(
-            "# knock-xdp client profile \"{}\": it opens the door, keep it secret\n{body}",
+            "# knock-xdp client profile \"{}\": {warning}\n{body}",
             self.name
         ))
+    }
+
+    /// The client's profile as one line: `knock-xdp:profile?v=1&name=...`.
+    pub fn to_uri(&self) -> Result<String> {
+        let value =
+            serde_json::to_value(self.to_client_file()).context("cannot serialise the profile")?;
+        let mut uri = format!("{URI_PREFIX}v={PROFILE_VERSION}");
+        for (key, value) in value.as_object().expect("a struct serialises to an object") {
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Array(items) => items
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                _ => continue,
+            };
+            if key != "version" {
+                uri.push_str(&format!("&{key}={}", percent_encode(&text)));
+            }
+        }
+        Ok(uri)
+    }
+
+    /// Parses the URI form.
+    pub fn from_uri(uri: &str) -> Result<Self> {
+        let query = uri
+            .trim()
+            .strip_prefix(URI_PREFIX)
+            .with_context(|| format!("a profile URI starts with '{URI_PREFIX}'"))?;
+        let mut file = ProfileFile::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair
+                .split_once('=')
+                .with_context(|| format!("profile URI: '{pair}' is not key=value"))?;
+            let value = percent_decode(value)?;
+            match key {
+                "v" => file.version = number("v", &value)?,
+                "name" => file.name = value,
+                "proto" => {
+                    file.proto = Some(
+                        value
+                            .parse()
+                            .map_err(|e: String| anyhow!("profile URI: {e}"))?,
+                    )
+                }
+                "length" => file.length = Some(number("length", &value)?),
+                "slot" => file.slot = Some(value),
+                "ports" => file.ports = Some(value),
+                "exclude" => {
+                    file.exclude =
+                        Some(parse_port_list(&value).map_err(|e| anyhow!("profile URI: {e}"))?)
+                }
+                "static" => file.static_sequence = Some(value),
+                "mode" => file.mode = Some(value),
+                "salt" => file.salt = Some(value),
+                "cost" => file.cost = Some(number("cost", &value)?),
+                "secret" => file.secret = Some(value),
+                other => bail!("profile URI: unknown field '{other}'"),
+            }
+        }
+        Profile::from_file(&file).context("invalid profile URI")
+    }
+
+    /// Reads a profile from a file, or from a URI given in its place.
+    pub fn load(file_or_uri: &str) -> Result<Self> {
+        if file_or_uri.starts_with(URI_PREFIX) {
+            Self::from_uri(file_or_uri)
+        } else {
+            Self::read(Path::new(file_or_uri))
+        }
     }
 
     pub fn read(path: &Path) -> Result<Self> {
@@ -309,32 +502,107 @@ impl Profile {
 
     /// The knocks of time slot `slot` (ignored for static sequences).
     pub fn sequence_for_slot(&self, slot: u64) -> Result<Vec<ProtoPort>> {
+        let Knock::Rotating {
+            key,
+            proto,
+            length,
+            ports,
+            exclude,
+            ..
+        } = &self.knock
+        else {
+            let Knock::Static { steps } = &self.knock else {
+                unreachable!()
+            };
+            return Ok(steps.clone());
+        };
+        let secret = match key {
+            Key::Random(secret)
+            | Key::Passphrase {
+                secret: Some(secret),
+                ..
+            } => *secret,
+            Key::Passphrase { secret: None, .. } => {
+                bail!(
+                    "this profile needs its passphrase (--passphrase-file FILE, or type it when asked)"
+                )
+            }
+            // The server knows every step's code; a client, the one it was given.
+            Key::Totp {
+                pin_key: Some(pin_key),
+                totp_secret: Some(totp),
+                ..
+            } => secret::totp_slot_secret(pin_key, secret::totp_code(totp, slot)),
+            Key::Totp {
+                pin_key: Some(pin_key),
+                code: Some(code),
+                ..
+            } => secret::totp_slot_secret(pin_key, *code),
+            Key::Totp { .. } => {
+                bail!(
+                    "this profile needs the authenticator's code (--code) and the PIN (--pin-file FILE, or type it when asked)"
+                )
+            }
+        };
+        let params = Params {
+            length: *length,
+            port_lo: ports.0,
+            port_hi: ports.1,
+            exclude,
+        };
+        let seq = sequence::derive(&secret, slot, &params).map_err(|e| anyhow!("{e}"))?;
+        Ok(seq
+            .as_slice()
+            .iter()
+            .map(|&port| ProtoPort {
+                port,
+                proto: *proto,
+            })
+            .collect())
+    }
+
+    /// Unlocks a passphrase profile with its passphrase.
+    pub fn unlock_passphrase(&mut self, passphrase: &[u8]) {
+        if let Knock::Rotating {
+            key: Key::Passphrase { salt, cost, secret },
+            ..
+        } = &mut self.knock
+        {
+            *secret = Some(secret::passphrase_secret(passphrase, salt, *cost));
+        }
+    }
+
+    /// Unlocks an authenticator profile with the current code and the PIN.
+    pub fn unlock_totp(&mut self, code: u32, pin: &[u8]) {
+        if let Knock::Rotating {
+            key:
+                Key::Totp {
+                    salt,
+                    cost,
+                    pin_key,
+                    code: slot_code,
+                    ..
+                },
+            ..
+        } = &mut self.knock
+        {
+            *pin_key = Some(secret::pin_key(pin, salt, *cost));
+            *slot_code = Some(code);
+        }
+    }
+
+    /// What the profile needs before it can knock: nothing, a passphrase, or a code and PIN.
+    pub fn needs(&self) -> Option<&'static str> {
         match &self.knock {
             Knock::Rotating {
-                secret,
-                proto,
-                length,
-                ports,
-                exclude,
+                key: Key::Passphrase { secret: None, .. },
                 ..
-            } => {
-                let params = Params {
-                    length: *length,
-                    port_lo: ports.0,
-                    port_hi: ports.1,
-                    exclude,
-                };
-                let seq = sequence::derive(secret, slot, &params).map_err(|e| anyhow!("{e}"))?;
-                Ok(seq
-                    .as_slice()
-                    .iter()
-                    .map(|&port| ProtoPort {
-                        port,
-                        proto: *proto,
-                    })
-                    .collect())
-            }
-            Knock::Static { steps } => Ok(steps.clone()),
+            } => Some("passphrase"),
+            Knock::Rotating {
+                key: Key::Totp { pin_key: None, .. },
+                ..
+            } => Some("totp"),
+            _ => None,
         }
     }
 
@@ -343,12 +611,106 @@ impl Profile {
         self.sequence_for_slot(self.slot_at(unix_secs).unwrap_or(0))
     }
 
+    /// `rotating`, `passphrase`, `totp` or `static`.
     pub fn kind(&self) -> &'static str {
-        match self.knock {
-            Knock::Rotating { .. } => "rotating",
+        match &self.knock {
+            Knock::Rotating {
+                key: Key::Random(_),
+                ..
+            } => "rotating",
+            Knock::Rotating { key, .. } => key.mode(),
             Knock::Static { .. } => "static",
         }
     }
+}
+
+/// The secret part of a rotating profile.
+fn key_from_file(file: &ProfileFile) -> Result<Key> {
+    let salt_and_cost = || -> Result<([u8; SALT_LEN], u32)> {
+        let salt = from_hex(
+            "salt",
+            file.salt.as_deref().context("the profile has no salt")?,
+        )?;
+        let cost = file.cost.context("the profile has no cost")?;
+        if cost < secret::MIN_COST {
+            bail!("cost {cost} is too low (at least {})", secret::MIN_COST);
+        }
+        Ok((salt, cost))
+    };
+    let derived = |what| {
+        file.secret
+            .as_deref()
+            .map(|text| from_hex::<32>(what, text))
+            .transpose()
+    };
+    match file.mode.as_deref().unwrap_or("random") {
+        "random" => {
+            let secret = file
+                .secret
+                .as_deref()
+                .context("the profile has no secret")?;
+            Ok(Key::Random(from_hex("secret", secret)?))
+        }
+        "passphrase" => {
+            let (salt, cost) = salt_and_cost()?;
+            Ok(Key::Passphrase {
+                salt,
+                cost,
+                secret: derived("secret")?,
+            })
+        }
+        "totp" => {
+            let (salt, cost) = salt_and_cost()?;
+            let totp_secret = file.totp_secret.as_deref().map(from_base32).transpose()?;
+            Ok(Key::Totp {
+                salt,
+                cost,
+                pin_key: derived("secret")?,
+                totp_secret,
+                code: None,
+            })
+        }
+        other => bail!("unknown profile mode '{other}' (random, passphrase or totp)"),
+    }
+}
+
+fn number<T: std::str::FromStr>(what: &str, value: &str) -> Result<T> {
+    value
+        .parse()
+        .map_err(|_| anyhow!("profile URI: {what} '{value}' is not a number"))
+}
+
+/// Escapes what is not plainly safe in a URI query value.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b',' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> Result<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .context("profile URI: bad %-escape")?;
+            out.push(
+                u8::from_str_radix(hex, 16).map_err(|_| anyhow!("profile URI: bad %-escape"))?,
+            );
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| anyhow!("profile URI: not UTF-8"))
 }
 
 /// Parses TOML, naming the file and line on error.
@@ -382,7 +744,7 @@ mod tests {
         Profile {
             name: "alice".into(),
             knock: Knock::Rotating {
-                secret: [7; 32],
+                key: Key::Random([7; 32]),
                 proto: Proto::Udp,
                 length: 5,
                 slot_secs: 60,
@@ -405,6 +767,109 @@ mod tests {
             let file: ProfileFile = parse_toml(&text, Path::new("p")).unwrap();
             assert_eq!(Profile::from_file(&file).unwrap(), profile, "{text}");
         }
+    }
+
+    fn keyed(key: Key) -> Profile {
+        let Knock::Rotating {
+            proto,
+            length,
+            slot_secs,
+            ports,
+            exclude,
+            ..
+        } = rotating().knock
+        else {
+            unreachable!()
+        };
+        Profile {
+            name: "bob".into(),
+            knock: Knock::Rotating {
+                key,
+                proto,
+                length,
+                slot_secs,
+                ports,
+                exclude,
+            },
+        }
+    }
+
+    #[test]
+    fn uris_round_trip_for_every_kind() {
+        let statik = Profile {
+            name: "legacy".into(),
+            knock: Knock::Static {
+                steps: parse_static("7000,8000:udp").unwrap(),
+            },
+        };
+        let passphrase = keyed(Key::Passphrase {
+            salt: [1; SALT_LEN],
+            cost: 20_000,
+            secret: None,
+        });
+        for profile in [rotating(), statik, passphrase] {
+            let uri = profile.to_uri().unwrap();
+            assert!(uri.starts_with(URI_PREFIX) && !uri.contains(' '), "{uri}");
+            assert_eq!(Profile::from_uri(&uri).unwrap(), profile, "{uri}");
+            assert_eq!(Profile::load(&uri).unwrap(), profile);
+        }
+        for bad in [
+            "knock-xdp:profile?v=2&name=a",
+            "http://x",
+            "knock-xdp:profile?v=1&name=a&bogus=1",
+            "knock-xdp:profile?v=1&name=a&secret=%zz",
+        ] {
+            assert!(Profile::from_uri(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passphrase_and_authenticator_keys_need_unlocking_and_agree_with_the_server() {
+        // The server's copy holds the derived secret; the client's does not.
+        let salt = [3; SALT_LEN];
+        let server = keyed(Key::Passphrase {
+            salt,
+            cost: 10_000,
+            secret: Some(secret::passphrase_secret(b"pw", &salt, 10_000)),
+        });
+        let mut client = Profile::from_file(&server.to_client_file()).unwrap();
+        assert_eq!(client.needs(), Some("passphrase"));
+        assert!(client.sequence_for_slot(5).is_err());
+        client.unlock_passphrase(b"pw");
+        assert_eq!(
+            client.sequence_for_slot(5).unwrap(),
+            server.sequence_for_slot(5).unwrap()
+        );
+        client = Profile::from_file(&server.to_client_file()).unwrap();
+        client.unlock_passphrase(b"wrong");
+        assert_ne!(
+            client.sequence_for_slot(5).unwrap(),
+            server.sequence_for_slot(5).unwrap()
+        );
+
+        let totp = vec![9u8; 20];
+        // Through the file form once: authenticator slots are always 30 s.
+        let server = Profile::from_file(
+            &keyed(Key::Totp {
+                salt,
+                cost: 10_000,
+                pin_key: Some(secret::pin_key(b"1234", &salt, 10_000)),
+                totp_secret: Some(totp.clone()),
+                code: None,
+            })
+            .to_file(),
+        )
+        .unwrap();
+        assert_eq!(server.slot_at(60), Some(2));
+        let back = Profile::from_file(&server.to_file()).unwrap();
+        assert_eq!(back, server, "the server copy round-trips");
+        let mut client = Profile::from_file(&server.to_client_file()).unwrap();
+        assert_eq!(client.needs(), Some("totp"));
+        client.unlock_totp(secret::totp_code(&totp, 77), b"1234");
+        assert_eq!(
+            client.sequence_for_slot(77).unwrap(),
+            server.sequence_for_slot(77).unwrap()
+        );
     }
 
     #[test]

@@ -380,10 +380,16 @@ impl Lab {
 
     /// Runs `knock-xdp ARGS` in the client namespace (commands that need no daemon).
     pub fn client_cli(&self, args: &[&str]) -> Output {
+        self.client_cli_env(args, &[])
+    }
+
+    /// The same, with extra environment variables.
+    pub fn client_cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new("ip")
             .args(["netns", "exec", &self.client.name])
             .arg(binary())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .expect("cannot run knock-xdp")

@@ -68,6 +68,40 @@ const MISTAKES: &[(&[&str], &str)] = &[
     (&["knock", "127.0.0.1"], "required"),
     (
         &[
+            "knock",
+            "127.0.0.1",
+            "--profile",
+            "knock-xdp:profile?v=1&name=x&bogus=1",
+        ],
+        "unknown field",
+    ),
+    (
+        &["knock", "127.0.0.1", "--profile", "x", "--code", "12345"],
+        "6 digits",
+    ),
+    (&["client", "show", "nobody"], "no client named 'nobody'"),
+    (
+        &["client", "add", "a", "--totp", "--static", "1,2"],
+        "cannot be used with",
+    ),
+    (
+        &["client", "add", "a", "--pin-file", "/nonexistent"],
+        "--totp",
+    ),
+    (&["client", "add", "a", "--cost", "5"], "invalid value"),
+    (
+        &[
+            "client",
+            "add",
+            "a",
+            "--passphrase-file",
+            "/nonexistent/pass",
+        ],
+        "cannot read",
+    ),
+    (&["log", "-n", "x"], "invalid value"),
+    (
+        &[
             "sequence",
             "--profile",
             "/nonexistent.knock",

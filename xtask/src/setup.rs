@@ -13,8 +13,10 @@ use crate::{cargo, is_root, output_if_ok, run_cmd};
 
 /// Debian packages: LLVM 22 (bpf-linker links against it), bpftool for
 /// inspecting programs, iproute2 for the namespaced tests and the demo,
-/// python3 for the demo's HTTP service and the sequence spec check, knockd
-/// for its `knock` client, which the tests use as a third-party peer.
+/// python3 for the demo's HTTP service and the spec checks; third-party
+/// peers and tools the tests use: knockd (its `knock` client), oathtool (an
+/// independent TOTP), zbar-tools (a QR decoder), iptables and nftables (the
+/// benchmark's comparison).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -24,6 +26,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "python3",
     "knockd",
+    "oathtool",
+    "zbar-tools",
+    "iptables",
+    "nftables",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

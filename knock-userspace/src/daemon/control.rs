@@ -104,10 +104,12 @@ impl Daemon {
                         info!(client = %client.profile.name, kind = client.profile.kind(), "client added");
                     }
                 }
+                let mut notes = Vec::new();
                 for client in removed {
                     info!(client = %client.profile.name, "client removed; its sequences no longer open the door");
+                    notes.extend(self.revoke_admitted_by(client.id)?);
                 }
-                changed(format!("{} clients", self.clients.len()))
+                changed(notes.join("; "))
             }
             Request::Detach { iface: None } => {
                 self.stop = true;
@@ -208,6 +210,22 @@ impl Daemon {
             );
         }
         changed(done.join("; "))
+    }
+
+    /// Revokes every source a client's knocks admitted, ending their flows.
+    fn revoke_admitted_by(&mut self, client: u32) -> Result<Vec<String>> {
+        let mut notes = Vec::new();
+        for (key, entry) in self.tables.allowed()? {
+            if entry.origin != allow_origin::KNOCK || entry.client != client {
+                continue;
+            }
+            let Some(addr) = key.ip() else { continue };
+            self.tables.revoke(addr)?;
+            let flows = self.tables.end_flows(|flow| flow.src == key)?;
+            info!(source = %addr, flows, "revoked with its client");
+            notes.push(format!("revoked {addr} ({flows} open flows ended)"));
+        }
+        Ok(notes)
     }
 
     /// Applies a new set of always-allowed networks, then persists it; if it

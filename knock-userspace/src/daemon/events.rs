@@ -5,6 +5,7 @@ use knock_common::maps::{Event, STATIC_SLOT, event_kind};
 use tracing::{debug, info, warn};
 
 use super::Daemon;
+use crate::audit;
 use crate::units::format_duration;
 
 impl Daemon {
@@ -27,6 +28,7 @@ impl Daemon {
         } else {
             event.slot.to_string()
         };
+        self.audit(&event, &source);
         match event.kind {
             event_kind::PROGRESS => debug!(%client, %source, step, "knock"),
             event_kind::OPENED => {
@@ -45,6 +47,29 @@ impl Daemon {
                 warn!(%client, %source, "sequence completed but the allow map is full")
             }
             other => warn!(kind = other, "unknown event from the XDP program"),
+        }
+    }
+
+    /// Records openings and refusals in the audit trail (not progress).
+    fn audit(&self, event: &Event, source: &str) {
+        let name = match event.kind {
+            event_kind::OPENED => "opened",
+            event_kind::REPLAY => "replay",
+            event_kind::RESET => "reset",
+            event_kind::TIMEOUT => "timeout",
+            event_kind::STALE => "stale",
+            event_kind::ALLOW_FULL => "allow_full",
+            _ => return,
+        };
+        let mut record = audit::Record::now(name, source.to_owned());
+        record.client = (event.client != 0).then(|| self.client_name(event.client));
+        record.slot = (event.client != 0 && event.slot != STATIC_SLOT).then_some(event.slot);
+        record.step = event.step;
+        if event.kind == event_kind::OPENED {
+            record.open_secs = Some(self.options.open_window.as_secs());
+        }
+        if let Err(err) = audit::append(&self.state_dir, &record) {
+            warn!("audit log: {err:#}");
         }
     }
 }

@@ -9,16 +9,18 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod client;
+
 use crate::{
-    check,
-    clients::ClientStore,
+    audit, check,
     control::{self, Changed, Listing, Request, Status, Unreachable},
     daemon::{self, AttachOptions},
     knock,
     loader::{self, Mode},
     nets::Cidr,
     ports::{self, PortSpec, Proto, ProtoPort},
-    profile::{self, Knock, Profile},
+    profile::{self, Profile},
+    secrets::read_secret,
     state::{DEFAULT_STATE_DIR, State, StateDir, require_root},
     units::{format_duration, parse_duration},
 };
@@ -123,9 +125,16 @@ pub enum Command {
     Knock {
         /// Address or host name of the server.
         host: String,
-        /// The client profile (written by 'knock-xdp client add').
-        #[arg(long, value_name = "FILE")]
-        profile: PathBuf,
+        /// The client profile: a file, or its URI (knock-xdp:profile?...).
+        #[arg(
+            long,
+            value_name = "FILE|URI",
+            env = "KNOCK_XDP_PROFILE",
+            hide_env_values = true
+        )]
+        profile: String,
+        #[command(flatten)]
+        unlock: Unlock,
         /// Milliseconds between knocks.
         #[arg(long, value_name = "MS", default_value_t = 50)]
         delay: u64,
@@ -136,10 +145,29 @@ pub enum Command {
         #[arg(long, value_name = "TIME", value_parser = knock::parse_time)]
         at: Option<SystemTime>,
     },
+    /// Recent door openings and refusals (replays, resets, timeouts), per client.
+    Log {
+        #[arg(long)]
+        json: bool,
+        /// Only this client's entries.
+        #[arg(long, value_name = "NAME")]
+        client: Option<String>,
+        /// How many of the most recent entries.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+    },
     /// Print a profile's current knock sequence on one line (for any knock tool).
     Sequence {
-        #[arg(long, value_name = "FILE")]
-        profile: PathBuf,
+        /// The client profile: a file, or its URI (knock-xdp:profile?...).
+        #[arg(
+            long,
+            value_name = "FILE|URI",
+            env = "KNOCK_XDP_PROFILE",
+            hide_env_values = true
+        )]
+        profile: String,
+        #[command(flatten)]
+        unlock: Unlock,
         /// The sequence at this time instead of now (RFC 3339, UTC).
         #[arg(long, value_name = "TIME", value_parser = knock::parse_time)]
         at: Option<SystemTime>,
@@ -156,6 +184,49 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
         timeout: Duration,
     },
+}
+
+/// What a passphrase or authenticator profile needs before it can knock.
+#[derive(Debug, clap::Args)]
+pub struct Unlock {
+    /// The authenticator's current 6-digit code (authenticator profiles).
+    #[arg(long, value_parser = parse_code)]
+    code: Option<u32>,
+    /// The PIN, from the first line of FILE (asked for when missing).
+    #[arg(long, value_name = "FILE")]
+    pin_file: Option<PathBuf>,
+    /// The passphrase, from the first line of FILE (asked for when missing).
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+}
+
+fn parse_code(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(code) if text.len() == 6 => Ok(code),
+        _ => Err(format!(
+            "invalid code '{text}' (6 digits, as the authenticator shows it)"
+        )),
+    }
+}
+
+/// Loads a profile and unlocks it with what its kind needs.
+fn load_profile(text: &str, unlock: &Unlock) -> Result<Profile> {
+    let mut profile = Profile::load(text)?;
+    match profile.needs() {
+        Some("passphrase") => {
+            let passphrase = read_secret(unlock.passphrase_file.as_deref(), "passphrase", false)?;
+            profile.unlock_passphrase(&passphrase);
+        }
+        Some(_) => {
+            let code = unlock
+                .code
+                .context("this is an authenticator profile: give the current code with --code")?;
+            let pin = read_secret(unlock.pin_file.as_deref(), "PIN", false)?;
+            profile.unlock_totp(code, &pin);
+        }
+        None => {}
+    }
+    Ok(profile)
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,9 +256,38 @@ pub enum ClientCommand {
         /// A fixed sequence in knockd's syntax, e.g. 7000,8000:udp,9000.
         #[arg(long = "static", value_name = "SEQ", value_parser = parse_static, conflicts_with_all = ["length", "slot", "ports", "proto", "exclude"])]
         static_sequence: Option<StaticSequence>,
+        /// Authenticator mode: knock with the 6-digit code of an authenticator
+        /// app (TOTP) and a PIN; the profile then holds no secret.
+        #[arg(long, conflicts_with_all = ["static_sequence", "slot", "passphrase_file"])]
+        totp: bool,
+        /// The PIN of an authenticator client, from FILE (asked for when missing).
+        #[arg(long, value_name = "FILE", requires = "totp")]
+        pin_file: Option<PathBuf>,
+        /// Derive the secret from a passphrase (first line of FILE); the profile
+        /// then holds no secret.
+        #[arg(long, value_name = "FILE", conflicts_with = "static_sequence")]
+        passphrase_file: Option<PathBuf>,
+        /// PBKDF2 iterations for a passphrase or PIN (default 600000).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(10_000..))]
+        cost: Option<u32>,
+        /// Also print the profile as a URI and a QR code (they hold the secret).
+        #[arg(long)]
+        qr: bool,
         /// Write the profile to FILE (mode 0600) instead of standard output.
         #[arg(long, value_name = "FILE")]
         profile_out: Option<PathBuf>,
+    },
+    /// Show a client's parameters; --reveal prints its profile URI.
+    Show {
+        name: String,
+        /// Print the profile URI (it holds the secret of random clients).
+        #[arg(long)]
+        reveal: bool,
+        /// Print the profile URI as a QR code (needs --reveal).
+        #[arg(long)]
+        qr: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// List clients (never their secrets).
     List {
@@ -247,6 +347,8 @@ impl Command {
             Command::Client(ClientCommand::Add { .. }) => "client add",
             Command::Client(ClientCommand::List { .. }) => "client list",
             Command::Client(ClientCommand::Remove { .. }) => "client remove",
+            Command::Client(ClientCommand::Show { .. }) => "client show",
+            Command::Log { .. } => "log",
             Command::Knock { .. } => "knock",
             Command::Sequence { .. } => "sequence",
         }
@@ -281,15 +383,21 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             };
             daemon::run(state, options)?
         }
-        Command::Client(command) => client(&state, command)?,
+        Command::Client(command) => client::run(&state, command)?,
+        Command::Log {
+            json,
+            client,
+            lines,
+        } => audit::print(&state, json, client.as_deref(), lines)?,
         Command::Knock {
             host,
             profile,
+            unlock,
             delay,
             check,
             at,
         } => {
-            let profile = Profile::read(&profile)?;
+            let profile = load_profile(&profile, &unlock)?;
             let target = knock::resolve(&host)?;
             let (slot, steps) = knock::steps_at(&profile, at)?;
             knock::send(target, &steps, Duration::from_millis(delay))?;
@@ -307,8 +415,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(port_state.exit_code()));
             }
         }
-        Command::Sequence { profile, at } => {
-            let profile = Profile::read(&profile)?;
+        Command::Sequence {
+            profile,
+            unlock,
+            at,
+        } => {
+            let profile = load_profile(&profile, &unlock)?;
             let (_, steps) = knock::steps_at(&profile, at)?;
             println!("{}", knock::sequence_line(&steps));
         }
@@ -413,150 +525,6 @@ fn edit_offline(state: &StateDir, edit: impl FnOnce(&mut State) -> Result<()>) -
     let mut saved = state.load()?;
     edit(&mut saved)?;
     state.save(&saved).context("cannot persist the change")
-}
-
-/// `client add|list|remove`: edits the clients directory, then asks a
-/// running daemon to pick the change up.
-fn client(state: &StateDir, command: ClientCommand) -> Result<()> {
-    let store = ClientStore::new(state);
-    match command {
-        ClientCommand::Add {
-            name,
-            length,
-            slot,
-            ports,
-            proto,
-            exclude,
-            static_sequence,
-            profile_out,
-        } => {
-            profile::check_name(&name)?;
-            let knock = match static_sequence {
-                Some(StaticSequence(steps)) => Knock::Static { steps },
-                None => {
-                    if slot.subsec_nanos() != 0 || slot.as_secs() > 86_400 {
-                        bail!("--slot must be whole seconds, at most 1d");
-                    }
-                    Knock::Rotating {
-                        secret: profile::random_secret()?,
-                        proto: match proto {
-                            ProtoArg::Tcp => Proto::Tcp,
-                            ProtoArg::Udp => Proto::Udp,
-                        },
-                        length,
-                        slot_secs: slot.as_secs() as u32,
-                        ports,
-                        exclude: exclude.map(|PortList(ports)| ports).unwrap_or_default(),
-                    }
-                }
-            };
-            let profile = Profile { name, knock };
-            // Validates the parameters (enough ports for the length, ...).
-            profile.sequence_at(0)?;
-            let text = profile.to_toml()?;
-            // Refuse to clobber an existing file before anything is stored.
-            if let Some(path) = &profile_out
-                && path.exists()
-            {
-                bail!("{} exists already; not overwriting it", path.display());
-            }
-            state.create()?;
-            let client = store.add(profile)?;
-            match &profile_out {
-                Some(path) => {
-                    if let Err(err) = write_private(path, &text) {
-                        let _ = store.remove(&client.profile.name);
-                        return Err(err);
-                    }
-                    eprintln!("profile written to {}", path.display());
-                }
-                None => print!("{text}"),
-            }
-            notify_daemon(state)?;
-            eprintln!(
-                "client {} added ({})",
-                client.profile.name,
-                describe(&client.profile)
-            );
-        }
-        ClientCommand::List { json } => {
-            let clients = store.load()?;
-            if json {
-                let list: Vec<serde_json::Value> = clients
-                    .iter()
-                    .map(|c| {
-                        let mut file =
-                            serde_json::to_value(c.profile.to_file()).unwrap_or_default();
-                        if let Some(map) = file.as_object_mut() {
-                            map.remove("secret");
-                            map.remove("version");
-                            map.insert("kind".into(), c.profile.kind().into());
-                        }
-                        file
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else if clients.is_empty() {
-                println!("no clients (add one with 'knock-xdp client add NAME')");
-            } else {
-                for c in &clients {
-                    println!("{:<20} {}", c.profile.name, describe(&c.profile));
-                }
-            }
-        }
-        ClientCommand::Remove { name } => {
-            let client = store.remove(&name)?;
-            notify_daemon(state)?;
-            println!("client {} removed", client.profile.name);
-        }
-    }
-    Ok(())
-}
-
-/// Tells a running daemon to re-read the clients; nothing to do without one.
-fn notify_daemon(state: &StateDir) -> Result<()> {
-    match control::connect(state) {
-        Ok(stream) => control::send::<Changed>(stream, &Request::ReloadClients).map(drop),
-        Err(Unreachable::NotRunning) => Ok(()),
-        Err(Unreachable::Other(err)) => Err(err),
-    }
-}
-
-fn describe(profile: &Profile) -> String {
-    match &profile.knock {
-        Knock::Rotating {
-            proto,
-            length,
-            slot_secs,
-            ports,
-            ..
-        } => {
-            let proto = match proto {
-                Proto::Tcp => "tcp",
-                Proto::Udp => "udp",
-            };
-            format!(
-                "rotating: {length} {proto} knocks from {}-{}, new every {}",
-                ports.0,
-                ports.1,
-                format_duration(Duration::from_secs(u64::from(*slot_secs)))
-            )
-        }
-        Knock::Static { steps } => format!("static: {}", profile::join_static(steps)),
-    }
-}
-
-/// Creates `path` with mode 0600 and writes `text`.
-fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
-    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Through the daemon when it runs; otherwise removes what a killed daemon
