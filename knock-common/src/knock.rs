@@ -85,11 +85,7 @@ pub fn on_attempt<T: KnockTables>(
             t.clear_knock_state(src);
         } else {
             if knock_port {
-                let key = StepKey {
-                    port,
-                    proto,
-                    step: state.step,
-                };
+                let key = StepKey { port, proto, step: state.step };
                 if let Some(step) = t.knock_step(&key) {
                     let matching = and(&state.candidates, &step.continues);
                     if any(&matching) {
@@ -120,29 +116,12 @@ pub fn on_attempt<T: KnockTables>(
     }
     // Only a first knock of an installed sequence creates state, so scans
     // and floods of random ports leave no trace in the map.
-    let Some(first) = t.knock_step(&StepKey {
-        port,
-        proto,
-        step: 0,
-    }) else {
+    let Some(first) = t.knock_step(&StepKey { port, proto, step: 0 }) else {
         return;
     };
-    let state = KnockState {
-        started_ns: now_ns,
-        ..KnockState::default()
-    };
+    let state = KnockState { started_ns: now_ns, ..KnockState::default() };
     t.set_knock_active_until(now_ns.saturating_add(config.knock_timeout_ns));
-    advance(
-        t,
-        src,
-        state,
-        first.continues,
-        &first.finishes,
-        port,
-        proto,
-        now_ns,
-        &config,
-    );
+    advance(t, src, state, first.continues, &first.finishes, port, proto, now_ns, &config);
 }
 
 #[expect(
@@ -200,14 +179,7 @@ fn complete<T: KnockTables>(
             continue;
         }
         if seq.slot != STATIC_SLOT
-            && !t.claim(
-                &UsedKey {
-                    client: seq.client,
-                    _pad: 0,
-                    slot: seq.slot,
-                },
-                now_ns,
-            )
+            && !t.claim(&UsedKey { client: seq.client, _pad: 0, slot: seq.slot }, now_ns)
         {
             // Used already: perhaps another client has the same sequence.
             refused = Some(seq);
@@ -219,11 +191,7 @@ fn complete<T: KnockTables>(
             origin: allow_origin::KNOCK,
             client: seq.client,
         };
-        let kind = if t.admit(src, &entry) {
-            event_kind::OPENED
-        } else {
-            event_kind::ALLOW_FULL
-        };
+        let kind = if t.admit(src, &entry) { event_kind::OPENED } else { event_kind::ALLOW_FULL };
         emit(t, kind, src, Some(&seq), u32::from(step));
         return;
     }
@@ -253,13 +221,7 @@ fn emit<T: KnockTables>(
     step: impl Into<u32>,
 ) {
     let (client, slot) = seq.map_or((0, 0), |s| (s.client, s.slot));
-    t.emit(&Event {
-        kind,
-        client,
-        slot,
-        source: *src,
-        step: step.into(),
-    });
+    t.emit(&Event { kind, client, slot, source: *src, step: step.into() });
 }
 
 #[inline(always)]
@@ -354,12 +316,7 @@ mod tests {
         m.knock(A, &[1000, 1000, 2000, 2000, 2000, 3000, 4000, 4000], 1);
         assert!(m.allowed_entry(A).is_some());
         // The retransmission of the final knock is no replay.
-        assert!(
-            !m.events
-                .borrow()
-                .iter()
-                .any(|e| e.kind == event_kind::REPLAY)
-        );
+        assert!(!m.events.borrow().iter().any(|e| e.kind == event_kind::REPLAY));
     }
 
     #[test]
@@ -406,12 +363,7 @@ mod tests {
         m.knock(A, &[1000, 2000, 3000], 1);
         m.syn(A, 4000, 12);
         assert_eq!(m.allowed_entry(A), None);
-        assert!(
-            m.events
-                .borrow()
-                .iter()
-                .any(|e| e.kind == event_kind::TIMEOUT)
-        );
+        assert!(m.events.borrow().iter().any(|e| e.kind == event_kind::TIMEOUT));
     }
 
     #[test]

@@ -215,10 +215,7 @@ pub struct NetKey {
 
 impl NetKey {
     pub const fn of(src: &SourceKey) -> Self {
-        Self {
-            family: src.family,
-            addr: src.addr,
-        }
+        Self { family: src.family, addr: src.addr }
     }
 }
 
@@ -278,19 +275,11 @@ impl SourceKey {
         addr[1] = octets[1];
         addr[2] = octets[2];
         addr[3] = octets[3];
-        Self {
-            family: FAMILY_V4,
-            _pad: [0; 3],
-            addr,
-        }
+        Self { family: FAMILY_V4, _pad: [0; 3], addr }
     }
 
     pub const fn v6(addr: [u8; 16]) -> Self {
-        Self {
-            family: FAMILY_V6,
-            _pad: [0; 3],
-            addr,
-        }
+        Self { family: FAMILY_V6, _pad: [0; 3], addr }
     }
 
     /// The address this key stands for, or `None` for a key with an unknown family.

@@ -50,14 +50,8 @@ impl Model {
     /// valid from 0 to 100 s.
     pub fn install(&mut self, index: u32, client: u32, slot: u64, ports: &[u16]) {
         for (step, &port) in ports.iter().enumerate() {
-            let entry = self
-                .steps
-                .entry(StepKey {
-                    port,
-                    proto: PROTO_TCP,
-                    step: step as u8,
-                })
-                .or_default();
+            let entry =
+                self.steps.entry(StepKey { port, proto: PROTO_TCP, step: step as u8 }).or_default();
             set_bit(&mut entry.continues, index);
             if step == ports.len() - 1 {
                 set_bit(&mut entry.finishes, index);
@@ -82,14 +76,7 @@ impl Model {
 
     /// A TCP SYN from `src` to `port` at `now_s` seconds, through the knock logic only.
     pub fn syn(&self, src: SourceKey, port: u16, now_s: u64) {
-        on_attempt(
-            self,
-            &src,
-            Transport::Tcp,
-            port,
-            self.is_knock_port(port),
-            now_s * SEC,
-        );
+        on_attempt(self, &src, Transport::Tcp, port, self.is_knock_port(port), now_s * SEC);
     }
 
     pub fn knock(&self, src: SourceKey, ports: &[u16], now_s: u64) {
@@ -153,10 +140,7 @@ impl KnockTables for Model {
     fn admit(&self, src: &SourceKey, entry: &AllowEntry) -> bool {
         let mut allow = self.allow.borrow_mut();
         // Never shorten a longer window (e.g. a manual allow).
-        if allow
-            .get(src)
-            .is_none_or(|old| old.deadline_ns < entry.deadline_ns)
-        {
+        if allow.get(src).is_none_or(|old| old.deadline_ns < entry.deadline_ns) {
             allow.insert(*src, *entry);
         }
         true

@@ -184,11 +184,7 @@ pub const fn base32_len(n: usize) -> usize {
 /// If `out` is shorter than [`base32_len`]`(data.len())`.
 pub fn base32_encode<'a>(data: &[u8], out: &'a mut [u8]) -> &'a str {
     let len = base32_len(data.len());
-    assert!(
-        out.len() >= len,
-        "base32 of {} bytes needs {len} bytes of output",
-        data.len()
-    );
+    assert!(out.len() >= len, "base32 of {} bytes needs {len} bytes of output", data.len());
     let mut acc: u16 = 0; // pending bits, in the low `bits` bits
     let mut bits = 0;
     let mut pos = 0;
@@ -327,22 +323,13 @@ mod tests {
         let salt = [7u8; SALT_LEN];
         let mut full = Vec::from(PASSPHRASE_SALT_PREFIX);
         full.extend_from_slice(&salt);
-        assert_eq!(
-            passphrase_secret(b"hunter2", &salt, 3),
-            pbkdf2_sha256(b"hunter2", &full, 3)
-        );
+        assert_eq!(passphrase_secret(b"hunter2", &salt, 3), pbkdf2_sha256(b"hunter2", &full, 3));
         let mut full = Vec::from(PIN_SALT_PREFIX);
         full.extend_from_slice(&salt);
         assert_eq!(pin_key(b"1234", &salt, 3), pbkdf2_sha256(b"1234", &full, 3));
         assert_ne!(pin_key(b"x", &salt, 3), passphrase_secret(b"x", &salt, 3));
-        assert_ne!(
-            passphrase_secret(b"x", &salt, 3),
-            passphrase_secret(b"x", &[8; SALT_LEN], 3)
-        );
-        assert_ne!(
-            passphrase_secret(b"x", &salt, 3),
-            passphrase_secret(b"x", &salt, 4)
-        );
+        assert_ne!(passphrase_secret(b"x", &salt, 3), passphrase_secret(b"x", &[8; SALT_LEN], 3));
+        assert_ne!(passphrase_secret(b"x", &salt, 3), passphrase_secret(b"x", &salt, 4));
     }
 
     /// RFC 6238 appendix B, SHA-1 rows: the last 6 of the 8 digits.

@@ -96,10 +96,9 @@ pub enum SequenceError {
 impl fmt::Display for SequenceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SequenceError::BadLength => write!(
-                f,
-                "sequence length must be between 1 and {MAX_SEQUENCE_LEN} ports"
-            ),
+            SequenceError::BadLength => {
+                write!(f, "sequence length must be between 1 and {MAX_SEQUENCE_LEN} ports")
+            }
             SequenceError::BadRange => {
                 f.write_str("port range must satisfy 1 <= low <= high <= 65535")
             }
@@ -107,10 +106,9 @@ impl fmt::Display for SequenceError {
                 f,
                 "port range has {available} usable ports, fewer than the sequence length {needed}"
             ),
-            SequenceError::Exhausted => write!(
-                f,
-                "no sequence of distinct ports found within {MAX_BLOCKS} HMAC blocks"
-            ),
+            SequenceError::Exhausted => {
+                write!(f, "no sequence of distinct ports found within {MAX_BLOCKS} HMAC blocks")
+            }
         }
     }
 }
@@ -147,10 +145,7 @@ fn derive_bounded(
     let candidates = Candidates::new(params);
     let n = candidates.count;
     if n < u32::from(needed) {
-        return Err(SequenceError::TooFewPorts {
-            available: n,
-            needed,
-        });
+        return Err(SequenceError::TooFewPorts { available: n, needed });
     }
     // Values at or above `limit` are rejected so that `v % n` is uniform.
     let limit = 65_536 - 65_536 % n;
@@ -162,10 +157,7 @@ fn derive_bounded(
     tag.copy_from_slice(DOMAIN_TAG);
     rest[..8].copy_from_slice(&slot.to_be_bytes());
 
-    let mut seq = Sequence {
-        ports: [0; MAX_SEQUENCE_LEN],
-        len: 0,
-    };
+    let mut seq = Sequence { ports: [0; MAX_SEQUENCE_LEN], len: 0 };
     for block in 0..max_blocks {
         message[MESSAGE_LEN - 4..].copy_from_slice(&block.to_be_bytes());
         let mut mac = keyed.clone();
@@ -267,19 +259,12 @@ mod tests {
     };
 
     fn params(length: u8, port_lo: u16, port_hi: u16, exclude: &[u16]) -> Params<'_> {
-        Params {
-            length,
-            port_lo,
-            port_hi,
-            exclude,
-        }
+        Params { length, port_lo, port_hi, exclude }
     }
 
     /// The candidate list written the obvious way, to check the bitmap.
     fn naive_candidates(p: &Params) -> Vec<u16> {
-        (p.port_lo..=p.port_hi)
-            .filter(|port| !p.exclude.contains(port))
-            .collect()
+        (p.port_lo..=p.port_hi).filter(|port| !p.exclude.contains(port)).collect()
     }
 
     fn assert_valid(seq: &Sequence, p: &Params) {
@@ -288,10 +273,7 @@ mod tests {
         let distinct: HashSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len(), "repeated port in {seq:?}");
         for port in ports {
-            assert!(
-                (p.port_lo..=p.port_hi).contains(port),
-                "{port} out of range"
-            );
+            assert!((p.port_lo..=p.port_hi).contains(port), "{port} out of range");
             assert!(!p.exclude.contains(port), "{port} is excluded");
         }
     }
@@ -341,10 +323,7 @@ mod tests {
             assert_eq!(c.count as usize, naive.len(), "N for {lo}..={hi}");
             assert_eq!(available_ports(&p) as usize, naive.len());
             let step = (naive.len() / 500).max(1);
-            for k in (0..naive.len())
-                .step_by(step)
-                .chain(naive.len().checked_sub(1))
-            {
+            for k in (0..naive.len()).step_by(step).chain(naive.len().checked_sub(1)) {
                 assert_eq!(c.get(k as u32), naive[k], "C[{k}] for {lo}..={hi}");
             }
         }
@@ -408,17 +387,9 @@ mod tests {
             (1, 3, &[][..]),
             (65_535, 65_535, &[][..]),
         ] {
-            let p = Params {
-                length: 0,
-                port_lo: lo,
-                port_hi: hi,
-                exclude,
-            };
+            let p = Params { length: 0, port_lo: lo, port_hi: hi, exclude };
             let all = naive_candidates(&p);
-            let p = Params {
-                length: all.len() as u8,
-                ..p
-            };
+            let p = Params { length: all.len() as u8, ..p };
             for slot in 0..20 {
                 let seq = derive(&SECRET, slot, &p).unwrap();
                 assert_valid(&seq, &p);
@@ -440,26 +411,14 @@ mod tests {
             (params(4, 0, 65_535, &[]), SequenceError::BadRange),
             (params(4, 0, 0, &[]), SequenceError::BadRange),
             (params(4, 2_000, 1_999, &[]), SequenceError::BadRange),
-            (
-                params(4, 1_000, 1_002, &[]),
-                SequenceError::TooFewPorts {
-                    available: 3,
-                    needed: 4,
-                },
-            ),
+            (params(4, 1_000, 1_002, &[]), SequenceError::TooFewPorts { available: 3, needed: 4 }),
             (
                 params(4, 1_000, 1_004, &[1_001, 1_003, 9]),
-                SequenceError::TooFewPorts {
-                    available: 3,
-                    needed: 4,
-                },
+                SequenceError::TooFewPorts { available: 3, needed: 4 },
             ),
             (
                 params(1, 1_000, 1_001, &[1_000, 1_001]),
-                SequenceError::TooFewPorts {
-                    available: 0,
-                    needed: 1,
-                },
+                SequenceError::TooFewPorts { available: 0, needed: 1 },
             ),
         ] {
             assert_eq!(derive(&SECRET, 0, &p), Err(err), "{p:?}");
@@ -471,16 +430,10 @@ mod tests {
     #[test]
     fn block_limit_gives_exhausted() {
         let p = params(16, 40_000, 40_015, &[]);
-        assert_eq!(
-            derive_bounded(&SECRET, 0, &p, 0),
-            Err(SequenceError::Exhausted)
-        );
+        assert_eq!(derive_bounded(&SECRET, 0, &p, 0), Err(SequenceError::Exhausted));
         // One block is 16 values: 16 distinct out of 16 from it would be a
         // 16!/16^16 (about 1e-6) chance.
-        assert_eq!(
-            derive_bounded(&SECRET, 0, &p, 1),
-            Err(SequenceError::Exhausted)
-        );
+        assert_eq!(derive_bounded(&SECRET, 0, &p, 1), Err(SequenceError::Exhausted));
         assert!(derive_bounded(&SECRET, 0, &p, MAX_BLOCKS).is_ok());
     }
 
@@ -490,21 +443,14 @@ mod tests {
         for err in [
             SequenceError::BadLength,
             SequenceError::BadRange,
-            SequenceError::TooFewPorts {
-                available: 3,
-                needed: 4,
-            },
+            SequenceError::TooFewPorts { available: 3, needed: 4 },
             SequenceError::Exhausted,
         ] {
             let text = err.to_string();
             assert!(!text.is_empty() && !text.contains('\n'), "{text:?}");
         }
         assert_eq!(
-            SequenceError::TooFewPorts {
-                available: 3,
-                needed: 4
-            }
-            .to_string(),
+            SequenceError::TooFewPorts { available: 3, needed: 4 }.to_string(),
             "port range has 3 usable ports, fewer than the sequence length 4"
         );
     }
@@ -513,9 +459,6 @@ mod tests {
     fn debug_shows_only_the_ports() {
         let seq = derive(&SECRET, 0, &params(2, 1, 2, &[])).unwrap();
         let text = std::format!("{seq:?}");
-        assert!(
-            text == "Sequence([1, 2])" || text == "Sequence([2, 1])",
-            "{text}"
-        );
+        assert!(text == "Sequence([1, 2])" || text == "Sequence([2, 1])", "{text}");
     }
 }

@@ -126,18 +126,9 @@ pub fn decide<T: Tables>(tables: &T, parsed: Parsed, clock: impl Fn() -> u64) ->
     let (src, proto, sport, dport, flags) = match parsed {
         Parsed::Unrelated => return Decision::new(XDP_PASS, Counter::Passed),
         Parsed::Malformed => return Decision::new(XDP_DROP, Counter::DroppedMalformed),
-        Parsed::Transport {
-            src,
-            proto,
-            sport,
-            dport,
-            flags,
-        } => (src, proto, sport, dport, flags),
+        Parsed::Transport { src, proto, sport, dport, flags } => (src, proto, sport, dport, flags),
     };
-    let mut clock = Clock {
-        read: clock,
-        now: None,
-    };
+    let mut clock = Clock { read: clock, now: None };
     let port = tables.port_flags(dport);
 
     if is_attempt(proto, flags) {
@@ -173,13 +164,8 @@ fn protected<T: Tables, F: Fn() -> u64>(
     flags: u8,
     clock: &mut Clock<F>,
 ) -> Decision {
-    let key = FlowKey {
-        src,
-        src_port: sport,
-        dst_port: dport,
-        proto: proto.number(),
-        _pad: [0; 3],
-    };
+    let key =
+        FlowKey { src, src_port: sport, dst_port: dport, proto: proto.number(), _pad: [0; 3] };
     let now = clock.now();
     let config = tables.config();
     // The client ends the connection: the flow passes only for the closing
@@ -198,10 +184,7 @@ fn protected<T: Tables, F: Fn() -> u64>(
         if !idle && !closed {
             tables.set_flow(
                 &key,
-                &FlowEntry {
-                    last_seen_ns: now,
-                    closing_until_ns: close_at(&entry),
-                },
+                &FlowEntry { last_seen_ns: now, closing_until_ns: close_at(&entry) },
             );
             return Decision::new(XDP_PASS, Counter::PassedFlow);
         }
@@ -213,17 +196,8 @@ fn protected<T: Tables, F: Fn() -> u64>(
         _ if tables.in_allowed_network(&src) => Counter::PassedNetwork,
         _ => return Decision::new(XDP_DROP, Counter::DroppedProtected),
     };
-    let fresh = FlowEntry {
-        last_seen_ns: now,
-        closing_until_ns: 0,
-    };
-    tables.set_flow(
-        &key,
-        &FlowEntry {
-            closing_until_ns: close_at(&fresh),
-            ..fresh
-        },
-    );
+    let fresh = FlowEntry { last_seen_ns: now, closing_until_ns: 0 };
+    tables.set_flow(&key, &FlowEntry { closing_until_ns: close_at(&fresh), ..fresh });
     Decision::new(XDP_PASS, counter)
 }
 
@@ -242,13 +216,7 @@ mod tests {
     }
 
     fn packet(proto: Transport, dport: u16, flags: u8) -> Parsed {
-        Parsed::Transport {
-            src: CLIENT,
-            proto,
-            sport: 40000,
-            dport,
-            flags,
-        }
+        Parsed::Transport { src: CLIENT, proto, sport: 40000, dport, flags }
     }
 
     fn model() -> Model {
@@ -258,51 +226,33 @@ mod tests {
     }
 
     fn allow_until(m: &Model, deadline_ns: u64) {
-        m.allow.borrow_mut().insert(
-            CLIENT,
-            AllowEntry {
-                deadline_ns,
-                origin: allow_origin::MANUAL,
-                client: 0,
-            },
-        );
+        m.allow
+            .borrow_mut()
+            .insert(CLIENT, AllowEntry { deadline_ns, origin: allow_origin::MANUAL, client: 0 });
     }
 
     #[test]
     fn unrelated_ports_pass_without_reading_the_clock() {
         for flags in [tcp_flags::SYN, tcp_flags::ACK] {
-            let d = decide(&model(), packet(Transport::Tcp, 80, flags), || {
-                panic!("clock read")
-            });
+            let d = decide(&model(), packet(Transport::Tcp, 80, flags), || panic!("clock read"));
             assert_eq!(d, Decision::new(XDP_PASS, Counter::Passed));
         }
-        let d = decide(&model(), packet(Transport::Udp, 53, 0), || {
-            panic!("clock read")
-        });
+        let d = decide(&model(), packet(Transport::Udp, 53, 0), || panic!("clock read"));
         assert_eq!(d, Decision::new(XDP_PASS, Counter::Passed));
     }
 
     #[test]
     fn protection_is_per_protocol() {
-        assert_eq!(
-            decide(&model(), packet(Transport::Udp, 22, 0), || 0).action,
-            XDP_PASS
-        );
+        assert_eq!(decide(&model(), packet(Transport::Udp, 22, 0), || 0).action, XDP_PASS);
         assert_eq!(decide(&model(), tcp(22), || 0).action, XDP_DROP);
     }
 
     #[test]
     fn stranger_is_dropped_and_allowed_source_passes_until_its_deadline() {
         let m = model();
-        assert_eq!(
-            decide(&m, tcp(22), || 5),
-            Decision::new(XDP_DROP, Counter::DroppedProtected)
-        );
+        assert_eq!(decide(&m, tcp(22), || 5), Decision::new(XDP_DROP, Counter::DroppedProtected));
         allow_until(&m, 10);
-        assert_eq!(
-            decide(&m, tcp(22), || 5),
-            Decision::new(XDP_PASS, Counter::PassedAllowed)
-        );
+        assert_eq!(decide(&m, tcp(22), || 5), Decision::new(XDP_PASS, Counter::PassedAllowed));
         // A new connection once the deadline has passed.
         assert_eq!(
             decide(&m, syn_from_port(40001, 22), || 10),
@@ -330,10 +280,7 @@ mod tests {
 
     #[test]
     fn malformed_drops_and_unrelated_passes() {
-        assert_eq!(
-            decide(&model(), Parsed::Malformed, || 0).counter,
-            Counter::DroppedMalformed
-        );
+        assert_eq!(decide(&model(), Parsed::Malformed, || 0).counter, Counter::DroppedMalformed);
         assert_eq!(decide(&model(), Parsed::Unrelated, || 0).action, XDP_PASS);
     }
 
@@ -348,10 +295,7 @@ mod tests {
             );
         }
         assert_eq!(m.last_event(), event_kind::OPENED);
-        assert_eq!(
-            decide(&m, tcp(22), || 2 * SEC).counter,
-            Counter::PassedAllowed
-        );
+        assert_eq!(decide(&m, tcp(22), || 2 * SEC).counter, Counter::PassedAllowed);
         // Past the open window new connections are dropped again.
         assert_eq!(
             decide(&m, syn_from_port(40001, 22), || 32 * SEC).counter,
@@ -371,11 +315,7 @@ mod tests {
         ] {
             // Not a knock: passes like any packet to an unprotected port.
             let d = decide(&m, packet(Transport::Tcp, 1000, flags), || SEC);
-            assert_eq!(
-                d,
-                Decision::new(XDP_PASS, Counter::Passed),
-                "flags {flags:#x}"
-            );
+            assert_eq!(d, Decision::new(XDP_PASS, Counter::Passed), "flags {flags:#x}");
         }
         assert!(m.allow.borrow().is_empty());
     }
@@ -424,11 +364,7 @@ mod tests {
         assert_eq!(decide(&m, tcp(22), || SEC).counter, Counter::PassedAllowed);
         // Past the window, the same connection goes on while it is active...
         for t in [20, 40, 60, 80] {
-            assert_eq!(
-                decide(&m, ack(22), || t * SEC).counter,
-                Counter::PassedFlow,
-                "at {t}s"
-            );
+            assert_eq!(decide(&m, ack(22), || t * SEC).counter, Counter::PassedFlow, "at {t}s");
         }
         // ...but a new connection (another source port) is refused.
         assert_eq!(
@@ -443,10 +379,7 @@ mod tests {
         allow_until(&m, 10 * SEC);
         decide(&m, tcp(22), || SEC);
         let idle = m.config.idle_timeout_ns / SEC;
-        assert_eq!(
-            decide(&m, ack(22), || (idle + 2) * SEC).counter,
-            Counter::DroppedProtected
-        );
+        assert_eq!(decide(&m, ack(22), || (idle + 2) * SEC).counter, Counter::DroppedProtected);
     }
 
     #[test]
@@ -460,20 +393,11 @@ mod tests {
                 Counter::PassedFlow
             );
             // The closing handshake still passes...
-            assert_eq!(
-                decide(&m, ack(22), || 21 * SEC).counter,
-                Counter::PassedFlow
-            );
+            assert_eq!(decide(&m, ack(22), || 21 * SEC).counter, Counter::PassedFlow);
             // ...then the flow is gone for good, even for a new SYN on it.
             let after = 20 * SEC + m.config.close_grace_ns;
-            assert_eq!(
-                decide(&m, ack(22), || after).counter,
-                Counter::DroppedProtected
-            );
-            assert_eq!(
-                decide(&m, tcp(22), || after + SEC).counter,
-                Counter::DroppedProtected
-            );
+            assert_eq!(decide(&m, ack(22), || after).counter, Counter::DroppedProtected);
+            assert_eq!(decide(&m, tcp(22), || after + SEC).counter, Counter::DroppedProtected);
         }
     }
 
@@ -494,14 +418,8 @@ mod tests {
         assert_eq!(decide(&m, tcp(22), || SEC).counter, Counter::PassedNetwork);
         m.nets.clear();
         m.flows.borrow_mut().clear();
-        assert_eq!(
-            decide(&m, tcp(22), || SEC).counter,
-            Counter::DroppedProtected
-        );
+        assert_eq!(decide(&m, tcp(22), || SEC).counter, Counter::DroppedProtected);
         m.nets.push((SourceKey::v4([10, 0, 1, 0]), 24));
-        assert_eq!(
-            decide(&m, tcp(22), || SEC).counter,
-            Counter::DroppedProtected
-        );
+        assert_eq!(decide(&m, tcp(22), || SEC).counter, Counter::DroppedProtected);
     }
 }

@@ -58,15 +58,11 @@ struct Vector<'a> {
 
 impl Vector<'_> {
     fn field(&self, name: &str) -> &Value {
-        self.v
-            .get(name)
-            .unwrap_or_else(|| panic!("{} has no {name:?}", self.at))
+        self.v.get(name).unwrap_or_else(|| panic!("{} has no {name:?}", self.at))
     }
 
     fn str(&self, name: &str) -> &str {
-        self.field(name)
-            .as_str()
-            .unwrap_or_else(|| panic!("{}: {name:?} is not a string", self.at))
+        self.field(name).as_str().unwrap_or_else(|| panic!("{}: {name:?} is not a string", self.at))
     }
 
     fn uint(&self, name: &str) -> u64 {
@@ -83,11 +79,7 @@ impl Vector<'_> {
 
     fn hex(&self, name: &str) -> Vec<u8> {
         let text = self.str(name);
-        assert!(
-            text.len().is_multiple_of(2),
-            "{}: {name:?} has odd length",
-            self.at
-        );
+        assert!(text.len().is_multiple_of(2), "{}: {name:?} has odd length", self.at);
         (0..text.len())
             .step_by(2)
             .map(|i| {
@@ -166,10 +158,7 @@ fn each(doc: &Map<String, Value>, section: &str, mut check: impl FnMut(&Vector))
     assert!(!vectors.is_empty(), "section {section:?} is empty");
     for (i, v) in vectors.iter().enumerate() {
         let name = v.get("name").and_then(Value::as_str).unwrap_or("");
-        check(&Vector {
-            at: format!("{section} {i} ({name})"),
-            v,
-        });
+        check(&Vector { at: format!("{section} {i} ({name})"), v });
     }
     vectors.len()
 }
@@ -198,10 +187,7 @@ fn totp_secret(v: &Vector) -> Vec<u8> {
 #[test]
 fn file_has_every_section_and_nothing_else() {
     let doc = load();
-    assert_eq!(
-        doc.get("spec").and_then(Value::as_str),
-        Some("knock-xdp secrets v1")
-    );
+    assert_eq!(doc.get("spec").and_then(Value::as_str), Some("knock-xdp secrets v1"));
     let mut keys: Vec<&str> = doc.keys().map(String::as_str).collect();
     keys.retain(|k| *k != "spec");
     let mut expected = SECTIONS.to_vec();
@@ -214,11 +200,8 @@ fn file_has_every_section_and_nothing_else() {
 fn pbkdf2_vectors() {
     let doc = load();
     let n = each(&doc, "pbkdf2_sha256", |v| {
-        let out = pbkdf2_sha256(
-            v.str("password").as_bytes(),
-            &v.hex("salt_hex"),
-            v.u32("iterations"),
-        );
+        let out =
+            pbkdf2_sha256(v.str("password").as_bytes(), &v.hex("salt_hex"), v.u32("iterations"));
         assert_eq!(hex(&out), v.str("output"), "{}", v.at);
     });
     assert!(n >= 6);
@@ -331,10 +314,7 @@ fn run_python(vectors: &Path) -> Output {
 }
 
 fn vector_count(doc: &Map<String, Value>) -> usize {
-    SECTIONS
-        .iter()
-        .map(|s| doc[*s].as_array().map_or(0, Vec::len))
-        .sum()
+    SECTIONS.iter().map(|s| doc[*s].as_array().map_or(0, Vec::len)).sum()
 }
 
 #[test]
@@ -395,18 +375,12 @@ fn python_reference_detects_wrong_outputs() {
         String::from_utf8_lossy(&out.stderr)
     );
     for section in SECTIONS {
-        assert!(
-            stdout.contains(&format!("mismatch {section} 0:")),
-            "{section}:\n{stdout}"
-        );
+        assert!(stdout.contains(&format!("mismatch {section} 0:")), "{section}:\n{stdout}");
     }
     let oks = stdout.lines().filter(|l| l.starts_with("ok ")).count();
     assert_eq!(oks, total - SECTIONS.len(), "{stdout}");
     assert!(
-        stdout.contains(&format!(
-            "{} of {total} vectors do not match",
-            SECTIONS.len()
-        )),
+        stdout.contains(&format!("{} of {total} vectors do not match", SECTIONS.len())),
         "{stdout}"
     );
 }
@@ -483,10 +457,7 @@ fn totp_matches_oathtool() {
         assert_eq!(ours, theirs, "{}", v.at);
     });
     // The current time, and a lower-case spelling of a secret.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let secret: Vec<u8> = (1..=20).collect();
     let text = base32(&secret);
     for unix in [now, now + 30, 1_000_000_000] {

@@ -50,8 +50,7 @@ struct Vector {
 impl Vector {
     fn parse(i: usize, v: &Value) -> Vector {
         let field = |name: &str| -> &Value {
-            v.get(name)
-                .unwrap_or_else(|| panic!("vector {i} has no {name:?}"))
+            v.get(name).unwrap_or_else(|| panic!("vector {i} has no {name:?}"))
         };
         let uint = |name: &str| -> u64 {
             field(name)
@@ -80,11 +79,7 @@ impl Vector {
                 .unwrap_or_else(|e| panic!("vector {i}: bad secret hex: {e}"));
         }
         Vector {
-            name: v
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned(),
+            name: v.get("name").and_then(Value::as_str).unwrap_or("").to_owned(),
             secret,
             slot_secs: uint("slot_secs").try_into().expect("slot_secs fits u32"),
             unix_time: uint("unix_time"),
@@ -204,11 +199,7 @@ fn regenerate_vectors() {
         out += &format!("    \"port_hi\": {},\n", v.port_hi);
         out += &format!("    \"exclude\": {},\n", list(&v.exclude));
         out += &format!("    \"ports\": {}\n", list(&ports));
-        out += if i + 1 < vectors.len() {
-            "  },\n"
-        } else {
-            "  }\n"
-        };
+        out += if i + 1 < vectors.len() { "  },\n" } else { "  }\n" };
     }
     out += "]\n";
     std::fs::write(vectors_path(), out).unwrap();

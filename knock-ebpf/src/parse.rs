@@ -206,13 +206,8 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
         return Parsed::Malformed;
     };
     // SAFETY: bounds checked by `ptr_at`.
-    let (version, mut next, src) = unsafe {
-        (
-            (*ip).version_class_flow[0] >> 4,
-            (*ip).next_header,
-            (*ip).src,
-        )
-    };
+    let (version, mut next, src) =
+        unsafe { ((*ip).version_class_flow[0] >> 4, (*ip).next_header, (*ip).src) };
     if version != 6 {
         return Parsed::Malformed;
     }

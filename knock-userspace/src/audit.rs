@@ -109,10 +109,7 @@ pub fn print(state: &StateDir, json: bool, client: Option<&str>, count: usize) -
             _ => format!("after {} knocks", r.step),
         };
         let slot = r.slot.map_or_else(String::new, |s| format!(" slot {s}"));
-        println!(
-            "{}  {:<10} {:<16} {:<39} {detail}{slot}",
-            r.time, r.event, client, r.source
-        );
+        println!("{}  {:<10} {:<16} {:<39} {detail}{slot}", r.time, r.event, client, r.source);
     }
     Ok(())
 }

@@ -29,9 +29,7 @@ pub struct ClientStore {
 
 impl ClientStore {
     pub fn new(state: &StateDir) -> Self {
-        Self {
-            dir: state.path().join("clients"),
-        }
+        Self { dir: state.path().join("clients") }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -49,9 +47,7 @@ impl ClientStore {
         };
         let mut clients = Vec::new();
         for entry in entries {
-            let path = entry
-                .with_context(|| format!("cannot read {}", self.dir.display()))?
-                .path();
+            let path = entry.with_context(|| format!("cannot read {}", self.dir.display()))?.path();
             if path.extension().is_some_and(|e| e == "toml") {
                 clients.push(read_client(&path)?);
             }
@@ -86,10 +82,7 @@ impl ClientStore {
         let mut file = client.profile.to_file();
         file.id = Some(id);
         let body = toml::to_string(&file).context("cannot serialise the client")?;
-        let text = format!(
-            "# knock-xdp client \"{}\" (server copy)\n{body}",
-            client.profile.name
-        );
+        let text = format!("# knock-xdp client \"{}\" (server copy)\n{body}", client.profile.name);
         write_atomically(&self.path(&client.profile.name), text.as_bytes())?;
         Ok(client)
     }
@@ -120,15 +113,10 @@ fn read_client(path: &Path) -> Result<Client> {
     let text =
         fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file: ProfileFile = parse_toml(&text, path)?;
-    let id = file
-        .id
-        .with_context(|| format!("{}: the client has no id", path.display()))?;
+    let id = file.id.with_context(|| format!("{}: the client has no id", path.display()))?;
     let profile =
         Profile::from_file(&file).with_context(|| format!("invalid client {}", path.display()))?;
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     if stem != profile.name {
         bail!(
             "{}: the file name does not match the client name '{}'",

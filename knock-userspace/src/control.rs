@@ -164,13 +164,9 @@ pub fn send<T: DeserializeOwned>(mut stream: UnixStream, request: &Request) -> R
     stream.set_write_timeout(Some(TIMEOUT))?;
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
-    stream
-        .write_all(line.as_bytes())
-        .context("cannot send to the daemon")?;
+    stream.write_all(line.as_bytes()).context("cannot send to the daemon")?;
     let mut answer = String::new();
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .context("no answer from the daemon")?;
+    BufReader::new(stream).read_line(&mut answer).context("no answer from the daemon")?;
     if answer.is_empty() {
         bail!("the daemon closed the connection without answering");
     }

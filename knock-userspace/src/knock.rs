@@ -22,10 +22,7 @@ pub fn parse_time(text: &str) -> Result<SystemTime, String> {
 
 /// Whole UNIX seconds of `time`.
 pub fn unix_secs(time: SystemTime) -> Result<u64> {
-    Ok(time
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| anyhow!("time before 1970"))?
-        .as_secs())
+    Ok(time.duration_since(UNIX_EPOCH).map_err(|_| anyhow!("time before 1970"))?.as_secs())
 }
 
 /// The first address of `host` (an address, `[v6]`, or a name).
@@ -64,17 +61,10 @@ pub fn send(target: IpAddr, steps: &[ProtoPort], delay: Duration) -> Result<()> 
                 }
             }
             Proto::Udp => {
-                let bind: SocketAddr = if target.is_ipv4() {
-                    "0.0.0.0:0"
-                } else {
-                    "[::]:0"
-                }
-                .parse()
-                .expect("valid");
+                let bind: SocketAddr =
+                    if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("valid");
                 let socket = UdpSocket::bind(bind).context("cannot open a UDP socket")?;
-                socket
-                    .send_to(b"knock", addr)
-                    .with_context(|| format!("cannot send to {addr}"))?;
+                socket.send_to(b"knock", addr).with_context(|| format!("cannot send to {addr}"))?;
                 if i + 1 < steps.len() {
                     thread::sleep(delay);
                 }

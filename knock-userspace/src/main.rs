@@ -7,12 +7,7 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err)
-            if matches!(
-                err.kind(),
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-            ) =>
-        {
+        Err(err) if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             let _ = err.print();
             return ExitCode::SUCCESS;
         }
@@ -25,15 +20,9 @@ fn main() -> ExitCode {
             // over several lines); the usage it appends is one --help away.
             let rendered = err.render().to_string();
             let problem = rendered.split("\n\n").next().unwrap_or("invalid arguments");
-            let problem: Vec<&str> = problem
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect();
-            eprintln!(
-                "knock-xdp: {}",
-                problem.join(" ").trim_start_matches("error: ")
-            );
+            let problem: Vec<&str> =
+                problem.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            eprintln!("knock-xdp: {}", problem.join(" ").trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };

@@ -30,10 +30,7 @@ impl PortSpec {
             Protocols::Udp => &[Transport::Udp],
             Protocols::Both => &[Transport::Tcp, Transport::Udp],
         };
-        protos.iter().map(move |&proto| ProtoPort {
-            port: self.port,
-            proto: proto.into(),
-        })
+        protos.iter().map(move |&proto| ProtoPort { port: self.port, proto: proto.into() })
     }
 }
 
@@ -46,15 +43,10 @@ impl FromStr for PortSpec {
             Some((port, "tcp")) => (port, Protocols::Tcp),
             Some((port, "udp")) => (port, Protocols::Udp),
             Some((_, other)) => {
-                return Err(format!(
-                    "unknown protocol '{other}' in '{text}' (use tcp or udp)"
-                ));
+                return Err(format!("unknown protocol '{other}' in '{text}' (use tcp or udp)"));
             }
         };
-        Ok(Self {
-            port: parse_port(port)?,
-            protocols,
-        })
+        Ok(Self { port: parse_port(port)?, protocols })
     }
 }
 
@@ -63,9 +55,7 @@ pub fn parse_port(text: &str) -> Result<u16, String> {
     match text.parse::<u32>() {
         Ok(port @ 1..=65535) => Ok(port as u16),
         Ok(_) => Err(format!("port {text} is out of range (1-65535)")),
-        Err(_) => Err(format!(
-            "invalid port '{text}' (expected a number from 1 to 65535)"
-        )),
+        Err(_) => Err(format!("invalid port '{text}' (expected a number from 1 to 65535)")),
     }
 }
 
@@ -131,10 +121,7 @@ impl FromStr for ProtoPort {
         let spec: PortSpec = text.parse()?;
         match spec.protocols {
             Protocols::Both => Err(format!("'{text}' needs a protocol (e.g. {text}/tcp)")),
-            _ => Ok(spec
-                .expand()
-                .next()
-                .expect("a single protocol expands to one port")),
+            _ => Ok(spec.expand().next().expect("a single protocol expands to one port")),
         }
     }
 }
@@ -146,11 +133,7 @@ pub fn expand_all(specs: &[PortSpec]) -> BTreeSet<ProtoPort> {
 
 /// `22/tcp 53/udp`, for messages.
 pub fn join(ports: &BTreeSet<ProtoPort>) -> String {
-    ports
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(" ")
+    ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -159,44 +142,16 @@ mod tests {
 
     #[test]
     fn parses_port_specs() {
-        assert_eq!(
-            "22".parse(),
-            Ok(PortSpec {
-                port: 22,
-                protocols: Protocols::Both
-            })
-        );
-        assert_eq!(
-            "22/tcp".parse(),
-            Ok(PortSpec {
-                port: 22,
-                protocols: Protocols::Tcp
-            })
-        );
-        assert_eq!(
-            "65535/udp".parse(),
-            Ok(PortSpec {
-                port: 65535,
-                protocols: Protocols::Udp
-            })
-        );
+        assert_eq!("22".parse(), Ok(PortSpec { port: 22, protocols: Protocols::Both }));
+        assert_eq!("22/tcp".parse(), Ok(PortSpec { port: 22, protocols: Protocols::Tcp }));
+        assert_eq!("65535/udp".parse(), Ok(PortSpec { port: 65535, protocols: Protocols::Udp }));
     }
 
     #[test]
     fn rejects_bad_ports() {
-        for bad in [
-            "0",
-            "70000",
-            "65536",
-            "abc",
-            "",
-            "-1",
-            "22/sctp",
-            "22/",
-            "/tcp",
-            "22/tcp/udp",
-            " 22",
-        ] {
+        for bad in
+            ["0", "70000", "65536", "abc", "", "-1", "22/sctp", "22/", "/tcp", "22/tcp/udp", " 22"]
+        {
             assert!(bad.parse::<PortSpec>().is_err(), "{bad:?} was accepted");
         }
     }

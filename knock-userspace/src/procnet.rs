@@ -40,11 +40,8 @@ fn sockets(file: &str) -> Vec<Socket> {
 fn endpoint(text: &str) -> Option<(IpAddr, u16)> {
     let (addr, port) = text.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
-    let word = |i: usize| {
-        u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16)
-            .ok()
-            .map(u32::to_ne_bytes)
-    };
+    let word =
+        |i: usize| u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok().map(u32::to_ne_bytes);
     let ip = match addr.len() {
         8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
         32 => {
@@ -68,17 +65,9 @@ pub fn listening_ports() -> BTreeSet<ProtoPort> {
         .into_iter()
         .flat_map(sockets)
         .filter(|s| s.state == TCP_LISTEN);
-    let tcp = tcp.map(|s| ProtoPort {
-        port: s.local.1,
-        proto: Proto::Tcp,
-    });
-    let udp = ["/proc/net/udp", "/proc/net/udp6"]
-        .into_iter()
-        .flat_map(sockets);
-    let udp = udp.map(|s| ProtoPort {
-        port: s.local.1,
-        proto: Proto::Udp,
-    });
+    let tcp = tcp.map(|s| ProtoPort { port: s.local.1, proto: Proto::Tcp });
+    let udp = ["/proc/net/udp", "/proc/net/udp6"].into_iter().flat_map(sockets);
+    let udp = udp.map(|s| ProtoPort { port: s.local.1, proto: Proto::Udp });
     tcp.chain(udp).collect()
 }
 
@@ -108,10 +97,7 @@ mod tests {
             .chunks(4)
             .map(|c| format!("{:08X}", u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
             .collect();
-        assert_eq!(
-            endpoint(&format!("{hex}:1F90")).unwrap(),
-            ("10.0.0.2".parse().unwrap(), 8080)
-        );
+        assert_eq!(endpoint(&format!("{hex}:1F90")).unwrap(), ("10.0.0.2".parse().unwrap(), 8080));
         assert!(endpoint("zz:1").is_none());
     }
 
@@ -119,17 +105,12 @@ mod tests {
     fn sees_a_listening_socket() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        assert!(listening_ports().contains(&ProtoPort {
-            port,
-            proto: Proto::Tcp
-        }));
+        assert!(listening_ports().contains(&ProtoPort { port, proto: Proto::Tcp }));
         let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (_server, _) = listener.accept().unwrap();
         let established = established_to(&[port].into());
         assert!(
-            established
-                .iter()
-                .any(|(ip, _, local)| ip.is_loopback() && *local == port),
+            established.iter().any(|(ip, _, local)| ip.is_loopback() && *local == port),
             "{established:?}"
         );
     }

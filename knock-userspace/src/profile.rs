@@ -67,11 +67,7 @@ pub enum Key {
     Random([u8; 32]),
     /// Derived from a passphrase; `secret` is known once the passphrase was
     /// given (and always on the server).
-    Passphrase {
-        salt: [u8; SALT_LEN],
-        cost: u32,
-        secret: Option<[u8; 32]>,
-    },
+    Passphrase { salt: [u8; SALT_LEN], cost: u32, secret: Option<[u8; 32]> },
     /// Authenticator mode: each slot's secret comes from that TOTP step's
     /// code and the PIN key. The server holds the TOTP secret; a client
     /// holds the code the app shows and the PIN.
@@ -141,9 +137,7 @@ pub struct ProfileFile {
 pub fn check_name(name: &str) -> Result<()> {
     let valid = !name.is_empty()
         && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         && !name.starts_with('.');
     if !valid {
         bail!("invalid client name '{name}' (use 1-64 letters, digits, '-', '_' or '.')");
@@ -188,20 +182,13 @@ pub fn parse_static(text: &str) -> Result<Vec<ProtoPort>, String> {
             Some((port, "tcp")) => (port, Proto::Tcp),
             Some((port, "udp")) => (port, Proto::Udp),
             Some((_, other)) => {
-                return Err(format!(
-                    "unknown protocol '{other}' in '{part}' (use tcp or udp)"
-                ));
+                return Err(format!("unknown protocol '{other}' in '{part}' (use tcp or udp)"));
             }
         };
-        let step = ProtoPort {
-            port: parse_port(port)?,
-            proto,
-        };
+        let step = ProtoPort { port: parse_port(port)?, proto };
         // A repeat would look like a retransmission and be ignored.
         if steps.last() == Some(&step) {
-            return Err(format!(
-                "static sequence '{text}' repeats {step} twice in a row"
-            ));
+            return Err(format!("static sequence '{text}' repeats {step} twice in a row"));
         }
         steps.push(step);
     }
@@ -282,9 +269,7 @@ impl Profile {
             if rotating_only.contains(&true) {
                 bail!("a static profile has no secret, mode, length, ports or slot");
             }
-            Knock::Static {
-                steps: parse_static(text).map_err(|e| anyhow!(e))?,
-            }
+            Knock::Static { steps: parse_static(text).map_err(|e| anyhow!(e))? }
         } else {
             let key = key_from_file(file)?;
             let slot = match (&file.slot, &key) {
@@ -306,27 +291,12 @@ impl Profile {
             let length = file.length.unwrap_or(DEFAULT_LENGTH);
             let exclude = file.exclude.clone().unwrap_or_default();
             // Check the parameters (length, enough ports) with a dummy secret.
-            let params = Params {
-                length,
-                port_lo: ports.0,
-                port_hi: ports.1,
-                exclude: &exclude,
-            };
+            let params = Params { length, port_lo: ports.0, port_hi: ports.1, exclude: &exclude };
             sequence::derive(&[0; 32], 0, &params).map_err(|e| anyhow!("{e}"))?;
             let proto = file.proto.unwrap_or(Proto::Tcp);
-            Knock::Rotating {
-                key,
-                proto,
-                length,
-                slot_secs: slot.as_secs() as u32,
-                ports,
-                exclude,
-            }
+            Knock::Rotating { key, proto, length, slot_secs: slot.as_secs() as u32, ports, exclude }
         };
-        Ok(Self {
-            name: file.name.clone(),
-            knock,
-        })
+        Ok(Self { name: file.name.clone(), knock })
     }
 
     /// The file form. `with_secrets` adds what only the server (or the owner
@@ -342,20 +312,10 @@ impl Profile {
     }
 
     fn file_form(&self, server: bool) -> ProfileFile {
-        let mut file = ProfileFile {
-            version: PROFILE_VERSION,
-            name: self.name.clone(),
-            ..Default::default()
-        };
+        let mut file =
+            ProfileFile { version: PROFILE_VERSION, name: self.name.clone(), ..Default::default() };
         match &self.knock {
-            Knock::Rotating {
-                key,
-                proto,
-                length,
-                slot_secs,
-                ports,
-                exclude,
-            } => {
+            Knock::Rotating { key, proto, length, slot_secs, ports, exclude } => {
                 file.proto = Some(*proto);
                 file.length = Some(*length);
                 file.slot = Some(format_duration(Duration::from_secs(u64::from(*slot_secs))));
@@ -369,13 +329,7 @@ impl Profile {
                         file.cost = Some(*cost);
                         file.secret = secret.filter(|_| server).map(|s| to_hex(&s));
                     }
-                    Key::Totp {
-                        salt,
-                        cost,
-                        pin_key,
-                        totp_secret,
-                        ..
-                    } => {
+                    Key::Totp { salt, cost, pin_key, totp_secret, .. } => {
                         file.mode = Some(key.mode().into());
                         file.slot = None;
                         file.salt = Some(to_hex(salt));
@@ -398,19 +352,13 @@ impl Profile {
         let body =
             toml::to_string(&self.to_client_file()).context("cannot serialise the profile")?;
         let warning = match &self.knock {
-            Knock::Rotating {
-                key: Key::Random(_),
-                ..
-            } => "it opens the door, keep it secret",
+            Knock::Rotating { key: Key::Random(_), .. } => "it opens the door, keep it secret",
             Knock::Rotating { .. } => {
                 "holds no secret; knocking needs the passphrase or the code and PIN"
             }
             Knock::Static { .. } => "a static sequence: anyone who sees it can knock",
         };
-        Ok(format!(
-            "# knock-xdp client profile \"{}\": {warning}\n{body}",
-            self.name
-        ))
+        Ok(format!("# knock-xdp client profile \"{}\": {warning}\n{body}", self.name))
     }
 
     /// The client's profile as one line: `knock-xdp:profile?v=1&name=...`.
@@ -422,11 +370,9 @@ impl Profile {
             let text = match value {
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Number(n) => n.to_string(),
-                serde_json::Value::Array(items) => items
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
+                serde_json::Value::Array(items) => {
+                    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+                }
                 _ => continue,
             };
             if key != "version" {
@@ -452,11 +398,8 @@ impl Profile {
                 "v" => file.version = number("v", &value)?,
                 "name" => file.name = value,
                 "proto" => {
-                    file.proto = Some(
-                        value
-                            .parse()
-                            .map_err(|e: String| anyhow!("profile URI: {e}"))?,
-                    )
+                    file.proto =
+                        Some(value.parse().map_err(|e: String| anyhow!("profile URI: {e}"))?)
                 }
                 "length" => file.length = Some(number("length", &value)?),
                 "slot" => file.slot = Some(value),
@@ -502,71 +445,38 @@ impl Profile {
 
     /// The knocks of time slot `slot` (ignored for static sequences).
     pub fn sequence_for_slot(&self, slot: u64) -> Result<Vec<ProtoPort>> {
-        let Knock::Rotating {
-            key,
-            proto,
-            length,
-            ports,
-            exclude,
-            ..
-        } = &self.knock
-        else {
-            let Knock::Static { steps } = &self.knock else {
-                unreachable!()
-            };
+        let Knock::Rotating { key, proto, length, ports, exclude, .. } = &self.knock else {
+            let Knock::Static { steps } = &self.knock else { unreachable!() };
             return Ok(steps.clone());
         };
         let secret = match key {
-            Key::Random(secret)
-            | Key::Passphrase {
-                secret: Some(secret),
-                ..
-            } => *secret,
+            Key::Random(secret) | Key::Passphrase { secret: Some(secret), .. } => *secret,
             Key::Passphrase { secret: None, .. } => {
                 bail!(
                     "this profile needs its passphrase (--passphrase-file FILE, or type it when asked)"
                 )
             }
             // The server knows every step's code; a client, the one it was given.
-            Key::Totp {
-                pin_key: Some(pin_key),
-                totp_secret: Some(totp),
-                ..
-            } => secret::totp_slot_secret(pin_key, secret::totp_code(totp, slot)),
-            Key::Totp {
-                pin_key: Some(pin_key),
-                code: Some(code),
-                ..
-            } => secret::totp_slot_secret(pin_key, *code),
+            Key::Totp { pin_key: Some(pin_key), totp_secret: Some(totp), .. } => {
+                secret::totp_slot_secret(pin_key, secret::totp_code(totp, slot))
+            }
+            Key::Totp { pin_key: Some(pin_key), code: Some(code), .. } => {
+                secret::totp_slot_secret(pin_key, *code)
+            }
             Key::Totp { .. } => {
                 bail!(
                     "this profile needs the authenticator's code (--code) and the PIN (--pin-file FILE, or type it when asked)"
                 )
             }
         };
-        let params = Params {
-            length: *length,
-            port_lo: ports.0,
-            port_hi: ports.1,
-            exclude,
-        };
+        let params = Params { length: *length, port_lo: ports.0, port_hi: ports.1, exclude };
         let seq = sequence::derive(&secret, slot, &params).map_err(|e| anyhow!("{e}"))?;
-        Ok(seq
-            .as_slice()
-            .iter()
-            .map(|&port| ProtoPort {
-                port,
-                proto: *proto,
-            })
-            .collect())
+        Ok(seq.as_slice().iter().map(|&port| ProtoPort { port, proto: *proto }).collect())
     }
 
     /// Unlocks a passphrase profile with its passphrase.
     pub fn unlock_passphrase(&mut self, passphrase: &[u8]) {
-        if let Knock::Rotating {
-            key: Key::Passphrase { salt, cost, secret },
-            ..
-        } = &mut self.knock
+        if let Knock::Rotating { key: Key::Passphrase { salt, cost, secret }, .. } = &mut self.knock
         {
             *secret = Some(secret::passphrase_secret(passphrase, salt, *cost));
         }
@@ -575,15 +485,7 @@ impl Profile {
     /// Unlocks an authenticator profile with the current code and the PIN.
     pub fn unlock_totp(&mut self, code: u32, pin: &[u8]) {
         if let Knock::Rotating {
-            key:
-                Key::Totp {
-                    salt,
-                    cost,
-                    pin_key,
-                    code: slot_code,
-                    ..
-                },
-            ..
+            key: Key::Totp { salt, cost, pin_key, code: slot_code, .. }, ..
         } = &mut self.knock
         {
             *pin_key = Some(secret::pin_key(pin, salt, *cost));
@@ -594,14 +496,8 @@ impl Profile {
     /// What the profile needs before it can knock: nothing, a passphrase, or a code and PIN.
     pub fn needs(&self) -> Option<&'static str> {
         match &self.knock {
-            Knock::Rotating {
-                key: Key::Passphrase { secret: None, .. },
-                ..
-            } => Some("passphrase"),
-            Knock::Rotating {
-                key: Key::Totp { pin_key: None, .. },
-                ..
-            } => Some("totp"),
+            Knock::Rotating { key: Key::Passphrase { secret: None, .. }, .. } => Some("passphrase"),
+            Knock::Rotating { key: Key::Totp { pin_key: None, .. }, .. } => Some("totp"),
             _ => None,
         }
     }
@@ -614,10 +510,7 @@ impl Profile {
     /// `rotating`, `passphrase`, `totp` or `static`.
     pub fn kind(&self) -> &'static str {
         match &self.knock {
-            Knock::Rotating {
-                key: Key::Random(_),
-                ..
-            } => "rotating",
+            Knock::Rotating { key: Key::Random(_), .. } => "rotating",
             Knock::Rotating { key, .. } => key.mode(),
             Knock::Static { .. } => "static",
         }
@@ -627,57 +520,34 @@ impl Profile {
 /// The secret part of a rotating profile.
 fn key_from_file(file: &ProfileFile) -> Result<Key> {
     let salt_and_cost = || -> Result<([u8; SALT_LEN], u32)> {
-        let salt = from_hex(
-            "salt",
-            file.salt.as_deref().context("the profile has no salt")?,
-        )?;
+        let salt = from_hex("salt", file.salt.as_deref().context("the profile has no salt")?)?;
         let cost = file.cost.context("the profile has no cost")?;
         if cost < secret::MIN_COST {
             bail!("cost {cost} is too low (at least {})", secret::MIN_COST);
         }
         Ok((salt, cost))
     };
-    let derived = |what| {
-        file.secret
-            .as_deref()
-            .map(|text| from_hex::<32>(what, text))
-            .transpose()
-    };
+    let derived = |what| file.secret.as_deref().map(|text| from_hex::<32>(what, text)).transpose();
     match file.mode.as_deref().unwrap_or("random") {
         "random" => {
-            let secret = file
-                .secret
-                .as_deref()
-                .context("the profile has no secret")?;
+            let secret = file.secret.as_deref().context("the profile has no secret")?;
             Ok(Key::Random(from_hex("secret", secret)?))
         }
         "passphrase" => {
             let (salt, cost) = salt_and_cost()?;
-            Ok(Key::Passphrase {
-                salt,
-                cost,
-                secret: derived("secret")?,
-            })
+            Ok(Key::Passphrase { salt, cost, secret: derived("secret")? })
         }
         "totp" => {
             let (salt, cost) = salt_and_cost()?;
             let totp_secret = file.totp_secret.as_deref().map(from_base32).transpose()?;
-            Ok(Key::Totp {
-                salt,
-                cost,
-                pin_key: derived("secret")?,
-                totp_secret,
-                code: None,
-            })
+            Ok(Key::Totp { salt, cost, pin_key: derived("secret")?, totp_secret, code: None })
         }
         other => bail!("unknown profile mode '{other}' (random, passphrase or totp)"),
     }
 }
 
 fn number<T: std::str::FromStr>(what: &str, value: &str) -> Result<T> {
-    value
-        .parse()
-        .map_err(|_| anyhow!("profile URI: {what} '{value}' is not a number"))
+    value.parse().map_err(|_| anyhow!("profile URI: {what} '{value}' is not a number"))
 }
 
 /// Escapes what is not plainly safe in a URI query value.
@@ -698,9 +568,7 @@ fn percent_decode(text: &str) -> Result<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = text
-                .get(i + 1..i + 3)
-                .context("profile URI: bad %-escape")?;
+            let hex = text.get(i + 1..i + 3).context("profile URI: bad %-escape")?;
             out.push(
                 u8::from_str_radix(hex, 16).map_err(|_| anyhow!("profile URI: bad %-escape"))?,
             );
@@ -758,9 +626,7 @@ mod tests {
     fn profiles_round_trip_through_toml() {
         let statik = Profile {
             name: "legacy".into(),
-            knock: Knock::Static {
-                steps: parse_static("7000,8000:udp,9000").unwrap(),
-            },
+            knock: Knock::Static { steps: parse_static("7000,8000:udp,9000").unwrap() },
         };
         for profile in [rotating(), statik] {
             let text = profile.to_toml().unwrap();
@@ -770,27 +636,13 @@ mod tests {
     }
 
     fn keyed(key: Key) -> Profile {
-        let Knock::Rotating {
-            proto,
-            length,
-            slot_secs,
-            ports,
-            exclude,
-            ..
-        } = rotating().knock
+        let Knock::Rotating { proto, length, slot_secs, ports, exclude, .. } = rotating().knock
         else {
             unreachable!()
         };
         Profile {
             name: "bob".into(),
-            knock: Knock::Rotating {
-                key,
-                proto,
-                length,
-                slot_secs,
-                ports,
-                exclude,
-            },
+            knock: Knock::Rotating { key, proto, length, slot_secs, ports, exclude },
         }
     }
 
@@ -798,15 +650,9 @@ mod tests {
     fn uris_round_trip_for_every_kind() {
         let statik = Profile {
             name: "legacy".into(),
-            knock: Knock::Static {
-                steps: parse_static("7000,8000:udp").unwrap(),
-            },
+            knock: Knock::Static { steps: parse_static("7000,8000:udp").unwrap() },
         };
-        let passphrase = keyed(Key::Passphrase {
-            salt: [1; SALT_LEN],
-            cost: 20_000,
-            secret: None,
-        });
+        let passphrase = keyed(Key::Passphrase { salt: [1; SALT_LEN], cost: 20_000, secret: None });
         for profile in [rotating(), statik, passphrase] {
             let uri = profile.to_uri().unwrap();
             assert!(uri.starts_with(URI_PREFIX) && !uri.contains(' '), "{uri}");
@@ -836,16 +682,10 @@ mod tests {
         assert_eq!(client.needs(), Some("passphrase"));
         assert!(client.sequence_for_slot(5).is_err());
         client.unlock_passphrase(b"pw");
-        assert_eq!(
-            client.sequence_for_slot(5).unwrap(),
-            server.sequence_for_slot(5).unwrap()
-        );
+        assert_eq!(client.sequence_for_slot(5).unwrap(), server.sequence_for_slot(5).unwrap());
         client = Profile::from_file(&server.to_client_file()).unwrap();
         client.unlock_passphrase(b"wrong");
-        assert_ne!(
-            client.sequence_for_slot(5).unwrap(),
-            server.sequence_for_slot(5).unwrap()
-        );
+        assert_ne!(client.sequence_for_slot(5).unwrap(), server.sequence_for_slot(5).unwrap());
 
         let totp = vec![9u8; 20];
         // Through the file form once: authenticator slots are always 30 s.
@@ -866,10 +706,7 @@ mod tests {
         let mut client = Profile::from_file(&server.to_client_file()).unwrap();
         assert_eq!(client.needs(), Some("totp"));
         client.unlock_totp(secret::totp_code(&totp, 77), b"1234");
-        assert_eq!(
-            client.sequence_for_slot(77).unwrap(),
-            server.sequence_for_slot(77).unwrap()
-        );
+        assert_eq!(client.sequence_for_slot(77).unwrap(), server.sequence_for_slot(77).unwrap());
     }
 
     #[test]
@@ -889,14 +726,7 @@ mod tests {
     fn static_syntax() {
         let steps = parse_static("7000,8000:udp,9000:tcp").unwrap();
         assert_eq!(join_static(&steps), "7000,8000:udp,9000");
-        for bad in [
-            "",
-            "7000,7000",
-            "7000,x",
-            "0",
-            "7000:sctp",
-            &"1,2,".repeat(9),
-        ] {
+        for bad in ["", "7000,7000", "7000,x", "0", "7000:sctp", &"1,2,".repeat(9)] {
             assert!(parse_static(bad).is_err(), "{bad:?}");
         }
     }
@@ -917,61 +747,19 @@ mod tests {
     fn bad_files_are_refused() {
         let good = rotating().to_file();
         let cases: Vec<(&str, ProfileFile)> = vec![
-            (
-                "version",
-                ProfileFile {
-                    version: 2,
-                    ..rotating().to_file()
-                },
-            ),
-            (
-                "name",
-                ProfileFile {
-                    name: "../x".into(),
-                    ..rotating().to_file()
-                },
-            ),
-            (
-                "secret",
-                ProfileFile {
-                    secret: Some("abcd".into()),
-                    ..rotating().to_file()
-                },
-            ),
-            (
-                "no secret",
-                ProfileFile {
-                    secret: None,
-                    ..rotating().to_file()
-                },
-            ),
-            (
-                "length",
-                ProfileFile {
-                    length: Some(17),
-                    ..rotating().to_file()
-                },
-            ),
-            (
-                "slot",
-                ProfileFile {
-                    slot: Some("500ms".into()),
-                    ..rotating().to_file()
-                },
-            ),
+            ("version", ProfileFile { version: 2, ..rotating().to_file() }),
+            ("name", ProfileFile { name: "../x".into(), ..rotating().to_file() }),
+            ("secret", ProfileFile { secret: Some("abcd".into()), ..rotating().to_file() }),
+            ("no secret", ProfileFile { secret: None, ..rotating().to_file() }),
+            ("length", ProfileFile { length: Some(17), ..rotating().to_file() }),
+            ("slot", ProfileFile { slot: Some("500ms".into()), ..rotating().to_file() }),
             (
                 "too few ports",
-                ProfileFile {
-                    ports: Some("40000-40003".into()),
-                    ..rotating().to_file()
-                },
+                ProfileFile { ports: Some("40000-40003".into()), ..rotating().to_file() },
             ),
             (
                 "static with secret",
-                ProfileFile {
-                    static_sequence: Some("1,2".into()),
-                    ..rotating().to_file()
-                },
+                ProfileFile { static_sequence: Some("1,2".into()), ..rotating().to_file() },
             ),
         ];
         for (what, file) in cases {

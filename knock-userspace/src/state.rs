@@ -83,10 +83,7 @@ impl StateDir {
     pub fn instance_id(&self) -> Result<String> {
         let canonical = fs::canonicalize(&self.root)
             .with_context(|| format!("cannot resolve state directory {}", self.root.display()))?;
-        Ok(format!(
-            "{:016x}",
-            fnv1a(canonical.as_os_str().as_encoded_bytes())
-        ))
+        Ok(format!("{:016x}", fnv1a(canonical.as_os_str().as_encoded_bytes())))
     }
 
     /// Reads the persisted state; a missing file is an empty state, a broken
@@ -114,15 +111,11 @@ impl StateDir {
         }
         let mut allow_nets = BTreeSet::new();
         for entry in &file.allow {
-            let net = entry
-                .parse()
-                .map_err(|err| anyhow::anyhow!("{}: allow: {err}", path.display()))?;
+            let net =
+                entry.parse().map_err(|err| anyhow::anyhow!("{}: allow: {err}", path.display()))?;
             allow_nets.insert(net);
         }
-        Ok(State {
-            protected,
-            allow_nets,
-        })
+        Ok(State { protected, allow_nets })
     }
 
     /// Writes the state atomically: a temp file, fsync, rename, fsync of the
@@ -163,17 +156,11 @@ impl StateDir {
 
 /// Replaces `path` with `contents` so that readers only ever see a whole file.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .context("state file has no parent directory")?;
+    let dir = path.parent().context("state file has no parent directory")?;
     let tmp = path.with_extension("tmp");
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut file =
+            OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
         file.write_all(contents)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -220,11 +207,7 @@ mod tests {
         let dir = temp_dir("roundtrip");
         assert_eq!(dir.load().unwrap(), State::default());
         let state = State {
-            allow_nets: [
-                "10.0.0.0/8".parse().unwrap(),
-                "2001:db8::/32".parse().unwrap(),
-            ]
-            .into(),
+            allow_nets: ["10.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()].into(),
             protected: ["22/tcp".parse().unwrap(), "53/udp".parse().unwrap()].into(),
         };
         dir.save(&state).unwrap();
@@ -252,10 +235,7 @@ mod tests {
         let a = temp_dir("id-a");
         let b = temp_dir("id-b");
         assert_ne!(a.instance_id().unwrap(), b.instance_id().unwrap());
-        assert_eq!(
-            a.instance_id().unwrap(),
-            StateDir::new(a.path()).instance_id().unwrap()
-        );
+        assert_eq!(a.instance_id().unwrap(), StateDir::new(a.path()).instance_id().unwrap());
         fs::remove_dir_all(a.path()).unwrap();
         fs::remove_dir_all(b.path()).unwrap();
     }

@@ -39,8 +39,7 @@ impl Tables {
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         let mut take = |name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| anyhow!("the XDP object has no map named {name}"))
+            ebpf.take_map(name).ok_or_else(|| anyhow!("the XDP object has no map named {name}"))
         };
         Ok(Self {
             port_flags: Array::try_from(take(MAP_PORT_FLAGS)?)?,
@@ -83,23 +82,16 @@ impl Tables {
     ) -> Result<()> {
         let ports: BTreeSet<u16> = before.symmetric_difference(after).map(|p| p.port).collect();
         for port in ports {
-            let mut flags = self
-                .port_flags
-                .get(&u32::from(port), 0)
-                .context("cannot read PORT_FLAGS")?;
+            let mut flags =
+                self.port_flags.get(&u32::from(port), 0).context("cannot read PORT_FLAGS")?;
             for proto in [Transport::Tcp, Transport::Udp] {
-                if after.contains(&ProtoPort {
-                    port,
-                    proto: proto.into(),
-                }) {
+                if after.contains(&ProtoPort { port, proto: proto.into() }) {
                     flags |= bit_of(proto);
                 } else {
                     flags &= !bit_of(proto);
                 }
             }
-            self.port_flags
-                .set(u32::from(port), flags, 0)
-                .context("cannot write PORT_FLAGS")?;
+            self.port_flags.set(u32::from(port), flags, 0).context("cannot write PORT_FLAGS")?;
         }
         Ok(())
     }
@@ -111,10 +103,7 @@ impl Tables {
             let flags = flags.context("cannot read PORT_FLAGS")?;
             for proto in [Transport::Tcp, Transport::Udp] {
                 if flags & proto.protected_flag() != 0 {
-                    out.insert(ProtoPort {
-                        port: port as u16,
-                        proto: proto.into(),
-                    });
+                    out.insert(ProtoPort { port: port as u16, proto: proto.into() });
                 }
             }
         }
@@ -123,19 +112,13 @@ impl Tables {
 
     /// Admits `addr` until `deadline_ns` (boot clock).
     pub fn allow(&mut self, addr: IpAddr, deadline_ns: u64, origin: u32) -> Result<()> {
-        let entry = AllowEntry {
-            deadline_ns,
-            origin,
-            client: 0,
-        };
-        self.allow
-            .insert(SourceKey::from(addr), entry, 0)
-            .map_err(|err| match err {
-                MapError::SyscallError(ref e) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
-                    anyhow!("the allow map is full ({ALLOW_MAX_ENTRIES} sources)")
-                }
-                err => anyhow::Error::new(err).context("cannot write ALLOW"),
-            })
+        let entry = AllowEntry { deadline_ns, origin, client: 0 };
+        self.allow.insert(SourceKey::from(addr), entry, 0).map_err(|err| match err {
+            MapError::SyscallError(ref e) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
+                anyhow!("the allow map is full ({ALLOW_MAX_ENTRIES} sources)")
+            }
+            err => anyhow::Error::new(err).context("cannot write ALLOW"),
+        })
     }
 
     /// Removes `addr`; false when it was not there.
@@ -152,10 +135,7 @@ impl Tables {
 
     /// Every allow entry, expired or not.
     pub fn allowed(&self) -> Result<Vec<(SourceKey, AllowEntry)>> {
-        self.allow
-            .iter()
-            .map(|entry| entry.context("cannot read ALLOW"))
-            .collect()
+        self.allow.iter().map(|entry| entry.context("cannot read ALLOW")).collect()
     }
 
     /// Deletes the entries whose deadline has passed and returns their sources.
@@ -181,10 +161,8 @@ impl Tables {
         Counter::ALL
             .iter()
             .map(|&counter| {
-                let per_cpu = self
-                    .counters
-                    .get(&(counter as u32), 0)
-                    .context("cannot read COUNTERS")?;
+                let per_cpu =
+                    self.counters.get(&(counter as u32), 0).context("cannot read COUNTERS")?;
                 Ok((counter, per_cpu.iter().sum()))
             })
             .collect()
@@ -195,15 +173,11 @@ impl Tables {
     }
 
     pub fn set_sequence(&mut self, index: u32, info: SequenceInfo) -> Result<()> {
-        self.sequences
-            .set(index, info, 0)
-            .context("cannot write SEQUENCES")
+        self.sequences.set(index, info, 0).context("cannot write SEQUENCES")
     }
 
     pub fn set_step(&mut self, key: StepKey, entry: StepEntry) -> Result<()> {
-        self.knock_steps
-            .insert(key, entry, 0)
-            .context("cannot write KNOCK_STEPS")
+        self.knock_steps.insert(key, entry, 0).context("cannot write KNOCK_STEPS")
     }
 
     pub fn remove_step(&mut self, key: &StepKey) -> Result<()> {
@@ -215,12 +189,8 @@ impl Tables {
 
     /// Forgets used-sequence records that `keep` rejects.
     pub fn prune_used(&mut self, keep: impl Fn(&UsedKey) -> bool) -> Result<()> {
-        let stale: Vec<UsedKey> = self
-            .used
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !keep(k))
-            .collect();
+        let stale: Vec<UsedKey> =
+            self.used.keys().filter_map(|k| k.ok()).filter(|k| !keep(k)).collect();
         for key in stale {
             match self.used.remove(&key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -239,32 +209,20 @@ impl Tables {
     /// protected) as if they had been admitted now.
     pub fn seed_flows(&mut self, keys: &[FlowKey], now_ns: u64) -> Result<()> {
         for key in keys {
-            let entry = FlowEntry {
-                last_seen_ns: now_ns,
-                closing_until_ns: 0,
-            };
-            self.flows
-                .insert(key, entry, 0)
-                .context("cannot write FLOWS")?;
+            let entry = FlowEntry { last_seen_ns: now_ns, closing_until_ns: 0 };
+            self.flows.insert(key, entry, 0).context("cannot write FLOWS")?;
         }
         Ok(())
     }
 
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
-        self.flows
-            .iter()
-            .map(|entry| entry.context("cannot read FLOWS"))
-            .collect()
+        self.flows.iter().map(|entry| entry.context("cannot read FLOWS")).collect()
     }
 
     /// Ends every flow whose source matches; returns how many.
     pub fn end_flows(&mut self, matches: impl Fn(&FlowKey) -> bool) -> Result<usize> {
-        let doomed: Vec<FlowKey> = self
-            .flows
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| matches(k))
-            .collect();
+        let doomed: Vec<FlowKey> =
+            self.flows.keys().filter_map(|k| k.ok()).filter(|k| matches(k)).collect();
         for key in &doomed {
             match self.flows.remove(key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -297,19 +255,10 @@ impl Tables {
 
 /// The trie key of a network: the family byte counts in the prefix.
 fn net_key(net: &Cidr) -> Key<NetKey> {
-    Key::new(
-        8 + u32::from(net.prefix),
-        NetKey::of(&SourceKey::from(net.addr)),
-    )
+    Key::new(8 + u32::from(net.prefix), NetKey::of(&SourceKey::from(net.addr)))
 }
 
 /// A TCP flow key, for seeding established connections.
 pub fn tcp_flow(src: IpAddr, src_port: u16, dst_port: u16) -> FlowKey {
-    FlowKey {
-        src: SourceKey::from(src),
-        src_port,
-        dst_port,
-        proto: PROTO_TCP,
-        _pad: [0; 3],
-    }
+    FlowKey { src: SourceKey::from(src), src_port, dst_port, proto: PROTO_TCP, _pad: [0; 3] }
 }

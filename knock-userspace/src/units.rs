@@ -14,17 +14,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     let mut total = Duration::ZERO;
     while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         if digits == 0 {
             return Err(invalid());
         }
         let number: u64 = rest[..digits].parse().map_err(|_| invalid())?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let unit_ms: u64 = match &rest[..unit_len] {
             "ms" => 1,
             "s" => 1_000,
@@ -34,19 +30,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             _ => return Err(invalid()),
         };
         rest = &rest[unit_len..];
-        let part = number
-            .checked_mul(unit_ms)
-            .map(Duration::from_millis)
-            .ok_or_else(invalid)?;
+        let part = number.checked_mul(unit_ms).map(Duration::from_millis).ok_or_else(invalid)?;
         total = total.checked_add(part).ok_or_else(invalid)?;
     }
     if total.is_zero() {
         return Err(format!("duration '{text}' must be longer than zero"));
     }
     if total > MAX_DURATION {
-        return Err(format!(
-            "duration '{text}' is longer than the maximum of 366d"
-        ));
+        return Err(format!("duration '{text}' is longer than the maximum of 366d"));
     }
     Ok(total)
 }
@@ -83,18 +74,9 @@ mod tests {
 
     #[test]
     fn rejects_garbage_zero_and_huge() {
-        for bad in [
-            "",
-            "abc",
-            "10",
-            "s",
-            "10x",
-            "-5s",
-            "1.5h",
-            "0s",
-            "400d",
-            "99999999999999999999s",
-        ] {
+        for bad in
+            ["", "abc", "10", "s", "10x", "-5s", "1.5h", "0s", "400d", "99999999999999999999s"]
+        {
             assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
         }
     }

@@ -107,10 +107,7 @@ impl Frame {
                 out.extend_from_slice(&src.octets());
                 out.extend_from_slice(&dst.octets());
                 // NOP options: valid, and they push the transport header back.
-                out.extend(std::iter::repeat_n(
-                    1u8,
-                    usize::from(self.ipv4_option_words) * 4,
-                ));
+                out.extend(std::iter::repeat_n(1u8, usize::from(self.ipv4_option_words) * 4));
             }
             (IpAddr::V6(src), IpAddr::V6(dst)) => {
                 let mut chain = Vec::new();
@@ -190,11 +187,7 @@ pub fn ethernet(vlans: &[u16], ether_type: u16) -> Vec<u8> {
     let mut out = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
     for (i, vid) in vlans.iter().enumerate() {
         // The outer tag of a QinQ stack is 802.1ad, the inner ones 802.1Q.
-        let tpid = if i == 0 && vlans.len() > 1 {
-            ETH_P_8021AD
-        } else {
-            ETH_P_8021Q
-        };
+        let tpid = if i == 0 && vlans.len() > 1 { ETH_P_8021AD } else { ETH_P_8021Q };
         out.extend_from_slice(&tpid.to_be_bytes());
         out.extend_from_slice(&vid.to_be_bytes());
     }

@@ -27,10 +27,8 @@ static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
 /// Runs a command, panicking with its output when it fails.
 pub fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let out =
+        Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(
         out.status.success(),
         "{program} {args:?} failed: {}",
@@ -78,9 +76,7 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace also deletes the veth end inside it.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
@@ -107,69 +103,22 @@ impl Lab {
         let client = Netns::new(format!("knock-cli-{id}"));
         let server_if = format!("kxs{id}");
         let client_if = format!("kxc{id}");
-        run(
-            "ip",
-            &[
-                "link", "add", &server_if, "type", "veth", "peer", "name", &client_if,
-            ],
-        );
+        run("ip", &["link", "add", &server_if, "type", "veth", "peer", "name", &client_if]);
         // Move both ends at once; if that fails, delete the pair from the host.
-        let moved = Command::new("ip")
-            .args(["link", "set", &server_if, "netns", &server.name])
-            .status();
-        let moved2 = Command::new("ip")
-            .args(["link", "set", &client_if, "netns", &client.name])
-            .status();
+        let moved =
+            Command::new("ip").args(["link", "set", &server_if, "netns", &server.name]).status();
+        let moved2 =
+            Command::new("ip").args(["link", "set", &client_if, "netns", &client.name]).status();
         if !(moved.is_ok_and(|s| s.success()) && moved2.is_ok_and(|s| s.success())) {
-            let _ = Command::new("ip")
-                .args(["link", "del", &server_if])
-                .status();
+            let _ = Command::new("ip").args(["link", "del", &server_if]).status();
             panic!("cannot move the veth pair into the namespaces");
         }
-        let lab = Self {
-            id,
-            server,
-            client,
-            server_if,
-            client_if,
-        };
-        lab.server.ip(&[
-            "addr",
-            "add",
-            &format!("{SERVER_V4}/24"),
-            "dev",
-            &lab.server_if,
-        ]);
-        lab.server.ip(&[
-            "addr",
-            "add",
-            &format!("{SERVER_V6}/64"),
-            "dev",
-            &lab.server_if,
-            "nodad",
-        ]);
-        lab.client.ip(&[
-            "addr",
-            "add",
-            &format!("{CLIENT_V4}/24"),
-            "dev",
-            &lab.client_if,
-        ]);
-        lab.client.ip(&[
-            "addr",
-            "add",
-            &format!("{CLIENT2_V4}/24"),
-            "dev",
-            &lab.client_if,
-        ]);
-        lab.client.ip(&[
-            "addr",
-            "add",
-            &format!("{CLIENT_V6}/64"),
-            "dev",
-            &lab.client_if,
-            "nodad",
-        ]);
+        let lab = Self { id, server, client, server_if, client_if };
+        lab.server.ip(&["addr", "add", &format!("{SERVER_V4}/24"), "dev", &lab.server_if]);
+        lab.server.ip(&["addr", "add", &format!("{SERVER_V6}/64"), "dev", &lab.server_if, "nodad"]);
+        lab.client.ip(&["addr", "add", &format!("{CLIENT_V4}/24"), "dev", &lab.client_if]);
+        lab.client.ip(&["addr", "add", &format!("{CLIENT2_V4}/24"), "dev", &lab.client_if]);
+        lab.client.ip(&["addr", "add", &format!("{CLIENT_V6}/64"), "dev", &lab.client_if, "nodad"]);
         lab.server.ip(&["link", "set", &lab.server_if, "up"]);
         lab.client.ip(&["link", "set", &lab.client_if, "up"]);
         lab
@@ -179,9 +128,7 @@ impl Lab {
     pub fn tcp_state(&self, server: &str, port: u16) -> PortState {
         let server = server.to_owned();
         self.client.enter(move || {
-            check::check(&server, port, Duration::from_secs(2))
-                .expect("probe failed")
-                .1
+            check::check(&server, port, Duration::from_secs(2)).expect("probe failed").1
         })
     }
 
@@ -194,9 +141,7 @@ impl Lab {
             let Ok(mut stream) = connect_from(source, SocketAddr::new(server, port)) else {
                 return false;
             };
-            stream
-                .set_read_timeout(Some(Duration::from_secs(2)))
-                .unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             let mut buf = [0u8; 5];
             stream.write_all(b"hello").is_ok()
                 && stream.read_exact(&mut buf).is_ok()
@@ -208,17 +153,10 @@ impl Lab {
     pub fn udp_exchange(&self, server: &str, port: u16) -> bool {
         let server: IpAddr = server.parse().unwrap();
         self.client.enter(move || {
-            let bind: SocketAddr = if server.is_ipv4() {
-                "0.0.0.0:0"
-            } else {
-                "[::]:0"
-            }
-            .parse()
-            .unwrap();
+            let bind: SocketAddr =
+                if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
             let socket = UdpSocket::bind(bind).unwrap();
-            socket
-                .set_read_timeout(Some(Duration::from_millis(700)))
-                .unwrap();
+            socket.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
             // A few tries, so a lost datagram is not mistaken for a drop.
             (0..3).any(|_| {
                 socket.send_to(b"ping", (server, port)).unwrap();
@@ -231,9 +169,7 @@ impl Lab {
     /// A TCP echo service on `addr:port` in the server namespace.
     pub fn tcp_echo(&self, addr: &str, port: u16) {
         let addr = SocketAddr::new(addr.parse().unwrap(), port);
-        let listener = self
-            .server
-            .enter(move || TcpListener::bind(addr).expect("bind tcp"));
+        let listener = self.server.enter(move || TcpListener::bind(addr).expect("bind tcp"));
         // Runs until the process ends; the namespace going away closes nothing
         // the test still needs.
         thread::spawn(move || {
@@ -254,9 +190,7 @@ impl Lab {
     /// A UDP echo service on `addr:port` in the server namespace.
     pub fn udp_echo(&self, addr: &str, port: u16) {
         let addr = SocketAddr::new(addr.parse().unwrap(), port);
-        let socket = self
-            .server
-            .enter(move || UdpSocket::bind(addr).expect("bind udp"));
+        let socket = self.server.enter(move || UdpSocket::bind(addr).expect("bind udp"));
         thread::spawn(move || {
             let mut buf = [0u8; 1500];
             while let Ok((n, peer)) = socket.recv_from(&mut buf) {
@@ -275,9 +209,7 @@ impl TcpSession {
     /// Sends a line and waits (1.5 s at most) for its echo.
     pub fn exchange(&mut self) -> bool {
         let mut buf = [0u8; 5];
-        self.stream
-            .set_read_timeout(Some(Duration::from_millis(1500)))
-            .unwrap();
+        self.stream.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
         self.stream.write_all(b"hello").is_ok()
             && self.stream.read_exact(&mut buf).is_ok()
             && &buf == b"hello"
@@ -293,9 +225,7 @@ pub struct UdpSession {
 impl UdpSession {
     /// Sends a datagram and waits (1 s at most) for its echo.
     pub fn exchange(&self) -> bool {
-        self.socket
-            .set_read_timeout(Some(Duration::from_secs(1)))
-            .unwrap();
+        self.socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         self.socket.send_to(b"ping", self.server).unwrap();
         let mut buf = [0u8; 16];
         matches!(self.socket.recv_from(&mut buf), Ok((4, _))) && &buf[..4] == b"ping"
@@ -316,9 +246,8 @@ impl Lab {
     pub fn udp_session(&self, source: &str, server: &str, port: u16) -> UdpSession {
         let source: IpAddr = source.parse().unwrap();
         let server = SocketAddr::new(server.parse().unwrap(), port);
-        let socket = self
-            .client
-            .enter(move || UdpSocket::bind(SocketAddr::new(source, 0)).unwrap());
+        let socket =
+            self.client.enter(move || UdpSocket::bind(SocketAddr::new(source, 0)).unwrap());
         UdpSession { socket, server }
     }
 }
@@ -334,14 +263,8 @@ pub struct Knock {
 pub fn parse_sequence(line: &str) -> Vec<Knock> {
     line.split_whitespace()
         .map(|word| match word.strip_suffix(":udp") {
-            Some(port) => Knock {
-                port: port.parse().unwrap(),
-                udp: true,
-            },
-            None => Knock {
-                port: word.parse().unwrap(),
-                udp: false,
-            },
+            Some(port) => Knock { port: port.parse().unwrap(), udp: true },
+            None => Knock { port: word.parse().unwrap(), udp: false },
         })
         .collect()
 }
@@ -409,18 +332,10 @@ impl Lab {
 /// Sends one SYN: a non-blocking connect from `source`, abandoned at once
 /// (closing a socket in SYN-SENT sends nothing more).
 fn syn_from(source: IpAddr, target: SocketAddr) {
-    let domain = if source.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
+    let domain = if source.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain socket(2).
     let fd = unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
+        libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
     };
     assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
     // SAFETY: we own the fd; the stream closes it on drop.
@@ -441,11 +356,7 @@ fn syn_from(source: IpAddr, target: SocketAddr) {
 
 fn connect_from(source: IpAddr, target: SocketAddr) -> std::io::Result<std::net::TcpStream> {
     // std cannot bind before connect; a raw socket with libc can.
-    let domain = if source.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
+    let domain = if source.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain socket(2) call.
     let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -469,11 +380,7 @@ fn connect_from(source: IpAddr, target: SocketAddr) -> std::io::Result<std::net:
         if err.raw_os_error() != Some(libc::EINPROGRESS) {
             return Err(err);
         }
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLOUT,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
         // SAFETY: one valid pollfd.
         let ready = unsafe { libc::poll(&mut pfd, 1, 2000) };
         if ready <= 0 {
@@ -495,9 +402,7 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as u16,
                 sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
-                },
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_storage is larger than sockaddr_in.
@@ -509,9 +414,7 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 sin6_family: libc::AF_INET6 as u16,
                 sin6_port: v6.port().to_be(),
                 sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
+                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
                 sin6_scope_id: 0,
             };
             // SAFETY: sockaddr_storage is larger than sockaddr_in6.
@@ -524,16 +427,10 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 
 /// The knock-xdp binary under test (built by `cargo xtask test`).
 pub fn binary() -> PathBuf {
-    let path = std::env::var_os("KNOCK_XDP_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            panic!("KNOCK_XDP_BIN is not set: run the tests with 'cargo xtask test'")
-        });
-    assert!(
-        path.is_file(),
-        "KNOCK_XDP_BIN={} does not exist",
-        path.display()
-    );
+    let path = std::env::var_os("KNOCK_XDP_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        panic!("KNOCK_XDP_BIN is not set: run the tests with 'cargo xtask test'")
+    });
+    assert!(path.is_file(), "KNOCK_XDP_BIN={} does not exist", path.display());
     path
 }
 
@@ -587,10 +484,7 @@ impl Instance {
                 c
             }
         };
-        cmd.arg(binary())
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .args(args);
+        cmd.arg(binary()).arg("--state-dir").arg(&self.state_dir).args(args);
         cmd.env_remove("RUST_LOG").stdin(Stdio::null());
         cmd
     }
@@ -727,9 +621,7 @@ impl Drop for Instance {
 
 /// Is any XDP program attached to `iface` in `netns`?
 pub fn has_xdp(netns: &Netns, iface: &str) -> bool {
-    netns
-        .ip(&["-d", "link", "show", "dev", iface])
-        .contains("prog/xdp")
+    netns.ip(&["-d", "link", "show", "dev", iface]).contains("prog/xdp")
 }
 
 /// Is a BPF program with this id still loaded anywhere?

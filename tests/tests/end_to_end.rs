@@ -41,17 +41,9 @@ fn protect_allow_expire_unprotect() {
     assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Open);
     assert!(lab.udp_exchange(SERVER_V4, UDP_PORT));
 
-    knock.ok(&[
-        "protect",
-        &format!("{TCP_PORT}/tcp"),
-        &format!("{UDP_PORT}/udp"),
-    ]);
+    knock.ok(&["protect", &format!("{TCP_PORT}/tcp"), &format!("{UDP_PORT}/udp")]);
     for server in [SERVER_V4, SERVER_V6] {
-        assert_eq!(
-            lab.tcp_state(server, TCP_PORT),
-            PortState::Filtered,
-            "tcp via {server}"
-        );
+        assert_eq!(lab.tcp_state(server, TCP_PORT), PortState::Filtered, "tcp via {server}");
         assert!(!lab.udp_exchange(server, UDP_PORT), "udp via {server}");
     }
 
@@ -70,21 +62,12 @@ fn protect_allow_expire_unprotect() {
     assert_eq!(listing["protected"].as_array().unwrap().len(), 2);
     assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, TCP_PORT));
     assert!(lab.udp_exchange(SERVER_V4, UDP_PORT));
-    assert!(
-        !lab.tcp_exchange(CLIENT2_V4, SERVER_V4, TCP_PORT),
-        "another source got in"
-    );
-    assert!(
-        !lab.tcp_exchange(CLIENT_V6, SERVER_V6, TCP_PORT),
-        "the IPv6 source got in"
-    );
+    assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, TCP_PORT), "another source got in");
+    assert!(!lab.tcp_exchange(CLIENT_V6, SERVER_V6, TCP_PORT), "the IPv6 source got in");
     knock.ok(&["allow", CLIENT_V6, "--for", "2s"]);
     assert!(lab.tcp_exchange(CLIENT_V6, SERVER_V6, TCP_PORT));
     assert!(lab.udp_exchange(SERVER_V6, UDP_PORT));
-    assert!(
-        allowed_at.elapsed() < window,
-        "the test itself was too slow"
-    );
+    assert!(allowed_at.elapsed() < window, "the test itself was too slow");
 
     // The window ends: the door closes again.
     thread::sleep(window.saturating_sub(allowed_at.elapsed()) + Duration::from_millis(300));
@@ -94,21 +77,11 @@ fn protect_allow_expire_unprotect() {
 
     // Counters saw all of it.
     let counters = &knock.status()["counters"];
-    assert!(
-        counters["dropped_protected"].as_u64().unwrap() >= 6,
-        "{counters}"
-    );
-    assert!(
-        counters["passed_allowed"].as_u64().unwrap() >= 4,
-        "{counters}"
-    );
+    assert!(counters["dropped_protected"].as_u64().unwrap() >= 6, "{counters}");
+    assert!(counters["passed_allowed"].as_u64().unwrap() >= 4, "{counters}");
 
     // Unprotecting opens the ports to everyone.
-    knock.ok(&[
-        "unprotect",
-        &format!("{TCP_PORT}/tcp"),
-        &format!("{UDP_PORT}/udp"),
-    ]);
+    knock.ok(&["unprotect", &format!("{TCP_PORT}/tcp"), &format!("{UDP_PORT}/udp")]);
     assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Open);
     assert!(lab.tcp_exchange(CLIENT_V6, SERVER_V6, TCP_PORT));
     assert!(lab.udp_exchange(SERVER_V6, UDP_PORT));
@@ -158,11 +131,7 @@ fn protected_ports_persist_across_restarts() {
     assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Filtered);
     assert!(!lab.udp_exchange(SERVER_V4, UDP_PORT));
     let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
-    assert_eq!(
-        listing["protected"].as_array().unwrap().len(),
-        2,
-        "{listing}"
-    );
+    assert_eq!(listing["protected"].as_array().unwrap().len(), 2, "{listing}");
 }
 
 #[test]
@@ -185,14 +154,8 @@ fn detach_leaves_no_program_and_no_pins() {
     assert!(out.contains("detached"), "{out}");
     assert!(knock.wait_daemon().success(), "{}", knock.daemon_log());
     assert!(!pins.exists(), "pins left in {}", pins.display());
-    assert!(
-        !has_xdp(&lab.server, &lab.server_if),
-        "an XDP program is still attached"
-    );
-    assert!(
-        !program_loaded(program_id),
-        "program {program_id} is still loaded"
-    );
+    assert!(!has_xdp(&lab.server, &lab.server_if), "an XDP program is still attached");
+    assert!(!program_loaded(program_id), "program {program_id} is still loaded");
     assert!(!knock.state_path().join("control.sock").exists());
 }
 
@@ -245,10 +208,7 @@ fn instances_with_their_own_state_dirs_do_not_interfere() {
     a.ok(&["detach"]);
     a.wait_daemon();
     assert!(!a.pin_dir().exists());
-    assert!(
-        b.pin_dir().exists(),
-        "detaching one instance removed the other's pins"
-    );
+    assert!(b.pin_dir().exists(), "detaching one instance removed the other's pins");
     assert!(b.cli(&["status"]).status.success());
 }
 
@@ -301,13 +261,7 @@ fn two_interfaces_at_once_and_detaching_one() {
         .map(|i| i["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, [lab.server_if.as_str(), extra.as_str()]);
-    assert!(
-        status["interfaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|i| i["mode"] == "native")
-    );
+    assert!(status["interfaces"].as_array().unwrap().iter().all(|i| i["mode"] == "native"));
 
     knock.ok(&["protect", &format!("{TCP_PORT}/tcp")]);
     knock.ok(&["detach", &extra]);

@@ -30,35 +30,21 @@ fn lab_with_service() -> Lab {
 /// A daemon protecting the service, with short windows for the tests.
 fn knock_daemon(lab: &Lab, open_window: &str, knock_timeout: &str) -> Instance {
     let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
-    knock.attach(&[
-        &lab.server_if,
-        "--open-window",
-        open_window,
-        "--knock-timeout",
-        knock_timeout,
-    ]);
+    knock.attach(&[&lab.server_if, "--open-window", open_window, "--knock-timeout", knock_timeout]);
     knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
     knock
 }
 
 /// The knocks of `profile` at `at` (RFC 3339), as `knock-xdp sequence` prints them.
 fn sequence(lab: &Lab, profile: &Path, at: Option<SystemTime>) -> Vec<Knock> {
-    let mut args = vec![
-        "sequence".to_owned(),
-        "--profile".into(),
-        profile.display().to_string(),
-    ];
+    let mut args = vec!["sequence".to_owned(), "--profile".into(), profile.display().to_string()];
     if let Some(at) = at {
         args.push("--at".into());
         args.push(humantime::format_rfc3339_seconds(at).to_string());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = lab.client_cli(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     parse_sequence(&String::from_utf8_lossy(&out.stdout))
 }
 
@@ -91,47 +77,23 @@ fn a_knock_opens_the_door_and_mistakes_do_not() {
     // Wrong order.
     let reversed: Vec<Knock> = seq.iter().rev().copied().collect();
     lab.send_knocks(CLIENT_V4, SERVER_V4, &reversed, GAP);
-    assert!(
-        !lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE),
-        "reversed order opened the door"
-    );
+    assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "reversed order opened the door");
 
     // One extra wrong port in the middle (not a knock port).
     let mut extra = seq.clone();
-    extra.insert(
-        2,
-        Knock {
-            port: 60999,
-            udp: false,
-        },
-    );
+    extra.insert(2, Knock { port: 60999, udp: false });
     lab.send_knocks(CLIENT_V4, SERVER_V4, &extra, GAP);
-    assert!(
-        !lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE),
-        "an extra port opened the door"
-    );
+    assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "an extra port opened the door");
 
     // Too slowly: four knocks 800 ms apart exceed the 2 s knock timeout.
     let slow = knock_cli(&lab, &profile, &["--delay", "800"]);
-    assert!(
-        slow.status.success(),
-        "{}",
-        String::from_utf8_lossy(&slow.stderr)
-    );
-    assert!(
-        !lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE),
-        "a slow knock opened the door"
-    );
+    assert!(slow.status.success(), "{}", String::from_utf8_lossy(&slow.stderr));
+    assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "a slow knock opened the door");
 
     // The right sequence, sent by knock-xdp itself, opens it.
     let out = knock_cli(&lab, &profile, &["--check", &SERVICE.to_string()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(" open"), "{stdout}");
     let opened = Instant::now();
     assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE));
@@ -145,26 +107,14 @@ fn a_knock_opens_the_door_and_mistakes_do_not() {
     thread::sleep(
         Duration::from_secs(4).saturating_sub(opened.elapsed()) + Duration::from_millis(300),
     );
-    assert!(
-        !lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE),
-        "the window did not close"
-    );
+    assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "the window did not close");
 
     let log = knock.daemon_log();
-    assert!(
-        log.contains("door opened") && log.contains("client=alice"),
-        "{log}"
-    );
-    assert!(
-        log.contains("knock reset") && log.contains("knock timed out"),
-        "{log}"
-    );
+    assert!(log.contains("door opened") && log.contains("client=alice"), "{log}");
+    assert!(log.contains("knock reset") && log.contains("knock timed out"), "{log}");
     let counters = &knock.status()["counters"];
     // 4 reversed + 4 around the extra port + 4 slow + 4 right.
-    assert!(
-        counters["dropped_knock"].as_u64().unwrap() >= 16,
-        "{counters}"
-    );
+    assert!(counters["dropped_knock"].as_u64().unwrap() >= 16, "{counters}");
 }
 
 fn knock_cli(lab: &Lab, profile: &Path, extra: &[&str]) -> std::process::Output {
@@ -187,31 +137,15 @@ fn udp_and_ipv6_clients() {
     let seq = sequence(&lab, &udp, None);
     assert!(seq.iter().all(|k| k.udp) && seq.len() == 6, "{seq:?}");
     let out = knock_cli(&lab, &udp, &["--check", &SERVICE.to_string()]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 
     // Over IPv6, with the server given as [addr].
     assert!(!lab.tcp_exchange(CLIENT_V6, SERVER_V6, SERVICE));
     let host = format!("[{SERVER_V6}]");
     let profile = tcp.display().to_string();
-    let out = lab.client_cli(&[
-        "knock",
-        &host,
-        "--profile",
-        &profile,
-        "--check",
-        &SERVICE.to_string(),
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out =
+        lab.client_cli(&["knock", &host, "--profile", &profile, "--check", &SERVICE.to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(lab.tcp_exchange(CLIENT_V6, SERVER_V6, SERVICE));
 }
 
@@ -226,38 +160,19 @@ fn knockd_knock_client_opens_a_static_door() {
     assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE));
 
     // knockd's client, unchanged: `knock HOST PORT[:PROTO]...`.
-    let out = lab.client_run(
-        "knock",
-        &["-d", "50", SERVER_V4, "7000", "8000:udp", "9000"],
-    );
-    assert!(
-        out.status.success(),
-        "knock: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = lab.client_run("knock", &["-d", "50", SERVER_V4, "7000", "8000:udp", "9000"]);
+    assert!(out.status.success(), "knock: {}", String::from_utf8_lossy(&out.stderr));
     assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE));
     // Static sequences do not rotate, so they are not single use.
-    let out = lab.client_run(
-        "knock",
-        &["-d", "50", SERVER_V4, "7000", "8000:udp", "9000"],
-    );
+    let out = lab.client_run("knock", &["-d", "50", SERVER_V4, "7000", "8000:udp", "9000"]);
     assert!(out.status.success());
     lab.send_knocks(
         CLIENT2_V4,
         SERVER_V4,
         &[
-            Knock {
-                port: 7000,
-                udp: false,
-            },
-            Knock {
-                port: 8000,
-                udp: true,
-            },
-            Knock {
-                port: 9000,
-                udp: false,
-            },
+            Knock { port: 7000, udp: false },
+            Knock { port: 8000, udp: true },
+            Knock { port: 9000, udp: false },
         ],
         GAP,
     );
@@ -287,10 +202,7 @@ fn neighbouring_slots_open_and_distant_ones_do_not() {
     let slot_secs = 60;
     let profile = knock.add_client("skewed", &["--slot", "60s"]);
     away_from_slot_boundary(slot_secs, Duration::from_secs(30));
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let slot = now / slot_secs;
     let middle_of = |offset: i64| {
         UNIX_EPOCH
@@ -325,19 +237,12 @@ fn a_replayed_sequence_fails_from_another_source() {
 
     // An eavesdropper replays the captured knocks from its own address.
     lab.send_knocks(CLIENT2_V4, SERVER_V4, &seq, GAP);
-    assert!(
-        !lab.tcp_exchange(CLIENT2_V4, SERVER_V4, SERVICE),
-        "the replay opened the door"
-    );
+    assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, SERVICE), "the replay opened the door");
     let deadline = Instant::now() + Duration::from_secs(3);
     while !knock.daemon_log().contains("replayed sequence refused") && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(50));
     }
-    assert!(
-        knock.daemon_log().contains("replayed sequence refused"),
-        "{}",
-        knock.daemon_log()
-    );
+    assert!(knock.daemon_log().contains("replayed sequence refused"), "{}", knock.daemon_log());
 }
 
 #[test]
@@ -365,15 +270,10 @@ fn two_clients_sharing_ports_knock_at_once() {
     // Each source is credited to its own client, unless its sequence happens
     // to equal one the other client has installed for another slot (from 6
     // ports, about one run in a hundred): identical knocks cannot be told apart.
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
     let slot_time = |offset: i64| UNIX_EPOCH + Duration::from_secs((now + offset * 60) as u64);
     let installed = |profile: &Path| -> Vec<Vec<Knock>> {
-        (-1..=2)
-            .map(|offset| sequence(&lab, profile, Some(slot_time(offset))))
-            .collect()
+        (-1..=2).map(|offset| sequence(&lab, profile, Some(slot_time(offset)))).collect()
     };
     let ambiguous = installed(&a).contains(&seq_b) || installed(&b).contains(&seq_a);
     let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
@@ -405,13 +305,7 @@ fn spraying_every_port_in_order_never_opens_the_door() {
     for _ in 0..3 {
         lab.spray_syns(CLIENT_V4, SERVER_V4);
     }
-    assert!(
-        !lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE),
-        "spraying opened the door"
-    );
+    assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "spraying opened the door");
     let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
-    assert!(
-        listing["allowed"].as_array().unwrap().is_empty(),
-        "{listing}"
-    );
+    assert!(listing["allowed"].as_array().unwrap().is_empty(), "{listing}");
 }

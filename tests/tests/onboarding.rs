@@ -40,20 +40,14 @@ fn knock_with(lab: &Lab, args: &[&str]) -> (bool, String) {
     all.extend_from_slice(args);
     all.extend_from_slice(&["--check", "8022"]);
     let out = lab.client_cli(&all);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code() == Some(0), text)
 }
 
 /// Waits until at least `needed` is left in the current 30 s step.
 fn away_from_step_boundary(needed: u64) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let left = 30 - now % 30;
     if left < needed {
         thread::sleep(Duration::from_secs(left) + Duration::from_millis(300));
@@ -71,14 +65,8 @@ fn oathtool(base32: &str, at: Option<SystemTime>) -> String {
                 .replace('Z', " UTC"),
         );
     }
-    let out = cmd
-        .output()
-        .expect("oathtool (Debian package oathtool) must be installed");
-    assert!(
-        out.status.success(),
-        "oathtool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cmd.output().expect("oathtool (Debian package oathtool) must be installed");
+    assert!(out.status.success(), "oathtool: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -103,18 +91,9 @@ fn an_authenticator_code_and_pin_open_the_door() {
         "--profile-out",
         profile.to_str().unwrap(),
     ]);
-    let otpauth = out
-        .lines()
-        .find(|l| l.starts_with("otpauth://totp/knock-xdp:phone?"))
-        .expect(&out);
-    let base32 = otpauth
-        .split("secret=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap()
-        .to_owned();
+    let otpauth =
+        out.lines().find(|l| l.starts_with("otpauth://totp/knock-xdp:phone?")).expect(&out);
+    let base32 = otpauth.split("secret=").nth(1).unwrap().split('&').next().unwrap().to_owned();
     let text = fs::read_to_string(&profile).unwrap();
     assert!(
         text.contains("mode = \"totp\"") && !text.lines().any(|l| l.contains("secret =")),
@@ -127,14 +106,7 @@ fn an_authenticator_code_and_pin_open_the_door() {
     let code = oathtool(&base32, None);
     let (opened, out) = knock_with(
         &lab,
-        &[
-            "--profile",
-            profile_arg,
-            "--code",
-            &code,
-            "--pin-file",
-            wrong_pin.to_str().unwrap(),
-        ],
+        &["--profile", profile_arg, "--code", &code, "--pin-file", wrong_pin.to_str().unwrap()],
     );
     assert!(!opened, "a wrong PIN opened the door: {out}");
     // An old code (three steps ago) with the right PIN does not open.
@@ -142,28 +114,14 @@ fn an_authenticator_code_and_pin_open_the_door() {
     if old != code {
         let (opened, out) = knock_with(
             &lab,
-            &[
-                "--profile",
-                profile_arg,
-                "--code",
-                &old,
-                "--pin-file",
-                pin.to_str().unwrap(),
-            ],
+            &["--profile", profile_arg, "--code", &old, "--pin-file", pin.to_str().unwrap()],
         );
         assert!(!opened, "an old code opened the door: {out}");
     }
     // oathtool's code for now and the right PIN open it.
     let (opened, out) = knock_with(
         &lab,
-        &[
-            "--profile",
-            profile_arg,
-            "--code",
-            &code,
-            "--pin-file",
-            pin.to_str().unwrap(),
-        ],
+        &["--profile", profile_arg, "--code", &code, "--pin-file", pin.to_str().unwrap()],
     );
     assert!(opened, "{out}\n{}", knock.daemon_log());
     // Single use, as for every client: the same code and PIN again from a
@@ -171,14 +129,7 @@ fn an_authenticator_code_and_pin_open_the_door() {
     knock.ok(&["revoke", CLIENT_V4]);
     let (opened, _) = knock_with(
         &lab,
-        &[
-            "--profile",
-            profile_arg,
-            "--code",
-            &code,
-            "--pin-file",
-            pin.to_str().unwrap(),
-        ],
+        &["--profile", profile_arg, "--code", &code, "--pin-file", pin.to_str().unwrap()],
     );
     assert!(!opened, "a used code opened the door again");
     for f in [pin, wrong_pin, profile] {
@@ -196,11 +147,7 @@ fn a_profile_uri_alone_knocks_and_the_qr_code_decodes_to_it() {
     let hidden = knock.ok(&["client", "show", "laptop"]);
     assert!(!hidden.contains("secret="), "{hidden}");
     let shown = knock.ok(&["client", "show", "laptop", "--reveal", "--qr"]);
-    let uri = shown
-        .lines()
-        .find(|l| l.starts_with("knock-xdp:profile?"))
-        .expect(&shown)
-        .to_owned();
+    let uri = shown.lines().find(|l| l.starts_with("knock-xdp:profile?")).expect(&shown).to_owned();
     assert!(uri.contains("secret="), "{uri}");
 
     // The QR code printed in the terminal decodes (with zbarimg) to the URI.
@@ -224,12 +171,7 @@ fn a_profile_uri_alone_knocks_and_the_qr_code_decodes_to_it() {
         &["knock", SERVER_V4, "--check", &SERVICE.to_string()],
         &[("KNOCK_XDP_PROFILE", &uri)],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Turns the terminal QR code (Dense1x2, drawn for light text on a dark
@@ -274,39 +216,20 @@ fn a_passphrase_client_knocks_and_a_wrong_passphrase_does_not() {
     let (lab, knock) = setup();
     let passphrase = secret_file(&knock, "pass", "correct horse battery staple\n");
     let wrong = secret_file(&knock, "wrong", "correct horse battery stable\n");
-    let profile = knock.add_client(
-        "walker",
-        &[
-            "--passphrase-file",
-            passphrase.to_str().unwrap(),
-            "--cost",
-            COST,
-        ],
-    );
+    let profile = knock
+        .add_client("walker", &["--passphrase-file", passphrase.to_str().unwrap(), "--cost", COST]);
     let text = fs::read_to_string(&profile).unwrap();
     assert!(
         text.contains("mode = \"passphrase\"") && !text.lines().any(|l| l.contains("secret =")),
         "{text}"
     );
     let profile = profile.to_str().unwrap();
-    let (opened, _) = knock_with(
-        &lab,
-        &[
-            "--profile",
-            profile,
-            "--passphrase-file",
-            wrong.to_str().unwrap(),
-        ],
-    );
+    let (opened, _) =
+        knock_with(&lab, &["--profile", profile, "--passphrase-file", wrong.to_str().unwrap()]);
     assert!(!opened, "a wrong passphrase opened the door");
     let (opened, out) = knock_with(
         &lab,
-        &[
-            "--profile",
-            profile,
-            "--passphrase-file",
-            passphrase.to_str().unwrap(),
-        ],
+        &["--profile", profile, "--passphrase-file", passphrase.to_str().unwrap()],
     );
     assert!(opened, "{out}");
     // Without a passphrase and no terminal to ask on: one clear error.
@@ -335,18 +258,13 @@ fn removing_a_client_ends_its_connections_and_knocks_and_the_log_shows_it_all() 
     let (_, _) = knock_with(&lab, &["--profile", profile]);
     let out = knock.ok(&["client", "remove", "temp"]);
     assert!(out.contains("revoked 10.201.0.2"), "{out}");
-    assert!(
-        !session.exchange(),
-        "the client's connection survived its removal"
-    );
+    assert!(!session.exchange(), "the client's connection survived its removal");
     let (opened, _) = knock_with(&lab, &["--profile", profile]);
     assert!(!opened, "a removed client's knock opened the door");
 
     let log = knock.ok(&["log", "--json", "--client", "temp"]);
-    let records: Vec<serde_json::Value> = log
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let opened: Vec<_> = records.iter().filter(|r| r["event"] == "opened").collect();
     assert_eq!(opened.len(), 1, "{log}");
     assert_eq!(opened[0]["source"], CLIENT_V4);
@@ -354,8 +272,5 @@ fn removing_a_client_ends_its_connections_and_knocks_and_the_log_shows_it_all() 
     assert!(opened[0]["slot"].as_u64().is_some());
     assert!(records.iter().any(|r| r["event"] == "replay"), "{log}");
     let human = knock.ok(&["log"]);
-    assert!(
-        human.contains("opened") && human.contains("temp"),
-        "{human}"
-    );
+    assert!(human.contains("opened") && human.contains("temp"), "{human}");
 }

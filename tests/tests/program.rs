@@ -51,33 +51,20 @@ impl Harness {
         let mut ebpf = loader::load().expect("load the XDP program");
         let mut tables = Tables::take(&mut ebpf).expect("maps");
         let protected = [
-            ProtoPort {
-                port: PROTECTED_TCP,
-                proto: knock_userspace::ports::Proto::Tcp,
-            },
-            ProtoPort {
-                port: PROTECTED_UDP,
-                proto: knock_userspace::ports::Proto::Udp,
-            },
+            ProtoPort { port: PROTECTED_TCP, proto: knock_userspace::ports::Proto::Tcp },
+            ProtoPort { port: PROTECTED_UDP, proto: knock_userspace::ports::Proto::Udp },
         ]
         .into();
-        tables
-            .set_protected(&Default::default(), &protected)
-            .unwrap();
+        tables.set_protected(&Default::default(), &protected).unwrap();
         // No idle time: flows never outlive their packet, so every frame of
         // the tables below is judged on its own (flows have their own test).
         tables.set_config(config(0, 1)).unwrap();
         let later = clock::boot_ns() + 3_600_000_000_000;
         let earlier = clock::boot_ns() - 1;
-        for (addr, deadline) in [
-            (ALLOWED_V4, later),
-            (ALLOWED_V6, later),
-            (EXPIRED_V4, earlier),
-            (EXPIRED_V6, earlier),
-        ] {
-            tables
-                .allow(addr.parse().unwrap(), deadline, allow_origin::MANUAL)
-                .unwrap();
+        for (addr, deadline) in
+            [(ALLOWED_V4, later), (ALLOWED_V6, later), (EXPIRED_V4, earlier), (EXPIRED_V6, earlier)]
+        {
+            tables.allow(addr.parse().unwrap(), deadline, allow_origin::MANUAL).unwrap();
         }
         Self { ebpf, tables }
     }
@@ -87,10 +74,7 @@ impl Harness {
         let before = self.tables.counters().unwrap();
         let result = loader::xdp(&mut self.ebpf)
             .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ..Default::default()
-            })
+            .test_run(TestRunOptions { data_in: Some(frame), ..Default::default() })
             .expect("BPF_PROG_TEST_RUN");
         let after = self.tables.counters().unwrap();
         let moved: Vec<Counter> = before
@@ -103,11 +87,7 @@ impl Harness {
                 *c
             })
             .collect();
-        assert_eq!(
-            moved.len(),
-            1,
-            "exactly one counter must move, got {moved:?}"
-        );
+        assert_eq!(moved.len(), 1, "exactly one counter must move, got {moved:?}");
         (result.return_value, moved[0])
     }
 
@@ -139,58 +119,26 @@ type Shape = (&'static str, fn(Frame) -> Frame);
 fn v4_shapes() -> Vec<Shape> {
     vec![
         ("ipv4", |f| f),
-        ("ipv4+options(4 words)", |f| Frame {
-            ipv4_option_words: 4,
-            ..f
-        }),
-        ("ipv4+options(max 10 words)", |f| Frame {
-            ipv4_option_words: 10,
-            ..f
-        }),
-        ("vlan/ipv4", |f| Frame {
-            vlans: vec![100],
-            ..f
-        }),
-        ("qinq/ipv4", |f| Frame {
-            vlans: vec![10, 20],
-            ..f
-        }),
-        ("qinq/ipv4+options", |f| Frame {
-            vlans: vec![10, 20],
-            ipv4_option_words: 3,
-            ..f
-        }),
+        ("ipv4+options(4 words)", |f| Frame { ipv4_option_words: 4, ..f }),
+        ("ipv4+options(max 10 words)", |f| Frame { ipv4_option_words: 10, ..f }),
+        ("vlan/ipv4", |f| Frame { vlans: vec![100], ..f }),
+        ("qinq/ipv4", |f| Frame { vlans: vec![10, 20], ..f }),
+        ("qinq/ipv4+options", |f| Frame { vlans: vec![10, 20], ipv4_option_words: 3, ..f }),
     ]
 }
 
 fn v6_shapes() -> Vec<Shape> {
     vec![
         ("ipv6", |f| f),
-        ("ipv6+hop", |f| Frame {
-            ipv6_ext: vec![Ext::HopByHop],
-            ..f
-        }),
+        ("ipv6+hop", |f| Frame { ipv6_ext: vec![Ext::HopByHop], ..f }),
         ("ipv6+hop+routing+dst", |f| Frame {
             ipv6_ext: vec![Ext::HopByHop, Ext::Routing, Ext::DestOptions],
             ..f
         }),
-        ("ipv6+first-fragment", |f| Frame {
-            ipv6_ext: vec![Ext::Fragment { offset: 0 }],
-            ..f
-        }),
-        ("ipv6+8 ext headers (the limit)", |f| Frame {
-            ipv6_ext: vec![Ext::DestOptions; 8],
-            ..f
-        }),
-        ("vlan/ipv6", |f| Frame {
-            vlans: vec![7],
-            ..f
-        }),
-        ("qinq/ipv6+hop", |f| Frame {
-            vlans: vec![1, 2],
-            ipv6_ext: vec![Ext::HopByHop],
-            ..f
-        }),
+        ("ipv6+first-fragment", |f| Frame { ipv6_ext: vec![Ext::Fragment { offset: 0 }], ..f }),
+        ("ipv6+8 ext headers (the limit)", |f| Frame { ipv6_ext: vec![Ext::DestOptions; 8], ..f }),
+        ("vlan/ipv6", |f| Frame { vlans: vec![7], ..f }),
+        ("qinq/ipv6+hop", |f| Frame { vlans: vec![1, 2], ipv6_ext: vec![Ext::HopByHop], ..f }),
     ]
 }
 
@@ -221,11 +169,9 @@ fn verdicts_for_every_shape_port_and_source() {
     for (shapes, server, allowed, expired, stranger) in families {
         for (shape, wrap) in shapes {
             for (l4, protected) in [(L4::Tcp, PROTECTED_TCP), (L4::Udp, PROTECTED_UDP)] {
-                for (source_name, source) in [
-                    ("allowed", allowed),
-                    ("expired", expired),
-                    ("stranger", stranger),
-                ] {
+                for (source_name, source) in
+                    [("allowed", allowed), ("expired", expired), ("stranger", stranger)]
+                {
                     let frame = |port| wrap(Frame::new(ip(source), ip(server), l4, port)).build();
                     let name = format!("{shape} {l4:?} from {source_name}");
                     h.expect(
@@ -273,27 +219,10 @@ fn unrelated_traffic_passes() {
         return;
     }
     let mut h = Harness::new();
-    let v4 = |s: &str| {
-        ip(s)
-            .to_string()
-            .parse::<std::net::Ipv4Addr>()
-            .unwrap()
-            .octets()
-    };
-    let v6 = |s: &str| {
-        ip(s)
-            .to_string()
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets()
-    };
+    let v4 = |s: &str| ip(s).to_string().parse::<std::net::Ipv4Addr>().unwrap().octets();
+    let v6 = |s: &str| ip(s).to_string().parse::<std::net::Ipv6Addr>().unwrap().octets();
     h.expect("arp", &frames::arp(), XDP_PASS, Counter::Passed);
-    h.expect(
-        "icmp",
-        &frames::icmp_echo(v4(STRANGER_V4), v4(SERVER_V4)),
-        XDP_PASS,
-        Counter::Passed,
-    );
+    h.expect("icmp", &frames::icmp_echo(v4(STRANGER_V4), v4(SERVER_V4)), XDP_PASS, Counter::Passed);
     h.expect(
         "icmpv6",
         &frames::icmpv6_echo(v6(STRANGER_V6), v6(SERVER_V6)),
@@ -317,32 +246,14 @@ fn later_fragments_pass_and_first_fragments_are_judged() {
         ipv4_frag_offset: 185,
         ..Frame::new(ip(STRANGER_V4), ip(SERVER_V4), L4::Tcp, PROTECTED_TCP)
     };
-    h.expect(
-        "ipv4 later fragment",
-        &later_v4.build(),
-        XDP_PASS,
-        Counter::Passed,
-    );
-    let first_v4 = Frame {
-        ipv4_frag_offset: 0x2000,
-        ..later_v4.clone()
-    }; // MF set, offset 0
-    h.expect(
-        "ipv4 first fragment",
-        &first_v4.build(),
-        XDP_DROP,
-        Counter::DroppedProtected,
-    );
+    h.expect("ipv4 later fragment", &later_v4.build(), XDP_PASS, Counter::Passed);
+    let first_v4 = Frame { ipv4_frag_offset: 0x2000, ..later_v4.clone() }; // MF set, offset 0
+    h.expect("ipv4 first fragment", &first_v4.build(), XDP_DROP, Counter::DroppedProtected);
     let later_v6 = Frame {
         ipv6_ext: vec![Ext::Fragment { offset: 185 }],
         ..Frame::new(ip(STRANGER_V6), ip(SERVER_V6), L4::Udp, PROTECTED_UDP)
     };
-    h.expect(
-        "ipv6 later fragment",
-        &later_v6.build(),
-        XDP_PASS,
-        Counter::Passed,
-    );
+    h.expect("ipv6 later fragment", &later_v6.build(), XDP_PASS, Counter::Passed);
 }
 
 #[test]
@@ -352,10 +263,7 @@ fn truncated_frames_that_could_reach_a_protected_port_drop() {
     }
     let mut h = Harness::new();
     let shapes: Vec<(String, Frame)> = [
-        (
-            "ipv4 tcp",
-            Frame::new(ip(STRANGER_V4), ip(SERVER_V4), L4::Tcp, PROTECTED_TCP),
-        ),
+        ("ipv4 tcp", Frame::new(ip(STRANGER_V4), ip(SERVER_V4), L4::Tcp, PROTECTED_TCP)),
         (
             "ipv4+options udp",
             Frame {
@@ -370,10 +278,7 @@ fn truncated_frames_that_could_reach_a_protected_port_drop() {
                 ..Frame::new(ip(STRANGER_V4), ip(SERVER_V4), L4::Tcp, OPEN_PORT)
             },
         ),
-        (
-            "ipv6 tcp",
-            Frame::new(ip(STRANGER_V6), ip(SERVER_V6), L4::Tcp, PROTECTED_TCP),
-        ),
+        ("ipv6 tcp", Frame::new(ip(STRANGER_V6), ip(SERVER_V6), L4::Tcp, PROTECTED_TCP)),
         (
             "ipv6+hop+frag udp",
             Frame {
@@ -405,11 +310,7 @@ fn truncated_frames_that_could_reach_a_protected_port_drop() {
         let (verdict, _) = h.run(&bytes);
         assert_eq!(
             verdict,
-            if name.starts_with("qinq") {
-                XDP_PASS
-            } else {
-                XDP_DROP
-            },
+            if name.starts_with("qinq") { XDP_PASS } else { XDP_DROP },
             "{name} whole"
         );
     }
@@ -427,63 +328,30 @@ fn headers_that_cannot_be_followed_drop() {
     for ihl in [0u8, 4] {
         let mut f = base.clone();
         f[14] = 0x40 | ihl;
-        h.expect(
-            &format!("ihl {ihl}"),
-            &f,
-            XDP_DROP,
-            Counter::DroppedMalformed,
-        );
+        h.expect(&format!("ihl {ihl}"), &f, XDP_DROP, Counter::DroppedMalformed);
     }
     let mut past_end = base.clone();
     past_end[14] = 0x4f; // 60-byte header in a frame whose IP part is 40 bytes
-    h.expect(
-        "ihl past the end",
-        &past_end,
-        XDP_DROP,
-        Counter::DroppedMalformed,
-    );
+    h.expect("ihl past the end", &past_end, XDP_DROP, Counter::DroppedMalformed);
     let mut wrong_version = base.clone();
     wrong_version[14] = 0x65;
-    h.expect(
-        "ipv4 ethertype, version 6",
-        &wrong_version,
-        XDP_DROP,
-        Counter::DroppedMalformed,
-    );
+    h.expect("ipv4 ethertype, version 6", &wrong_version, XDP_DROP, Counter::DroppedMalformed);
 
     // Three VLAN tags: deeper than we follow.
     let three = Frame {
         vlans: vec![1, 2, 3],
         ..Frame::new(ip(STRANGER_V4), ip(SERVER_V4), L4::Tcp, OPEN_PORT)
     };
-    h.expect(
-        "three vlan tags",
-        &three.build(),
-        XDP_DROP,
-        Counter::DroppedMalformed,
-    );
+    h.expect("three vlan tags", &three.build(), XDP_DROP, Counter::DroppedMalformed);
 
     // One extension header past the walk limit, even to an open port.
     let nine = Frame {
         ipv6_ext: vec![Ext::DestOptions; 9],
         ..Frame::new(ip(STRANGER_V6), ip(SERVER_V6), L4::Tcp, OPEN_PORT)
     };
-    h.expect(
-        "ipv6 with 9 extension headers",
-        &nine.build(),
-        XDP_DROP,
-        Counter::DroppedMalformed,
-    );
-    let eight = Frame {
-        ipv6_ext: vec![Ext::DestOptions; 8],
-        ..nine
-    };
-    h.expect(
-        "ipv6 with 8 extension headers",
-        &eight.build(),
-        XDP_PASS,
-        Counter::Passed,
-    );
+    h.expect("ipv6 with 9 extension headers", &nine.build(), XDP_DROP, Counter::DroppedMalformed);
+    let eight = Frame { ipv6_ext: vec![Ext::DestOptions; 8], ..nine };
+    h.expect("ipv6 with 8 extension headers", &eight.build(), XDP_PASS, Counter::Passed);
 }
 
 /// Installs `ports` (TCP) as the only sequence, index 5 of client 42, valid now.
@@ -494,16 +362,7 @@ fn install_sequence(h: &mut Harness, ports: &[u16]) {
         if step == ports.len() - 1 {
             set_bit(&mut entry.finishes, 5);
         }
-        h.tables
-            .set_step(
-                StepKey {
-                    port,
-                    proto: PROTO_TCP,
-                    step: step as u8,
-                },
-                entry,
-            )
-            .unwrap();
+        h.tables.set_step(StepKey { port, proto: PROTO_TCP, step: step as u8 }, entry).unwrap();
     }
     let now = clock::boot_ns();
     let info = SequenceInfo {
@@ -516,14 +375,9 @@ fn install_sequence(h: &mut Harness, ports: &[u16]) {
     h.tables.set_sequence(5, info).unwrap();
     let knock_ports = ports
         .iter()
-        .map(|&port| ProtoPort {
-            port,
-            proto: knock_userspace::ports::Proto::Tcp,
-        })
+        .map(|&port| ProtoPort { port, proto: knock_userspace::ports::Proto::Tcp })
         .collect();
-    h.tables
-        .set_knock_ports(&Default::default(), &knock_ports)
-        .unwrap();
+    h.tables.set_knock_ports(&Default::default(), &knock_ports).unwrap();
 }
 
 #[test]
@@ -574,11 +428,8 @@ fn a_knock_through_the_program_opens_the_door_once() {
                 Counter::PassedAllowed,
             );
             let admitted = h.tables.allowed().unwrap();
-            let entry = admitted
-                .iter()
-                .find(|(k, _)| k.ip() == Some(ip(knocker)))
-                .expect("admitted")
-                .1;
+            let entry =
+                admitted.iter().find(|(k, _)| k.ip() == Some(ip(knocker))).expect("admitted").1;
             assert_eq!((entry.origin, entry.client), (allow_origin::KNOCK, 42));
         } else {
             // Single use: the same (client, slot) opened the door over IPv4 already.
@@ -607,51 +458,21 @@ fn flows_and_always_allowed_networks_through_the_program() {
         return;
     }
     let mut h = Harness::new();
-    h.tables
-        .set_config(config(60_000_000_000, 50_000_000))
-        .unwrap();
+    h.tables.set_config(config(60_000_000_000, 50_000_000)).unwrap();
     let frame = |src: &str, sport: u16, flags: u8| {
-        Frame {
-            tcp_flags: flags,
-            ..Frame::new(ip(src), ip(SERVER_V4), L4::Tcp, PROTECTED_TCP)
-        }
-        .build_with_sport(sport)
+        Frame { tcp_flags: flags, ..Frame::new(ip(src), ip(SERVER_V4), L4::Tcp, PROTECTED_TCP) }
+            .build_with_sport(sport)
     };
     const SYN: u8 = 0x02;
     const ACK: u8 = 0x10;
     const FIN_ACK: u8 = 0x11;
-    h.expect(
-        "allowed SYN",
-        &frame(ALLOWED_V4, 41000, SYN),
-        XDP_PASS,
-        Counter::PassedAllowed,
-    );
+    h.expect("allowed SYN", &frame(ALLOWED_V4, 41000, SYN), XDP_PASS, Counter::PassedAllowed);
     // The allow entry goes; the connection does not.
     assert!(h.tables.revoke(ip(ALLOWED_V4)).unwrap());
-    h.expect(
-        "ACK on the flow",
-        &frame(ALLOWED_V4, 41000, ACK),
-        XDP_PASS,
-        Counter::PassedFlow,
-    );
-    h.expect(
-        "new connection",
-        &frame(ALLOWED_V4, 41001, SYN),
-        XDP_DROP,
-        Counter::DroppedProtected,
-    );
-    h.expect(
-        "client FIN",
-        &frame(ALLOWED_V4, 41000, FIN_ACK),
-        XDP_PASS,
-        Counter::PassedFlow,
-    );
-    h.expect(
-        "last ACK",
-        &frame(ALLOWED_V4, 41000, ACK),
-        XDP_PASS,
-        Counter::PassedFlow,
-    );
+    h.expect("ACK on the flow", &frame(ALLOWED_V4, 41000, ACK), XDP_PASS, Counter::PassedFlow);
+    h.expect("new connection", &frame(ALLOWED_V4, 41001, SYN), XDP_DROP, Counter::DroppedProtected);
+    h.expect("client FIN", &frame(ALLOWED_V4, 41000, FIN_ACK), XDP_PASS, Counter::PassedFlow);
+    h.expect("last ACK", &frame(ALLOWED_V4, 41000, ACK), XDP_PASS, Counter::PassedFlow);
     std::thread::sleep(std::time::Duration::from_millis(60));
     h.expect(
         "after the close grace",
@@ -661,14 +482,8 @@ fn flows_and_always_allowed_networks_through_the_program() {
     );
 
     // Always-allowed networks, by longest prefix and per family.
-    let nets = [
-        "192.0.2.0/28".parse().unwrap(),
-        "2001:db8::/126".parse().unwrap(),
-    ]
-    .into();
-    h.tables
-        .set_allowed_nets(&Default::default(), &nets)
-        .unwrap();
+    let nets = ["192.0.2.0/28".parse().unwrap(), "2001:db8::/126".parse().unwrap()].into();
+    h.tables.set_allowed_nets(&Default::default(), &nets).unwrap();
     h.expect(
         "in the v4 network",
         &frame(STRANGER_V4, 42000, SYN),
@@ -676,35 +491,13 @@ fn flows_and_always_allowed_networks_through_the_program() {
         Counter::PassedNetwork,
     );
     let outside = Frame::new(ip("192.0.2.200"), ip(SERVER_V4), L4::Tcp, PROTECTED_TCP).build();
-    h.expect(
-        "outside the v4 network",
-        &outside,
-        XDP_DROP,
-        Counter::DroppedProtected,
-    );
+    h.expect("outside the v4 network", &outside, XDP_DROP, Counter::DroppedProtected);
     let v6 = |src: &str| Frame::new(ip(src), ip(SERVER_V6), L4::Tcp, PROTECTED_TCP).build();
-    h.expect(
-        "in the v6 network",
-        &v6("2001:db8::2"),
-        XDP_PASS,
-        Counter::PassedNetwork,
-    );
-    h.expect(
-        "outside the v6 network",
-        &v6(STRANGER_V6),
-        XDP_DROP,
-        Counter::DroppedProtected,
-    );
+    h.expect("in the v6 network", &v6("2001:db8::2"), XDP_PASS, Counter::PassedNetwork);
+    h.expect("outside the v6 network", &v6(STRANGER_V6), XDP_DROP, Counter::DroppedProtected);
     let mapped = "::ffff:192.0.2.1";
-    h.expect(
-        "v4-mapped v6 source",
-        &v6(mapped),
-        XDP_DROP,
-        Counter::DroppedProtected,
-    );
-    h.tables
-        .set_allowed_nets(&nets, &Default::default())
-        .unwrap();
+    h.expect("v4-mapped v6 source", &v6(mapped), XDP_DROP, Counter::DroppedProtected);
+    h.tables.set_allowed_nets(&nets, &Default::default()).unwrap();
     h.expect(
         "after revoking the network",
         &frame(STRANGER_V4, 42001, SYN),

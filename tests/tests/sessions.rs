@@ -26,11 +26,7 @@ fn daemon(lab: &Lab, extra: &[&str]) -> Instance {
     let mut args = vec![lab.server_if.as_str()];
     args.extend_from_slice(extra);
     knock.attach(&args);
-    knock.ok(&[
-        "protect",
-        &format!("{TCP_PORT}/tcp"),
-        &format!("{UDP_PORT}/udp"),
-    ]);
+    knock.ok(&["protect", &format!("{TCP_PORT}/tcp"), &format!("{UDP_PORT}/udp")]);
     knock
 }
 
@@ -48,9 +44,7 @@ fn connections_outlive_the_open_window_over_tcp_udp_ipv4_and_ipv6() {
     let knock = daemon(&lab, &[]);
     for (client, server) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
         knock.ok(&["allow", client, "--for", "2s"]);
-        let mut tcp = lab
-            .tcp_session(client, server, TCP_PORT)
-            .expect("connect while allowed");
+        let mut tcp = lab.tcp_session(client, server, TCP_PORT).expect("connect while allowed");
         let udp = lab.udp_session(client, server, UDP_PORT);
         assert!(tcp.exchange() && udp.exchange(), "{client}: first exchange");
         // Keep talking for twice the window.
@@ -64,10 +58,7 @@ fn connections_outlive_the_open_window_over_tcp_udp_ipv4_and_ipv6() {
             lab.tcp_session(client, server, TCP_PORT).is_none(),
             "{client}: new tcp connection"
         );
-        assert!(
-            !lab.udp_session(client, server, UDP_PORT).exchange(),
-            "{client}: new udp flow"
-        );
+        assert!(!lab.udp_session(client, server, UDP_PORT).exchange(), "{client}: new udp flow");
         // The old ones still work.
         assert!(tcp.exchange() && udp.exchange(), "{client}: after refusals");
     }
@@ -79,12 +70,7 @@ fn connections_outlive_the_open_window_over_tcp_udp_ipv4_and_ipv6() {
             .any(|f| f["proto"] == "udp" && f["port"] == UDP_PORT && f["source"] == CLIENT_V6)
     );
     // The IPv4 flows last spoke before the IPv6 round began.
-    assert!(
-        flows
-            .iter()
-            .all(|f| f["idle_ms"].as_u64().unwrap() < 15_000),
-        "{flows:?}"
-    );
+    assert!(flows.iter().all(|f| f["idle_ms"].as_u64().unwrap() < 15_000), "{flows:?}");
 }
 
 #[test]
@@ -122,19 +108,9 @@ fn a_connection_established_before_protect_survives_it() {
 
     knock.ok(&["protect", &format!("{TCP_PORT}/tcp")]);
     assert!(session.exchange(), "protect cut the established session");
-    assert!(
-        v6_session.exchange(),
-        "protect cut the established IPv6 session"
-    );
-    assert!(
-        lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).is_none(),
-        "a new connection got in"
-    );
-    assert!(
-        knock
-            .daemon_log()
-            .contains("established connection kept open")
-    );
+    assert!(v6_session.exchange(), "protect cut the established IPv6 session");
+    assert!(lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).is_none(), "a new connection got in");
+    assert!(knock.daemon_log().contains("established connection kept open"));
 
     // A daemon starting with the port protected keeps them too.
     knock.ok(&["detach"]);
@@ -161,10 +137,7 @@ fn always_allowed_networks_need_no_knock_until_revoked() {
     assert!(lab.tcp_session(CLIENT2_V4, SERVER_V4, TCP_PORT).is_none());
 
     let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
-    assert_eq!(
-        listing["permanent"],
-        serde_json::json!(["10.201.0.2/32", "fd00:201::/64"])
-    );
+    assert_eq!(listing["permanent"], serde_json::json!(["10.201.0.2/32", "fd00:201::/64"]));
     assert!(
         listing["allowed"].as_array().unwrap().is_empty(),
         "permanent networks are listed apart"
@@ -174,10 +147,7 @@ fn always_allowed_networks_need_no_knock_until_revoked() {
     knock.ok(&["detach"]);
     knock.wait_daemon();
     knock.attach(&[&lab.server_if]);
-    assert!(
-        lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).is_some(),
-        "lost across a restart"
-    );
+    assert!(lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).is_some(), "lost across a restart");
 
     knock.ok(&["revoke", "10.201.0.2/32"]);
     knock.ok(&["revoke", "fd00:201::/64"]);

@@ -32,38 +32,22 @@ pub fn run(args: &Args) -> Result<()> {
 /// Builds knock-ebpf for the BPF target and returns the object's path.
 pub fn build_ebpf(release: bool) -> Result<PathBuf> {
     let mut cmd = cargo();
-    cmd.args([
-        "+nightly",
-        "build",
-        "-Z",
-        "build-std=core",
-        "--target",
-        BPF_TARGET,
-    ]);
+    cmd.args(["+nightly", "build", "-Z", "build-std=core", "--target", BPF_TARGET]);
     if release {
         cmd.arg("--release");
     }
     cmd.args(["-p", "knock-ebpf"])
         // BTF for the maps and globals; bpf-linker emits it from the debug info.
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
-        )
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf")
         // The outer cargo's compiler settings are for the host toolchain.
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER");
     run_cmd(&mut cmd)?;
 
     let profile = if release { "release" } else { "debug" };
-    let object = target_dir()
-        .join(BPF_TARGET)
-        .join(profile)
-        .join(OBJECT_NAME);
+    let object = target_dir().join(BPF_TARGET).join(profile).join(OBJECT_NAME);
     if !object.is_file() {
-        bail!(
-            "build-ebpf: cargo succeeded but {} does not exist",
-            object.display()
-        );
+        bail!("build-ebpf: cargo succeeded but {} does not exist", object.display());
     }
     Ok(object)
 }

@@ -106,9 +106,7 @@ pub fn describe(cmd: &Command) -> String {
 /// Runs a command with inherited stdio and fails unless it exits successfully.
 pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     let desc = describe(cmd);
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start `{desc}`"))?;
+    let status = cmd.status().with_context(|| format!("could not start `{desc}`"))?;
     if !status.success() {
         bail!("`{desc}` failed ({status})");
     }
@@ -119,7 +117,5 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
 /// or exited unsuccessfully, otherwise its stdout.
 pub fn output_if_ok(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -25,11 +25,7 @@ pub fn run(args: &Args) -> Result<()> {
         let ci = std::env::var("CI").is_ok_and(|v| v == "true");
         eprintln!(
             "xtask test: warning: not running as root; the privileged tests (XDP attach, network namespaces) {}",
-            if ci {
-                "will FAIL because CI=true"
-            } else {
-                "will be skipped"
-            }
+            if ci { "will FAIL because CI=true" } else { "will be skipped" }
         );
     }
 
@@ -44,10 +40,7 @@ pub fn run(args: &Args) -> Result<()> {
     let totals = run_counting(&mut cmd)?;
     // One plain closing line for the whole run; cargo's own end with the
     // last (often empty) test binary.
-    println!(
-        "xtask test: {} passed, {} failed",
-        totals.passed, totals.failed
-    );
+    println!("xtask test: {} passed, {} failed", totals.passed, totals.failed);
     if !totals.success {
         bail!("tests failed");
     }
@@ -64,15 +57,9 @@ struct Totals {
 /// `test result:` line.
 fn run_counting(cmd: &mut Command) -> Result<Totals> {
     let desc = describe(cmd);
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("could not start `{desc}`"))?;
-    let mut totals = Totals {
-        passed: 0,
-        failed: 0,
-        success: false,
-    };
+    let mut child =
+        cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("could not start `{desc}`"))?;
+    let mut totals = Totals { passed: 0, failed: 0, success: false };
     let stdout = child.stdout.take().context("no stdout")?;
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo test output")?;

@@ -86,20 +86,9 @@ pub(super) fn run(state: &StateDir, command: ClientCommand) -> Result<()> {
                         ProtoArg::Tcp => Proto::Tcp,
                         ProtoArg::Udp => Proto::Udp,
                     };
-                    let slot_secs = if totp {
-                        kdf::TOTP_STEP_SECS
-                    } else {
-                        slot.as_secs() as u32
-                    };
+                    let slot_secs = if totp { kdf::TOTP_STEP_SECS } else { slot.as_secs() as u32 };
                     let exclude = exclude.map(|PortList(ports)| ports).unwrap_or_default();
-                    Knock::Rotating {
-                        key,
-                        proto,
-                        length,
-                        slot_secs,
-                        ports,
-                        exclude,
-                    }
+                    Knock::Rotating { key, proto, length, slot_secs, ports, exclude }
                 }
             };
             // Round-trip through the file form: the same validation as a read.
@@ -127,11 +116,7 @@ pub(super) fn run(state: &StateDir, command: ClientCommand) -> Result<()> {
                 print!("{}", qr::render(&otpauth)?);
             }
             notify_daemon(state)?;
-            eprintln!(
-                "client {} added ({})",
-                client.profile.name,
-                describe(&client.profile)
-            );
+            eprintln!("client {} added ({})", client.profile.name, describe(&client.profile));
         }
         ClientCommand::List { json } => {
             let clients = store.load()?;
@@ -147,12 +132,7 @@ pub(super) fn run(state: &StateDir, command: ClientCommand) -> Result<()> {
                 }
             }
         }
-        ClientCommand::Show {
-            name,
-            reveal,
-            qr,
-            json,
-        } => {
+        ClientCommand::Show { name, reveal, qr, json } => {
             let client = store.get(&name)?;
             if qr && !reveal {
                 bail!("the QR code holds the profile's secret: add --reveal");
@@ -201,13 +181,7 @@ fn public_view(profile: &Profile) -> serde_json::Value {
 
 /// The `otpauth://` URI of an authenticator client (server side only).
 fn otpauth_uri(profile: &Profile) -> Option<String> {
-    let Knock::Rotating {
-        key: Key::Totp {
-            totp_secret: Some(secret),
-            ..
-        },
-        ..
-    } = &profile.knock
+    let Knock::Rotating { key: Key::Totp { totp_secret: Some(secret), .. }, .. } = &profile.knock
     else {
         return None;
     };
@@ -239,14 +213,7 @@ fn notify_daemon(state: &StateDir) -> Result<String> {
 
 pub(super) fn describe(profile: &Profile) -> String {
     match &profile.knock {
-        Knock::Rotating {
-            key,
-            proto,
-            length,
-            slot_secs,
-            ports,
-            ..
-        } => {
+        Knock::Rotating { key, proto, length, slot_secs, ports, .. } => {
             let proto = match proto {
                 Proto::Tcp => "tcp",
                 Proto::Udp => "udp",
@@ -275,6 +242,5 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
+    file.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
 }

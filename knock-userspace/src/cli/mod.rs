@@ -125,25 +125,14 @@ pub enum Command {
     Knock {
         /// Address or host name of the server.
         host: String,
-        /// The client profile: a file, or its URI (knock-xdp:profile?...).
-        #[arg(
-            long,
-            value_name = "FILE|URI",
-            env = "KNOCK_XDP_PROFILE",
-            hide_env_values = true
-        )]
-        profile: String,
         #[command(flatten)]
-        unlock: Unlock,
+        profile: ProfileArgs,
         /// Milliseconds between knocks.
         #[arg(long, value_name = "MS", default_value_t = 50)]
         delay: u64,
         /// Afterwards, report whether this TCP port is reachable.
         #[arg(long, value_name = "PORT", value_parser = parse_port_arg)]
         check: Option<u16>,
-        /// Knock as at this time instead of now (RFC 3339, UTC).
-        #[arg(long, value_name = "TIME", value_parser = knock::parse_time)]
-        at: Option<SystemTime>,
     },
     /// Recent door openings and refusals (replays, resets, timeouts), per client.
     Log {
@@ -158,19 +147,8 @@ pub enum Command {
     },
     /// Print a profile's current knock sequence on one line (for any knock tool).
     Sequence {
-        /// The client profile: a file, or its URI (knock-xdp:profile?...).
-        #[arg(
-            long,
-            value_name = "FILE|URI",
-            env = "KNOCK_XDP_PROFILE",
-            hide_env_values = true
-        )]
-        profile: String,
         #[command(flatten)]
-        unlock: Unlock,
-        /// The sequence at this time instead of now (RFC 3339, UTC).
-        #[arg(long, value_name = "TIME", value_parser = knock::parse_time)]
-        at: Option<SystemTime>,
+        profile: ProfileArgs,
     },
     /// Probe a TCP port: prints open, closed or filtered.
     ///
@@ -184,6 +162,19 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
         timeout: Duration,
     },
+}
+
+/// The profile to knock with, what unlocks it, and the time to knock as.
+#[derive(Debug, clap::Args)]
+pub struct ProfileArgs {
+    /// The client profile: a file, or its URI (knock-xdp:profile?...).
+    #[arg(long, value_name = "FILE|URI", env = "KNOCK_XDP_PROFILE", hide_env_values = true)]
+    profile: String,
+    #[command(flatten)]
+    unlock: Unlock,
+    /// Knock as at this time instead of now (RFC 3339, UTC).
+    #[arg(long, value_name = "TIME", value_parser = knock::parse_time)]
+    at: Option<SystemTime>,
 }
 
 /// What a passphrase or authenticator profile needs before it can knock.
@@ -203,15 +194,14 @@ pub struct Unlock {
 fn parse_code(text: &str) -> Result<u32, String> {
     match text.parse::<u32>() {
         Ok(code) if text.len() == 6 => Ok(code),
-        _ => Err(format!(
-            "invalid code '{text}' (6 digits, as the authenticator shows it)"
-        )),
+        _ => Err(format!("invalid code '{text}' (6 digits, as the authenticator shows it)")),
     }
 }
 
 /// Loads a profile and unlocks it with what its kind needs.
-fn load_profile(text: &str, unlock: &Unlock) -> Result<Profile> {
-    let mut profile = Profile::load(text)?;
+fn load_profile(args: &ProfileArgs) -> Result<Profile> {
+    let unlock = &args.unlock;
+    let mut profile = Profile::load(&args.profile)?;
     match profile.needs() {
         Some("passphrase") => {
             let passphrase = read_secret(unlock.passphrase_file.as_deref(), "passphrase", false)?;
@@ -367,45 +357,22 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         require_root(command.name())?;
     }
     match command {
-        Command::Attach {
-            ifaces,
-            mode,
-            open_window,
-            knock_timeout,
-            idle_timeout,
-        } => {
-            let options = AttachOptions {
-                ifaces,
-                mode,
-                open_window,
-                knock_timeout,
-                idle_timeout,
-            };
+        Command::Attach { ifaces, mode, open_window, knock_timeout, idle_timeout } => {
+            let options = AttachOptions { ifaces, mode, open_window, knock_timeout, idle_timeout };
             daemon::run(state, options)?
         }
         Command::Client(command) => client::run(&state, command)?,
-        Command::Log {
-            json,
-            client,
-            lines,
-        } => audit::print(&state, json, client.as_deref(), lines)?,
-        Command::Knock {
-            host,
-            profile,
-            unlock,
-            delay,
-            check,
-            at,
-        } => {
-            let profile = load_profile(&profile, &unlock)?;
+        Command::Log { json, client, lines } => {
+            audit::print(&state, json, client.as_deref(), lines)?
+        }
+        Command::Knock { host, profile: args, delay, check } => {
+            let profile = load_profile(&args)?;
+            let at = args.at;
             let target = knock::resolve(&host)?;
             let (slot, steps) = knock::steps_at(&profile, at)?;
             knock::send(target, &steps, Duration::from_millis(delay))?;
             let slot = slot.map_or_else(|| "static".to_owned(), |s| format!("slot {s}"));
-            println!(
-                "knocked {target}: {} ({slot})",
-                knock::sequence_line(&steps)
-            );
+            println!("knocked {target}: {} ({slot})", knock::sequence_line(&steps));
             if let Some(port) = check {
                 // The door opens with the last knock; give the packet a moment.
                 std::thread::sleep(Duration::from_millis(100));
@@ -415,39 +382,22 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(port_state.exit_code()));
             }
         }
-        Command::Sequence {
-            profile,
-            unlock,
-            at,
-        } => {
-            let profile = load_profile(&profile, &unlock)?;
+        Command::Sequence { profile: args } => {
+            let profile = load_profile(&args)?;
+            let at = args.at;
             let (_, steps) = knock::steps_at(&profile, at)?;
             println!("{}", knock::sequence_line(&steps));
         }
         Command::Detach { iface } => detach(&state, iface)?,
         Command::Protect { ports } => change_protected(&state, &ports, true)?,
         Command::Unprotect { ports } => change_protected(&state, &ports, false)?,
-        Command::Allow {
-            target,
-            permanent: true,
-            ..
-        } => allow_network(&state, target)?,
-        Command::Allow {
-            target,
-            duration,
-            permanent: false,
-        } => {
+        Command::Allow { target, permanent: true, .. } => allow_network(&state, target)?,
+        Command::Allow { target, duration, permanent: false } => {
             if !target.is_host() {
                 bail!("a network can only be allowed --permanent ({target})");
             }
             let for_ms = duration.as_millis() as u64;
-            print_changed(control::request(
-                &state,
-                &Request::Allow {
-                    addr: target.addr,
-                    for_ms,
-                },
-            )?);
+            print_changed(control::request(&state, &Request::Allow { addr: target.addr, for_ms })?);
         }
         Command::Revoke { target } => revoke(&state, target)?,
         Command::List { json } => {
@@ -466,11 +416,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 print_status(&status);
             }
         }
-        Command::Check {
-            host,
-            port,
-            timeout,
-        } => {
+        Command::Check { host, port, timeout } => {
             let (addr, port_state) = check::check(&host, port, timeout)?;
             println!("{addr} {}", port_state.as_str());
             return Ok(ExitCode::from(port_state.exit_code()));
@@ -548,10 +494,7 @@ fn detach(state: &StateDir, iface: Option<String>) -> Result<()> {
             loader::ensure_bpffs()?;
             let pin_dir = loader::pin_dir(state)?;
             if iface.is_some() && !loader::pinned_link_exists(&pin_dir) {
-                bail!(
-                    "knock-xdp is not attached (state directory {})",
-                    state.path().display()
-                );
+                bail!("knock-xdp is not attached (state directory {})", state.path().display());
             }
             let detached = loader::remove_pins(&pin_dir)?;
             if detached.is_empty() {
@@ -593,11 +536,8 @@ fn lock_offline(state: &StateDir) -> Result<Option<std::fs::File>> {
 fn change_protected(state: &StateDir, specs: &[PortSpec], protect: bool) -> Result<()> {
     let requested = ports::expand_all(specs);
     let list: Vec<ProtoPort> = requested.iter().copied().collect();
-    let request = if protect {
-        Request::Protect { ports: list }
-    } else {
-        Request::Unprotect { ports: list }
-    };
+    let request =
+        if protect { Request::Protect { ports: list } } else { Request::Unprotect { ports: list } };
     match control::connect(state) {
         Ok(stream) => {
             print_changed(control::send(stream, &request)?);
@@ -631,11 +571,7 @@ fn print_changed(changed: Changed) {
 
 fn print_listing(listing: &Listing) {
     let protected: Vec<String> = listing.protected.iter().map(ToString::to_string).collect();
-    let protected = if protected.is_empty() {
-        "none".to_owned()
-    } else {
-        protected.join(" ")
-    };
+    let protected = if protected.is_empty() { "none".to_owned() } else { protected.join(" ") };
     println!("protected ports: {protected}");
     if !listing.permanent.is_empty() {
         let nets: Vec<String> = listing.permanent.iter().map(ToString::to_string).collect();
@@ -647,12 +583,7 @@ fn print_listing(listing: &Listing) {
         println!("allowed sources:");
         for source in &listing.allowed {
             let left = format_duration(Duration::from_millis(source.expires_in_ms));
-            println!(
-                "  {:<39} {:>9} left  ({})",
-                source.addr.to_string(),
-                left,
-                source.origin
-            );
+            println!("  {:<39} {:>9} left  ({})", source.addr.to_string(), left, source.origin);
         }
     }
     print_flows(listing);
@@ -665,19 +596,11 @@ fn print_flows(listing: &Listing) {
     }
     println!("open flows:");
     for flow in &listing.flows {
-        let proto = if flow.proto == Proto::Udp {
-            "udp"
-        } else {
-            "tcp"
-        };
+        let proto = if flow.proto == Proto::Udp { "udp" } else { "tcp" };
         let source = std::net::SocketAddr::new(flow.source, flow.source_port);
         let idle = format_duration(Duration::from_millis(flow.idle_ms));
         let closing = if flow.closing { "  closing" } else { "" };
-        println!(
-            "  {:<46} -> {}/{proto}  idle {idle}{closing}",
-            source.to_string(),
-            flow.port
-        );
+        println!("  {:<46} -> {}/{proto}  idle {idle}{closing}", source.to_string(), flow.port);
     }
 }
 
@@ -687,10 +610,7 @@ fn print_status(status: &Status) {
         status.pid,
         format_duration(Duration::from_secs(status.uptime_secs.max(1)))
     );
-    println!(
-        "program:    id {} (pins in {})",
-        status.program_id, status.pin_dir
-    );
+    println!("program:    id {} (pins in {})", status.program_id, status.pin_dir);
     let ifaces: Vec<String> = status
         .interfaces
         .iter()

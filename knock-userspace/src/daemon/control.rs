@@ -61,8 +61,7 @@ impl Daemon {
             Request::Unprotect { ports } => self.change_protected(ports, false),
             Request::Allow { addr, for_ms } => {
                 let duration = Duration::from_millis(for_ms);
-                self.tables
-                    .allow(addr, clock::deadline_after(duration), allow_origin::MANUAL)?;
+                self.tables.allow(addr, clock::deadline_after(duration), allow_origin::MANUAL)?;
                 info!(source = %addr, window = %format_duration(duration), "allowed by hand");
                 changed(format!("allowed {addr} for {}", format_duration(duration)))
             }
@@ -83,10 +82,7 @@ impl Daemon {
                 self.program.detach(&iface)?;
                 info!(interface = %iface, "detached");
                 self.stop = self.program.attachments.is_empty();
-                to_value(Changed {
-                    message: format!("detached from {iface}"),
-                    stopping: self.stop,
-                })
+                to_value(Changed { message: format!("detached from {iface}"), stopping: self.stop })
             }
             Request::ReloadClients => {
                 let clients = ClientStore::new(&self.state_dir).load()?;
@@ -113,12 +109,8 @@ impl Daemon {
             }
             Request::Detach { iface: None } => {
                 self.stop = true;
-                let ifaces: Vec<_> = self
-                    .program
-                    .attachments
-                    .iter()
-                    .map(|a| a.iface.as_str())
-                    .collect();
+                let ifaces: Vec<_> =
+                    self.program.attachments.iter().map(|a| a.iface.as_str()).collect();
                 to_value(Changed {
                     message: format!("detached from {}", ifaces.join(" ")),
                     stopping: true,
@@ -138,14 +130,9 @@ impl Daemon {
         let before = self.state.protected.clone();
         let mut after = before.clone();
         let requested: BTreeSet<ProtoPort> = ports.into_iter().collect();
-        let (changed_ports, unchanged): (BTreeSet<_>, BTreeSet<_>) =
-            requested.into_iter().partition(|p| {
-                if protect {
-                    after.insert(*p)
-                } else {
-                    after.remove(p)
-                }
-            });
+        let (changed_ports, unchanged): (BTreeSet<_>, BTreeSet<_>) = requested
+            .into_iter()
+            .partition(|p| if protect { after.insert(*p) } else { after.remove(p) });
 
         // Connections already established to newly protected ports survive.
         let added: BTreeSet<ProtoPort> = after.difference(&before).copied().collect();
@@ -168,11 +155,7 @@ impl Daemon {
             message.push(format!("{verb} {}", ports::join(&changed_ports)));
         }
         if !unchanged.is_empty() {
-            let already = if protect {
-                "already protected"
-            } else {
-                "not protected"
-            };
+            let already = if protect { "already protected" } else { "not protected" };
             message.push(format!("{} {already}", ports::join(&unchanged)));
         }
         changed(message.join("; "))
@@ -202,11 +185,7 @@ impl Daemon {
         if done.is_empty() {
             bail!(
                 "{} is not in the allow list",
-                if target.is_host() {
-                    target.addr.to_string()
-                } else {
-                    target.to_string()
-                }
+                if target.is_host() { target.addr.to_string() } else { target.to_string() }
             );
         }
         changed(done.join("; "))
@@ -231,11 +210,9 @@ impl Daemon {
     /// Applies a new set of always-allowed networks, then persists it; if it
     /// cannot be saved, the kernel is put back.
     fn apply_nets(&mut self, next: State) -> Result<()> {
-        self.tables
-            .set_allowed_nets(&self.state.allow_nets, &next.allow_nets)?;
+        self.tables.set_allowed_nets(&self.state.allow_nets, &next.allow_nets)?;
         if let Err(err) = self.state_dir.save(&next) {
-            self.tables
-                .set_allowed_nets(&next.allow_nets, &self.state.allow_nets)?;
+            self.tables.set_allowed_nets(&next.allow_nets, &self.state.allow_nets)?;
             return Err(err);
         }
         self.state = next;
@@ -276,11 +253,7 @@ impl Daemon {
                     source: key.src.ip()?,
                     source_port: key.src_port,
                     port: key.dst_port,
-                    proto: if key.proto == PROTO_UDP {
-                        Proto::Udp
-                    } else {
-                        Proto::Tcp
-                    },
+                    proto: if key.proto == PROTO_UDP { Proto::Udp } else { Proto::Tcp },
                     idle_ms: now.saturating_sub(entry.last_seen_ns) / 1_000_000,
                     closing: entry.closing_until_ns != 0,
                 })
@@ -329,10 +302,7 @@ impl Daemon {
 }
 
 fn changed(message: String) -> Result<serde_json::Value> {
-    to_value(Changed {
-        message,
-        stopping: false,
-    })
+    to_value(Changed { message, stopping: false })
 }
 
 fn to_value(value: impl Serialize) -> Result<serde_json::Value> {

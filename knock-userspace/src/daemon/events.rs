@@ -13,21 +13,12 @@ impl Daemon {
         let Ok(event) = bytemuck::try_pod_read_unaligned::<Event>(bytes) else {
             return warn!(len = bytes.len(), "malformed event from the XDP program");
         };
-        let source = event
-            .source
-            .ip()
-            .map_or_else(|| "?".to_owned(), |ip| ip.to_string());
-        let client = if event.client == 0 {
-            "-".to_owned()
-        } else {
-            self.client_name(event.client)
-        };
+        let source = event.source.ip().map_or_else(|| "?".to_owned(), |ip| ip.to_string());
+        let client =
+            if event.client == 0 { "-".to_owned() } else { self.client_name(event.client) };
         let step = event.step;
-        let slot = if event.slot == STATIC_SLOT {
-            "static".to_owned()
-        } else {
-            event.slot.to_string()
-        };
+        let slot =
+            if event.slot == STATIC_SLOT { "static".to_owned() } else { event.slot.to_string() };
         self.audit(&event, &source);
         match event.kind {
             event_kind::PROGRESS => debug!(%client, %source, step, "knock"),

@@ -167,11 +167,7 @@ pub fn run(state_dir: StateDir, options: AttachOptions) -> Result<()> {
     let socket = state_dir.control_socket();
     let _ = fs::remove_file(&socket);
     let Daemon { program, .. } = daemon;
-    let ifaces: Vec<String> = program
-        .attachments
-        .iter()
-        .map(|a| a.iface.clone())
-        .collect();
+    let ifaces: Vec<String> = program.attachments.iter().map(|a| a.iface.clone()).collect();
     program.shutdown()?;
     info!(interfaces = %ifaces.join(" "), "detached; all pins removed");
     served
@@ -231,19 +227,14 @@ impl Daemon {
 /// Seeds the flow table with the TCP connections established to `ports`, so
 /// protecting a port never cuts the session it is protected from.
 pub(crate) fn keep_established(tables: &mut Tables, ports: &BTreeSet<ProtoPort>) -> Result<()> {
-    let tcp: BTreeSet<u16> = ports
-        .iter()
-        .filter(|p| p.proto == Proto::Tcp)
-        .map(|p| p.port)
-        .collect();
+    let tcp: BTreeSet<u16> =
+        ports.iter().filter(|p| p.proto == Proto::Tcp).map(|p| p.port).collect();
     if tcp.is_empty() {
         return Ok(());
     }
     let established = procnet::established_to(&tcp);
-    let keys: Vec<_> = established
-        .iter()
-        .map(|&(ip, port, local)| tables::tcp_flow(ip, port, local))
-        .collect();
+    let keys: Vec<_> =
+        established.iter().map(|&(ip, port, local)| tables::tcp_flow(ip, port, local)).collect();
     tables.seed_flows(&keys, clock::boot_ns())?;
     for (ip, port, local) in established {
         info!(source = %ip, source_port = port, port = local, "established connection kept open");

@@ -48,8 +48,7 @@ impl Installed {
 
     /// Keeps indexes of remaining clients; gives new ones the lowest free index.
     fn assign_indexes(&mut self, clients: &[Client]) {
-        self.indexes
-            .retain(|id, _| clients.iter().any(|c| c.id == *id));
+        self.indexes.retain(|id, _| clients.iter().any(|c| c.id == *id));
         for client in clients {
             if !self.indexes.contains_key(&client.id) {
                 let free = (0..MAX_CLIENTS).find(|i| !self.indexes.values().any(|v| v == i));
@@ -63,9 +62,7 @@ impl Installed {
 
 /// Real time now, in nanoseconds since the epoch.
 fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl Daemon {
@@ -125,24 +122,16 @@ impl Daemon {
                 next.insert(index, old.clone());
                 continue;
             }
-            let client = self
-                .clients
-                .iter()
-                .find(|c| c.id == client_id)
-                .expect("wanted from clients");
+            let client =
+                self.clients.iter().find(|c| c.id == client_id).expect("wanted from clients");
             let ports =
-                client
-                    .profile
-                    .sequence_for_slot(if slot == STATIC_SLOT { 0 } else { slot })?;
+                client.profile.sequence_for_slot(if slot == STATIC_SLOT { 0 } else { slot })?;
             let (valid_from_ns, valid_until_ns) = match &client.profile.knock {
                 Knock::Static { .. } => (0, u64::MAX),
                 // Slot x is accepted during slots x-1, x and x+1.
                 Knock::Rotating { slot_secs, .. } => {
                     let len = u64::from(*slot_secs);
-                    (
-                        to_boot(slot.saturating_sub(1) * len),
-                        to_boot((slot + 2) * len),
-                    )
+                    (to_boot(slot.saturating_sub(1) * len), to_boot((slot + 2) * len))
                 }
             };
             let info = SequenceInfo {
@@ -152,22 +141,12 @@ impl Daemon {
                 client: client_id,
                 length: ports.len() as u32,
             };
-            next.insert(
-                index,
-                Installation {
-                    client: client_id,
-                    slot,
-                    ports,
-                    info,
-                },
-            );
+            next.insert(index, Installation { client: client_id, slot, ports, info });
         }
 
         let steps = steps_of(&next);
-        let knock_ports: BTreeSet<ProtoPort> = next
-            .values()
-            .flat_map(|i| i.ports.iter().copied())
-            .collect();
+        let knock_ports: BTreeSet<ProtoPort> =
+            next.values().flat_map(|i| i.ports.iter().copied()).collect();
 
         // Order matters for knocks in flight: retire changed indexes first,
         // then rewrite the steps, then publish the new sequences.
@@ -186,12 +165,7 @@ impl Daemon {
                 self.tables.set_step(*key, *entry)?;
             }
         }
-        for key in self
-            .installed
-            .steps
-            .keys()
-            .filter(|k| !steps.contains_key(k))
-        {
+        for key in self.installed.steps.keys().filter(|k| !steps.contains_key(k)) {
             self.tables.remove_step(key)?;
         }
         for (index, installation) in &next {
@@ -202,13 +176,11 @@ impl Daemon {
                 self.warn_collisions(&name, installation);
             }
         }
-        self.tables
-            .set_knock_ports(&self.installed.knock_ports, &knock_ports)?;
+        self.tables.set_knock_ports(&self.installed.knock_ports, &knock_ports)?;
 
         // Single-use records matter only while their slot is accepted.
         let live: BTreeSet<(u32, u64)> = next.values().map(|i| (i.client, i.slot)).collect();
-        self.tables
-            .prune_used(|k| live.contains(&(k.client, k.slot)))?;
+        self.tables.prune_used(|k| live.contains(&(k.client, k.slot)))?;
 
         self.installed.sequences = next;
         self.installed.steps = steps;

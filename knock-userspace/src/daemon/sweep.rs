@@ -31,11 +31,8 @@ impl Daemon {
             Ok(flows) => flows,
             Err(err) => return warn!("flow sweep: {err:#}"),
         };
-        let doomed: std::collections::HashSet<_> = flows
-            .into_iter()
-            .filter(|(_, e)| dead(e))
-            .map(|(k, _)| k)
-            .collect();
+        let doomed: std::collections::HashSet<_> =
+            flows.into_iter().filter(|(_, e)| dead(e)).map(|(k, _)| k).collect();
         if let Err(err) = self.tables.end_flows(|k| doomed.contains(k)) {
             warn!("flow sweep: {err:#}");
         }
