@@ -505,3 +505,49 @@ fn flows_and_always_allowed_networks_through_the_program() {
         Counter::DroppedProtected,
     );
 }
+
+#[test]
+fn full_maps_still_let_a_new_knock_open_the_door() {
+    if !privileged("full_maps_still_let_a_new_knock_open_the_door") {
+        return;
+    }
+    let mut h = Harness::new();
+    h.tables.set_config(config(60_000_000_000, 10_000_000_000)).unwrap();
+    let knocks = [61001, 62002, 63003];
+    install_sequence(&mut h, &knocks);
+    // Fill the allow map (an LRU) with other sources, and the flow table too.
+    let later = clock::boot_ns() + 3_600_000_000_000;
+    let filler = |i: u32| IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+    for i in 0..knock_common::maps::ALLOW_MAX_ENTRIES {
+        h.tables.allow(filler(i), later, allow_origin::MANUAL).unwrap();
+    }
+    let flows: Vec<_> = (0..knock_common::maps::FLOWS_MAX_ENTRIES)
+        .map(|i| knock_userspace::tables::tcp_flow(filler(i), 40000, PROTECTED_TCP))
+        .collect();
+    h.tables.seed_flows(&flows, clock::boot_ns()).unwrap();
+    // The kernel's LRU starts evicting a little before the nominal size.
+    let held = h.tables.allowed().unwrap().len();
+    assert!(held > knock_common::maps::ALLOW_MAX_ENTRIES as usize * 9 / 10, "{held}");
+
+    let syn = |port| Frame::new(ip(STRANGER_V4), ip(SERVER_V4), L4::Tcp, port).build();
+    for &port in &knocks {
+        h.expect(
+            &format!("knock {port} into full maps"),
+            &syn(port),
+            XDP_DROP,
+            Counter::DroppedKnock,
+        );
+    }
+    h.expect("the door opens anyway", &syn(PROTECTED_TCP), XDP_PASS, Counter::PassedAllowed);
+    let ack = Frame {
+        tcp_flags: 0x10,
+        ..Frame::new(ip(STRANGER_V4), ip(SERVER_V4), L4::Tcp, PROTECTED_TCP)
+    };
+    h.tables.revoke(ip(STRANGER_V4)).unwrap();
+    h.expect(
+        "its connection got a flow in the full table",
+        &ack.build(),
+        XDP_PASS,
+        Counter::PassedFlow,
+    );
+}
