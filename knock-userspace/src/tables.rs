@@ -253,6 +253,35 @@ impl Tables {
     }
 }
 
+impl Tables {
+    /// Forgets every source, flow, knock in progress and used sequence, and
+    /// every installed sequence; protected ports and settings stay.
+    pub fn forget_runtime_state(&mut self) -> Result<()> {
+        fn clear<K: aya::Pod, V: aya::Pod>(
+            map: &mut HashMap<MapData, K, V>,
+            name: &str,
+        ) -> Result<()> {
+            let keys: Vec<K> = map.keys().filter_map(|k| k.ok()).collect();
+            for key in keys {
+                match map.remove(&key) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(err) => return Err(err).with_context(|| format!("cannot clear {name}")),
+                }
+            }
+            Ok(())
+        }
+        clear(&mut self.allow, MAP_ALLOW)?;
+        clear(&mut self.flows, MAP_FLOWS)?;
+        clear(&mut self.knock_state, MAP_KNOCK_STATE)?;
+        clear(&mut self.used, MAP_USED)?;
+        clear(&mut self.knock_steps, MAP_KNOCK_STEPS)?;
+        for index in 0..knock_common::maps::MAX_SEQUENCES {
+            self.set_sequence(index, SequenceInfo::default())?;
+        }
+        Ok(())
+    }
+}
+
 /// The trie key of a network: the family byte counts in the prefix.
 fn net_key(net: &Cidr) -> Key<NetKey> {
     Key::new(8 + u32::from(net.prefix), NetKey::of(&SourceKey::from(net.addr)))

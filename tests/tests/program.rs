@@ -4,18 +4,14 @@
 
 use std::net::IpAddr;
 
-use aya::{
-    Ebpf,
-    programs::{TestRun as _, TestRunOptions},
-};
+use aya::Ebpf;
 use knock_common::{
-    knock::set_bit,
-    maps::{ALL_MAPS, Config, Counter, PROTO_TCP, SequenceInfo, StepEntry, StepKey, allow_origin},
+    maps::{ALL_MAPS, Config, Counter, allow_origin},
     verdict::{XDP_DROP, XDP_PASS},
 };
 use knock_tests::{
     frames::{self, Ext, Frame, L4},
-    privileged,
+    privileged, testrun,
 };
 use knock_userspace::{clock, loader, ports::ProtoPort, tables::Tables};
 
@@ -71,24 +67,7 @@ impl Harness {
 
     /// Runs one frame; returns the verdict and the counter that moved.
     fn run(&mut self, frame: &[u8]) -> (u32, Counter) {
-        let before = self.tables.counters().unwrap();
-        let result = loader::xdp(&mut self.ebpf)
-            .unwrap()
-            .test_run(TestRunOptions { data_in: Some(frame), ..Default::default() })
-            .expect("BPF_PROG_TEST_RUN");
-        let after = self.tables.counters().unwrap();
-        let moved: Vec<Counter> = before
-            .iter()
-            .zip(&after)
-            .filter(|((_, b), (_, a))| a != b)
-            .map(|((c, _), (_, a))| {
-                let b = before.iter().find(|(x, _)| x == c).unwrap().1;
-                assert_eq!(a - b, 1, "{c:?} moved by more than one");
-                *c
-            })
-            .collect();
-        assert_eq!(moved.len(), 1, "exactly one counter must move, got {moved:?}");
-        (result.return_value, moved[0])
+        testrun::run_frame(&mut self.ebpf, &self.tables, frame)
     }
 
     fn expect(&mut self, name: &str, frame: &[u8], verdict: u32, counter: Counter) {
@@ -356,28 +335,9 @@ fn headers_that_cannot_be_followed_drop() {
 
 /// Installs `ports` (TCP) as the only sequence, index 5 of client 42, valid now.
 fn install_sequence(h: &mut Harness, ports: &[u16]) {
-    for (step, &port) in ports.iter().enumerate() {
-        let mut entry = StepEntry::default();
-        set_bit(&mut entry.continues, 5);
-        if step == ports.len() - 1 {
-            set_bit(&mut entry.finishes, 5);
-        }
-        h.tables.set_step(StepKey { port, proto: PROTO_TCP, step: step as u8 }, entry).unwrap();
-    }
     let now = clock::boot_ns();
-    let info = SequenceInfo {
-        valid_from_ns: now - 1_000_000_000,
-        valid_until_ns: now + 60_000_000_000,
-        slot: 7,
-        client: 42,
-        length: ports.len() as u32,
-    };
-    h.tables.set_sequence(5, info).unwrap();
-    let knock_ports = ports
-        .iter()
-        .map(|&port| ProtoPort { port, proto: knock_userspace::ports::Proto::Tcp })
-        .collect();
-    h.tables.set_knock_ports(&Default::default(), &knock_ports).unwrap();
+    let valid = (now - 1_000_000_000, now + 60_000_000_000);
+    testrun::install_tcp_sequence(&mut h.tables, 5, 42, 7, ports, valid, &mut Default::default());
 }
 
 #[test]
