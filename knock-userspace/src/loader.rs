@@ -33,6 +33,10 @@ use crate::state::StateDir;
 /// The XDP program, built by `build.rs` from the current sources.
 pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock"));
 
+/// The benchmarks' baseline: an XDP program named `noop` that returns
+/// XDP_PASS without reading the frame (`knock-ebpf/src/noop.rs`).
+pub static NOOP_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/noop"));
+
 const BPFFS: &str = "/sys/fs/bpf";
 /// `BPF_FS_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -50,9 +54,7 @@ pub enum Mode {
 /// runs here), without attaching it anywhere.
 pub fn load() -> Result<Ebpf> {
     let mut ebpf = Ebpf::load(EBPF_OBJECT).context("cannot load the XDP object")?;
-    xdp(&mut ebpf)?
-        .load()
-        .context("the kernel refused the XDP program")?;
+    xdp(&mut ebpf)?.load().context("the kernel refused the XDP program")?;
     Ok(ebpf)
 }
 
@@ -66,9 +68,7 @@ pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
 
 /// Where an instance keeps its pins.
 pub fn pin_dir(state: &StateDir) -> Result<PathBuf> {
-    Ok(Path::new(BPFFS)
-        .join("knock-xdp")
-        .join(state.instance_id()?))
+    Ok(Path::new(BPFFS).join("knock-xdp").join(state.instance_id()?))
 }
 
 /// Mounts bpffs at /sys/fs/bpf when nothing is mounted there (fresh
@@ -80,13 +80,7 @@ pub fn ensure_bpffs() -> Result<()> {
     let target = c"/sys/fs/bpf";
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            target.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
+        libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error())
@@ -148,11 +142,7 @@ impl Program {
         let ebpf = load()?;
         fs::create_dir_all(&pin_dir)
             .with_context(|| format!("cannot create pin directory {}", pin_dir.display()))?;
-        let program = Self {
-            ebpf,
-            pin_dir,
-            attachments: Vec::new(),
-        };
+        let program = Self { ebpf, pin_dir, attachments: Vec::new() };
         for name in ALL_MAPS {
             let map = program
                 .ebpf
@@ -167,10 +157,7 @@ impl Program {
     }
 
     pub fn program_id(&mut self) -> Result<u32> {
-        Ok(xdp(&mut self.ebpf)?
-            .info()
-            .context("cannot query the program")?
-            .id())
+        Ok(xdp(&mut self.ebpf)?.info().context("cannot query the program")?.id())
     }
 
     /// Attaches to `iface` and pins the link.
@@ -180,10 +167,7 @@ impl Program {
             bail!("already attached to {iface}");
         }
         let (link, mode) = match mode {
-            Mode::Native => (
-                self.attach_as(iface, ifindex, XdpMode::Driver)?,
-                Mode::Native,
-            ),
+            Mode::Native => (self.attach_as(iface, ifindex, XdpMode::Driver)?, Mode::Native),
             Mode::Skb => (self.attach_as(iface, ifindex, XdpMode::Skb)?, Mode::Skb),
             Mode::Auto => match self.attach_as(iface, ifindex, XdpMode::Driver) {
                 Ok(link) => (link, Mode::Native),
@@ -195,12 +179,7 @@ impl Program {
         let link = link
             .pin(&path)
             .with_context(|| format!("cannot pin the XDP link at {}", path.display()))?;
-        self.attachments.push(Attachment {
-            iface: iface.to_owned(),
-            ifindex,
-            mode,
-            link,
-        });
+        self.attachments.push(Attachment { iface: iface.to_owned(), ifindex, mode, link });
         Ok(())
     }
 
@@ -224,10 +203,7 @@ impl Program {
             .ok_or_else(|| anyhow!("knock-xdp is not attached to '{iface}'"))?;
         let attachment = self.attachments.remove(index);
         // Unpinning drops the last reference to the link, which detaches it.
-        attachment
-            .link
-            .unpin()
-            .with_context(|| format!("cannot unpin the link of {iface}"))?;
+        attachment.link.unpin().with_context(|| format!("cannot unpin the link of {iface}"))?;
         Ok(())
     }
 
@@ -235,10 +211,7 @@ impl Program {
     pub fn shutdown(mut self) -> Result<()> {
         for attachment in std::mem::take(&mut self.attachments) {
             let iface = attachment.iface.clone();
-            attachment
-                .link
-                .unpin()
-                .with_context(|| format!("cannot unpin the link of {iface}"))?;
+            attachment.link.unpin().with_context(|| format!("cannot unpin the link of {iface}"))?;
         }
         remove_pins(&self.pin_dir).map(drop)
     }
@@ -290,15 +263,10 @@ pub fn remove_pins(pin_dir: &Path) -> Result<Vec<String>> {
     };
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     // Links before maps, so the program stops running before its maps go.
-    paths.sort_by_key(|p| {
-        !p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("link-"))
-    });
+    paths.sort_by_key(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("link-")));
     for path in paths {
-        if let Some(iface) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("link-"))
+        if let Some(iface) =
+            path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("link-"))
         {
             detached.push(iface.to_owned());
         }

@@ -3,8 +3,10 @@
 //! with real services and a real daemon. Every resource is owned by a guard
 //! that tears it down on drop, even when the test fails.
 
+pub mod bench;
 pub mod frames;
 pub mod lab;
+pub mod testrun;
 
 /// True when the test may run. Privileged tests skip loudly without root,
 /// and under `CI=true` a skip is a failure: CI must never pass by skipping.

@@ -3,6 +3,7 @@
 //! Every subcommand that builds or runs something calls [`setup::ensure`]
 //! first, so a fresh Debian machine only needs `cargo xtask test` (as root).
 
+mod bench;
 mod build;
 mod demo;
 mod setup;
@@ -41,6 +42,11 @@ enum Cmd {
     Test(test::Args),
     /// Run a self-contained knocking demo in throwaway network namespaces (must be root).
     Demo,
+    /// Run the benchmarks (must be root): per-packet cost against a no-op XDP
+    /// program, throughput against iptables and nftables, scale, daemon
+    /// footprint, knock-to-open latency. Prints a table and writes
+    /// target/bench/results.json.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +57,7 @@ fn main() -> ExitCode {
         Cmd::BuildEbpf(args) => build::run(&args),
         Cmd::Test(args) => test::run(&args),
         Cmd::Demo => demo::run(),
+        Cmd::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
