@@ -2,7 +2,7 @@
 //! views the shared decision and knock logic use.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
+    bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::bpf_ktime_get_boot_ns,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -170,8 +170,9 @@ impl KnockTables for Maps {
 
     #[inline(always)]
     fn emit(&self, event: &Event) {
-        // A full ring buffer loses the event, never the decision.
-        let _ = EVENTS.output::<Event>(event, 0);
+        // A full ring buffer loses the event, never the decision. No wakeup:
+        // waking the reader costs this packet microseconds; the daemon polls.
+        let _ = EVENTS.output::<Event>(event, u64::from(BPF_RB_NO_WAKEUP));
     }
 }
 
