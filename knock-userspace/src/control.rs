@@ -116,6 +116,12 @@ pub struct Status {
     pub open_window_secs: u64,
     pub knock_timeout_secs: u64,
     pub idle_timeout_secs: u64,
+    /// Protection ends with the daemon (nothing pinned).
+    pub fail_open: bool,
+    /// Sources in the allow map (expired ones not yet swept included).
+    pub allowed: usize,
+    /// Entries in the flow table.
+    pub flows: usize,
     pub clients: usize,
     /// Sequences installed in the kernel (up to 4 per rotating client).
     pub sequences: usize,

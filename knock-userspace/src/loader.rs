@@ -118,20 +118,44 @@ pub struct Attachment {
     pub ifindex: u32,
     /// The mode actually in use (never `Auto`).
     pub mode: Mode,
-    link: PinnedLink,
+    link: Link,
+}
+
+/// A pinned link outlives the daemon (fail closed); a held one goes with it.
+#[derive(Debug)]
+enum Link {
+    Pinned(PinnedLink),
+    Held(FdLink),
+}
+
+impl Link {
+    /// Detaches: unpinning or closing drops the last reference to the link.
+    fn release(self) -> std::io::Result<()> {
+        match self {
+            Link::Pinned(link) => link.unpin().map(drop),
+            Link::Held(link) => {
+                drop(link);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// The loaded program, its pins and its attachments. Dropping it does not
-/// detach: only [`Program::shutdown`] does, so a crash stays fail-closed.
+/// detach pinned links: only [`Program::shutdown`] does, so a crash stays
+/// fail-closed. With `fail_open`, nothing is pinned and everything goes with
+/// the process.
 pub struct Program {
     pub ebpf: Ebpf,
     pub pin_dir: PathBuf,
+    pub fail_open: bool,
     pub attachments: Vec<Attachment>,
 }
 
 impl Program {
-    /// Loads the program and pins its maps into `pin_dir`, which must not exist.
-    pub fn load(pin_dir: PathBuf) -> Result<Self> {
+    /// Loads the program and, unless `fail_open`, pins its maps into
+    /// `pin_dir`, which must not exist.
+    pub fn load(pin_dir: PathBuf, fail_open: bool) -> Result<Self> {
         if pin_dir.exists() {
             bail!(
                 "knock-xdp is still attached from an earlier run of this instance (pins in {}); \
@@ -140,9 +164,13 @@ impl Program {
             );
         }
         let ebpf = load()?;
-        fs::create_dir_all(&pin_dir)
-            .with_context(|| format!("cannot create pin directory {}", pin_dir.display()))?;
-        let program = Self { ebpf, pin_dir, attachments: Vec::new() };
+        let program = Self { ebpf, pin_dir, fail_open, attachments: Vec::new() };
+        if fail_open {
+            return Ok(program);
+        }
+        fs::create_dir_all(&program.pin_dir).with_context(|| {
+            format!("cannot create pin directory {}", program.pin_dir.display())
+        })?;
         for name in ALL_MAPS {
             let map = program
                 .ebpf
@@ -160,7 +188,7 @@ impl Program {
         Ok(xdp(&mut self.ebpf)?.info().context("cannot query the program")?.id())
     }
 
-    /// Attaches to `iface` and pins the link.
+    /// Attaches to `iface` and pins the link (unless fail-open).
     pub fn attach(&mut self, iface: &str, mode: Mode) -> Result<()> {
         let ifindex = if_index(iface)?;
         if self.attachments.iter().any(|a| a.ifindex == ifindex) {
@@ -175,10 +203,15 @@ impl Program {
                 Err(_) => (self.attach_as(iface, ifindex, XdpMode::Skb)?, Mode::Skb),
             },
         };
-        let path = self.pin_dir.join(format!("link-{iface}"));
-        let link = link
-            .pin(&path)
-            .with_context(|| format!("cannot pin the XDP link at {}", path.display()))?;
+        let link = if self.fail_open {
+            Link::Held(link)
+        } else {
+            let path = self.pin_dir.join(format!("link-{iface}"));
+            Link::Pinned(
+                link.pin(&path)
+                    .with_context(|| format!("cannot pin the XDP link at {}", path.display()))?,
+            )
+        };
         self.attachments.push(Attachment { iface: iface.to_owned(), ifindex, mode, link });
         Ok(())
     }
@@ -202,16 +235,17 @@ impl Program {
             .position(|a| a.iface == iface)
             .ok_or_else(|| anyhow!("knock-xdp is not attached to '{iface}'"))?;
         let attachment = self.attachments.remove(index);
-        // Unpinning drops the last reference to the link, which detaches it.
-        attachment.link.unpin().with_context(|| format!("cannot unpin the link of {iface}"))?;
-        Ok(())
+        attachment.link.release().with_context(|| format!("cannot detach from {iface}"))
     }
 
     /// Detaches from everything and removes every pin.
     pub fn shutdown(mut self) -> Result<()> {
         for attachment in std::mem::take(&mut self.attachments) {
             let iface = attachment.iface.clone();
-            attachment.link.unpin().with_context(|| format!("cannot unpin the link of {iface}"))?;
+            attachment.link.release().with_context(|| format!("cannot detach from {iface}"))?;
+        }
+        if self.fail_open {
+            return Ok(());
         }
         remove_pins(&self.pin_dir).map(drop)
     }

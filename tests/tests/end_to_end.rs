@@ -270,3 +270,31 @@ fn two_interfaces_at_once_and_detaching_one() {
     assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Filtered);
     assert_eq!(knock.status()["interfaces"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn with_fail_open_protection_ends_with_a_killed_daemon() {
+    if !privileged("with_fail_open_protection_ends_with_a_killed_daemon") {
+        return;
+    }
+    let lab = lab_with_services();
+    let mut knock = Instance::new(&lab.server, Entry::NsenterNet);
+    knock.attach(&[&lab.server_if, "--fail-open", "--log-format", "json"]);
+    knock.ok(&["protect", &format!("{TCP_PORT}/tcp")]);
+    assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Filtered);
+    assert_eq!(knock.status()["fail_open"], true);
+    assert!(!knock.pin_dir().exists(), "fail-open pinned something");
+    // JSON log lines, one object each.
+    let log = knock.daemon_log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["message"] == "protected" && l["ports"] == "8022/tcp"), "{log}");
+    knock.kill_daemon();
+    // The kernel dropped the link with the process: exposed, not locked.
+    assert!(!has_xdp(&lab.server, &lab.server_if));
+    assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Open);
+    // And a new daemon starts without anything to clean up.
+    knock.attach(&[&lab.server_if]);
+    assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Filtered);
+}

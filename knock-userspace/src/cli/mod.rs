@@ -37,12 +37,22 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// Log format: human-readable lines, or one JSON object a line.
+    #[arg(long, global = true, value_enum, env = "KNOCK_XDP_LOG_FORMAT", default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
     /// Less log output (-q warnings only, -qq errors only).
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,6 +77,11 @@ pub enum Command {
         /// How long an admitted connection lives without a packet from its client.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "15m")]
         idle_timeout: Duration,
+        /// Let protection end with the daemon, even if it is killed: the
+        /// ports are then exposed rather than locked. By default (fail
+        /// closed) the program stays attached until 'knock-xdp detach'.
+        #[arg(long)]
+        fail_open: bool,
     },
     /// Detach from one interface, or from all; removes every pin knock-xdp made.
     Detach {
@@ -357,8 +372,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         require_root(command.name())?;
     }
     match command {
-        Command::Attach { ifaces, mode, open_window, knock_timeout, idle_timeout } => {
-            let options = AttachOptions { ifaces, mode, open_window, knock_timeout, idle_timeout };
+        Command::Attach { ifaces, mode, open_window, knock_timeout, idle_timeout, fail_open } => {
+            let options =
+                AttachOptions { ifaces, mode, open_window, knock_timeout, idle_timeout, fail_open };
             daemon::run(state, options)?
         }
         Command::Client(command) => client::run(&state, command)?,
@@ -626,6 +642,13 @@ fn print_status(status: &Status) {
         })
         .collect();
     println!("interfaces: {}", ifaces.join(", "));
+    if status.fail_open {
+        println!("fail-open:  protection ends with this daemon");
+    }
+    println!(
+        "clients:    {} ({} sequences installed); allowed sources {}; open flows {}; knocks in progress {}",
+        status.clients, status.sequences, status.allowed, status.flows, status.knocks_in_progress
+    );
     println!("counters:");
     for (name, value) in &status.counters {
         println!("  {name:<20} {value}");

@@ -55,6 +55,8 @@ pub struct AttachOptions {
     pub knock_timeout: Duration,
     /// How long an admitted flow lives without a packet from its client.
     pub idle_timeout: Duration,
+    /// Pin nothing: protection ends with the process, even on `kill -9`.
+    pub fail_open: bool,
 }
 
 /// How long a TCP flow still passes after the client's FIN or RST: enough for
@@ -101,7 +103,7 @@ pub fn run(state_dir: StateDir, options: AttachOptions) -> Result<()> {
     let state = state_dir.load()?;
     let clients = ClientStore::new(&state_dir).load()?;
     loader::ensure_bpffs()?;
-    let mut program = Program::load(loader::pin_dir(&state_dir)?)?;
+    let mut program = Program::load(loader::pin_dir(&state_dir)?, options.fail_open)?;
 
     let started = (|| -> Result<(Daemon, RingBuf<MapData>)> {
         let mut tables = Tables::take(&mut program.ebpf)?;
