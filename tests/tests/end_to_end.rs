@@ -48,9 +48,9 @@ fn protect_allow_expire_unprotect() {
     }
 
     // Allowing a source opens the door for it alone.
-    let window = Duration::from_secs(6);
+    let window = Duration::from_secs(12);
     let allowed_at = Instant::now();
-    knock.ok(&["allow", CLIENT_V4, "--for", "6s"]);
+    knock.ok(&["allow", CLIENT_V4, "--for", "12s"]);
     let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
     let allowed: Vec<&str> = listing["allowed"]
         .as_array()
@@ -64,7 +64,7 @@ fn protect_allow_expire_unprotect() {
     assert!(lab.udp_exchange(SERVER_V4, UDP_PORT));
     assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, TCP_PORT), "another source got in");
     assert!(!lab.tcp_exchange(CLIENT_V6, SERVER_V6, TCP_PORT), "the IPv6 source got in");
-    knock.ok(&["allow", CLIENT_V6, "--for", "2s"]);
+    knock.ok(&["allow", CLIENT_V6, "--for", "4s"]);
     assert!(lab.tcp_exchange(CLIENT_V6, SERVER_V6, TCP_PORT));
     assert!(lab.udp_exchange(SERVER_V6, UDP_PORT));
     assert!(allowed_at.elapsed() < window, "the test itself was too slow");

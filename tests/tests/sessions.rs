@@ -79,7 +79,7 @@ fn an_idle_connection_ends_after_the_idle_timeout() {
         return;
     }
     let lab = lab();
-    let knock = daemon(&lab, &["--idle-timeout", "2s"]);
+    let knock = daemon(&lab, &["--idle-timeout", "3s"]);
     knock.ok(&["allow", CLIENT_V4, "--for", "1s"]);
     let mut tcp = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).unwrap();
     let udp = lab.udp_session(CLIENT_V4, SERVER_V4, UDP_PORT);
@@ -88,7 +88,7 @@ fn an_idle_connection_ends_after_the_idle_timeout() {
     // Activity within the idle timeout keeps them alive...
     assert!(tcp.exchange() && udp.exchange());
     // ...silence longer than it ends them.
-    thread::sleep(Duration::from_millis(2500));
+    thread::sleep(Duration::from_millis(4000));
     assert!(!tcp.exchange(), "the idle tcp connection still works");
     assert!(!udp.exchange(), "the idle udp flow still works");
 }
