@@ -20,6 +20,9 @@ use crate::{
 pub struct Client {
     /// Stable for the client's life; keys single-use records in the kernel.
     pub id: u32,
+    /// Its place in the kernel's sequence bitmaps (0..MAX_CLIENTS), stable
+    /// for the client's life too.
+    pub index: u32,
     pub profile: Profile,
 }
 
@@ -53,6 +56,17 @@ impl ClientStore {
             }
         }
         clients.sort_by(|a, b| a.profile.name.cmp(&b.profile.name));
+        // Two files claiming one index (edited by hand): the second is refused.
+        let mut seen = std::collections::BTreeSet::new();
+        for client in &clients {
+            if !seen.insert(client.index) {
+                bail!(
+                    "clients share index {}: {} (remove and add it again)",
+                    client.index,
+                    client.profile.name
+                );
+            }
+        }
         Ok(clients)
     }
 
@@ -78,9 +92,13 @@ impl ClientStore {
             .mode(0o700)
             .create(&self.dir)
             .with_context(|| format!("cannot create {}", self.dir.display()))?;
-        let client = Client { id, profile };
+        let index = (0..MAX_CLIENTS)
+            .find(|i| !existing.iter().any(|c| c.index == *i))
+            .expect("fewer than MAX_CLIENTS clients");
+        let client = Client { id, index, profile };
         let mut file = client.profile.to_file();
         file.id = Some(id);
+        file.index = Some(index);
         let body = toml::to_string(&file).context("cannot serialise the client")?;
         let text = format!("# knock-xdp client \"{}\" (server copy)\n{body}", client.profile.name);
         write_atomically(&self.path(&client.profile.name), text.as_bytes())?;
@@ -114,6 +132,11 @@ fn read_client(path: &Path) -> Result<Client> {
         fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file: ProfileFile = parse_toml(&text, path)?;
     let id = file.id.with_context(|| format!("{}: the client has no id", path.display()))?;
+    let index =
+        file.index.with_context(|| format!("{}: the client has no index", path.display()))?;
+    if index >= MAX_CLIENTS {
+        bail!("{}: index {index} is out of range (0-{})", path.display(), MAX_CLIENTS - 1);
+    }
     let profile =
         Profile::from_file(&file).with_context(|| format!("invalid client {}", path.display()))?;
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -124,5 +147,5 @@ fn read_client(path: &Path) -> Result<Client> {
             profile.name
         );
     }
-    Ok(Client { id, profile })
+    Ok(Client { id, index, profile })
 }

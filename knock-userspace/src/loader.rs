@@ -19,10 +19,11 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Ebpf, include_bytes_aligned,
+    Ebpf, EbpfLoader, include_bytes_aligned,
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        xdp::XdpLink,
     },
 };
 use knock_common::maps::{ALL_MAPS, PROGRAM_NAME};
@@ -116,7 +117,7 @@ pub fn if_index(name: &str) -> Result<u32> {
 pub struct Attachment {
     pub iface: String,
     pub ifindex: u32,
-    /// The mode actually in use (never `Auto`).
+    /// The mode in use; `Auto` for a link taken over from an earlier run.
     pub mode: Mode,
     link: Link,
 }
@@ -153,35 +154,90 @@ pub struct Program {
 }
 
 impl Program {
-    /// Loads the program and, unless `fail_open`, pins its maps into
-    /// `pin_dir`, which must not exist.
+    /// Loads the program. Unless `fail_open`, its maps live in `pin_dir`:
+    /// maps an earlier run left there are adopted with everything in them
+    /// (allowed sources, flows, knocks in progress), and so are its links,
+    /// whose program is swapped for this one in place. The interfaces are
+    /// never without the filter.
     pub fn load(pin_dir: PathBuf, fail_open: bool) -> Result<Self> {
-        if pin_dir.exists() {
-            bail!(
-                "knock-xdp is still attached from an earlier run of this instance (pins in {}); \
-                 run 'knock-xdp detach' first",
-                pin_dir.display()
-            );
-        }
-        let ebpf = load()?;
-        let program = Self { ebpf, pin_dir, fail_open, attachments: Vec::new() };
         if fail_open {
-            return Ok(program);
-        }
-        fs::create_dir_all(&program.pin_dir).with_context(|| {
-            format!("cannot create pin directory {}", program.pin_dir.display())
-        })?;
-        for name in ALL_MAPS {
-            let map = program
-                .ebpf
-                .map(name)
-                .ok_or_else(|| anyhow!("the XDP object has no map named {name}"))?;
-            if let Err(err) = map.pin(program.pin_dir.join(name)) {
-                let _ = remove_pins(&program.pin_dir);
-                return Err(err).with_context(|| format!("cannot pin map {name}"));
+            if pin_dir.exists() {
+                bail!(
+                    "knock-xdp is still attached from an earlier run of this instance (pins in {}); \
+                     run 'knock-xdp detach' first, or attach without --fail-open to take it over",
+                    pin_dir.display()
+                );
             }
+            return Ok(Self { ebpf: load()?, pin_dir, fail_open, attachments: Vec::new() });
+        }
+        let adopting = pin_dir.exists();
+        fs::create_dir_all(&pin_dir)
+            .with_context(|| format!("cannot create pin directory {}", pin_dir.display()))?;
+        let paths: Vec<(&str, PathBuf)> =
+            ALL_MAPS.iter().map(|&name| (name, pin_dir.join(name))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let loaded = loader.load(EBPF_OBJECT).with_context(|| {
+            format!("cannot load the XDP object with the maps pinned in {}", pin_dir.display())
+        });
+        let mut ebpf = match loaded {
+            Ok(ebpf) => ebpf,
+            Err(err) => {
+                if !adopting {
+                    let _ = remove_pins(&pin_dir);
+                }
+                return Err(err);
+            }
+        };
+        xdp(&mut ebpf)?.load().context("the kernel refused the XDP program")?;
+        let mut program = Self { ebpf, pin_dir, fail_open, attachments: Vec::new() };
+        if adopting {
+            program.adopt_links()?;
         }
         Ok(program)
+    }
+
+    /// Takes over the links an earlier run pinned: each link's program is
+    /// replaced by this one atomically (BPF_LINK_UPDATE), so no packet ever
+    /// meets an interface without the filter.
+    fn adopt_links(&mut self) -> Result<()> {
+        let entries = fs::read_dir(&self.pin_dir)
+            .with_context(|| format!("cannot read {}", self.pin_dir.display()))?;
+        for entry in entries {
+            let path = entry?.path();
+            let Some(iface) =
+                path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("link-"))
+            else {
+                continue;
+            };
+            let iface = iface.to_owned();
+            let pinned = PinnedLink::from_pin(&path)
+                .with_context(|| format!("cannot open the pinned link {}", path.display()))?;
+            let Ok(ifindex) = if_index(&iface) else {
+                // The interface is gone, and the kernel detached the link with it.
+                pinned.unpin().with_context(|| format!("cannot remove {}", path.display()))?;
+                tracing::warn!(interface = %iface, "interface from the earlier run is gone");
+                continue;
+            };
+            let handle: FdLink = PinnedLink::from_pin(&path)?.into();
+            let link = XdpLink::try_from(handle)
+                .map_err(|_| anyhow!("{} is not an XDP link", path.display()))?;
+            let program = xdp(&mut self.ebpf)?;
+            let id = program
+                .attach_to_link(link)
+                .with_context(|| format!("cannot take over {iface}"))?;
+            // The pin (and `pinned`) keep the link; this handle can go.
+            drop(program.take_link(id)?);
+            self.attachments.push(Attachment {
+                iface,
+                ifindex,
+                mode: Mode::Auto,
+                link: Link::Pinned(pinned),
+            });
+        }
+        Ok(())
     }
 
     pub fn program_id(&mut self) -> Result<u32> {

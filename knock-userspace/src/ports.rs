@@ -79,6 +79,13 @@ impl FromStr for Proto {
     }
 }
 
+impl Proto {
+    /// From a protocol number of a map key (anything but UDP is TCP).
+    pub fn from_number(number: u8) -> Self {
+        if number == knock_common::maps::PROTO_UDP { Proto::Udp } else { Proto::Tcp }
+    }
+}
+
 impl From<Transport> for Proto {
     fn from(t: Transport) -> Self {
         match t {

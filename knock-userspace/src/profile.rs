@@ -105,6 +105,10 @@ pub struct ProfileFile {
     /// Server side only: the client's stable id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<u32>,
+    /// Server side only: the client's place in the kernel's sequence bitmaps,
+    /// kept across restarts so knocks in progress survive them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proto: Option<Proto>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

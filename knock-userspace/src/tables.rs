@@ -1,6 +1,9 @@
 //! Userspace's typed view of the program's maps.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -185,6 +188,34 @@ impl Tables {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(err) => Err(err).context("cannot remove from KNOCK_STEPS"),
         }
+    }
+
+    /// Every installed step entry.
+    pub fn steps(&self) -> Result<BTreeMap<StepKey, StepEntry>> {
+        self.knock_steps.iter().map(|entry| entry.context("cannot read KNOCK_STEPS")).collect()
+    }
+
+    /// Every sequence slot, installed or free.
+    pub fn sequences(&self) -> Result<Vec<(u32, SequenceInfo)>> {
+        (0..knock_common::maps::MAX_SEQUENCES)
+            .map(|index| {
+                Ok((index, self.sequences.get(&index, 0).context("cannot read SEQUENCES")?))
+            })
+            .collect()
+    }
+
+    /// The always-allowed networks in the kernel.
+    pub fn allowed_nets(&self) -> Result<BTreeSet<Cidr>> {
+        let mut nets = BTreeSet::new();
+        for key in self.allow_nets.keys() {
+            let key = key.context("cannot read ALLOW_NETS")?;
+            let data = key.data();
+            let src = SourceKey { family: data.family, _pad: [0; 3], addr: data.addr };
+            if let (Some(addr), Some(prefix)) = (src.ip(), key.prefix_len().checked_sub(8)) {
+                nets.insert(Cidr { addr, prefix: prefix as u8 });
+            }
+        }
+        Ok(nets)
     }
 
     /// Forgets used-sequence records that `keep` rejects.

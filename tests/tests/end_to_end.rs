@@ -9,8 +9,8 @@ use std::{
 
 use knock_tests::{
     lab::{
-        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6, has_xdp,
-        program_loaded,
+        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_V4, SERVER_V6,
+        has_xdp, program_loaded,
     },
     privileged,
 };
@@ -160,32 +160,65 @@ fn detach_leaves_no_program_and_no_pins() {
 }
 
 #[test]
-fn a_killed_daemon_keeps_protection_until_detach() {
-    if !privileged("a_killed_daemon_keeps_protection_until_detach") {
+fn a_killed_daemon_keeps_protection_and_a_new_one_takes_over() {
+    if !privileged("a_killed_daemon_keeps_protection_and_a_new_one_takes_over") {
         return;
     }
     let lab = lab_with_services();
     let mut knock = Instance::new(&lab.server, Entry::NsenterNet);
     knock.attach(&[&lab.server_if]);
     knock.ok(&["protect", &format!("{TCP_PORT}/tcp")]);
-    knock.kill_daemon();
+    let old_program = knock.status()["program_id"].as_u64().unwrap();
+    // One client allowed with an open connection, another in the middle of a knock.
+    knock.ok(&["allow", CLIENT_V4, "--for", "1h"]);
+    let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).unwrap();
+    assert!(session.exchange());
+    knock.add_client("mid", &["--static", "7101,7102,7103"]);
+    let knocks = |ports: &[u16]| -> Vec<Knock> {
+        ports.iter().map(|&port| Knock { port, udp: false }).collect()
+    };
+    lab.send_knocks(CLIENT2_V4, SERVER_V4, &knocks(&[7101, 7102]), Duration::from_millis(20));
 
-    // Fail closed: the pinned link keeps the program attached.
-    assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Filtered);
+    knock.kill_daemon();
+    // Fail closed: the pinned link keeps the program attached (a stranger,
+    // over IPv6, is still kept out).
+    assert_eq!(lab.tcp_state(SERVER_V6, TCP_PORT), PortState::Filtered);
+    assert!(session.exchange(), "the allowed client's connection broke when the daemon died");
     let status = knock.cli(&["status"]);
     assert!(!status.status.success());
     assert!(String::from_utf8_lossy(&status.stderr).contains("not running"));
 
-    // A new attach refuses to stack on the leftovers, and says what to do.
-    let refused = knock.cli(&["attach", &lab.server_if]);
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("knock-xdp detach"));
+    // A new daemon takes over the program's maps and links in place.
+    knock.attach(&[&lab.server_if]);
+    assert!(knock.daemon_log().contains("took over"), "{}", knock.daemon_log());
+    let new_program = knock.status()["program_id"].as_u64().unwrap();
+    assert_ne!(new_program, old_program);
+    assert!(!program_loaded(old_program as u32), "the old program is still loaded");
+    assert!(has_xdp(&lab.server, &lab.server_if));
+    assert_eq!(lab.tcp_state(SERVER_V6, TCP_PORT), PortState::Filtered, "strangers got in");
+    assert!(session.exchange(), "the restart broke the allowed client's connection");
+    // The knock begun before the crash completes.
+    lab.send_knocks(CLIENT2_V4, SERVER_V4, &knocks(&[7103]), Duration::from_millis(20));
+    assert!(
+        lab.tcp_exchange(CLIENT2_V4, SERVER_V4, TCP_PORT),
+        "the interrupted knock did not complete"
+    );
+    let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
+    let origins: Vec<&str> = listing["allowed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["origin"].as_str().unwrap())
+        .collect();
+    assert_eq!(origins, ["manual", "knock (mid)"]);
 
+    // Killed again, `detach` without a daemon removes what it left pinned.
+    knock.kill_daemon();
     let out = knock.ok(&["detach"]);
     assert!(out.contains(&lab.server_if), "{out}");
     assert!(!knock.pin_dir().exists());
     assert!(!has_xdp(&lab.server, &lab.server_if));
-    assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Open);
+    assert_eq!(lab.tcp_state(SERVER_V6, TCP_PORT), PortState::Open);
 }
 
 #[test]

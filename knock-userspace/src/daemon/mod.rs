@@ -103,7 +103,11 @@ pub fn run(state_dir: StateDir, options: AttachOptions) -> Result<()> {
     let state = state_dir.load()?;
     let clients = ClientStore::new(&state_dir).load()?;
     loader::ensure_bpffs()?;
-    let mut program = Program::load(loader::pin_dir(&state_dir)?, options.fail_open)?;
+    let pin_dir = loader::pin_dir(&state_dir)?;
+    // An earlier run that did not stop cleanly left its program attached:
+    // take it over rather than tear it down, so nothing is exposed.
+    let adopting = pin_dir.exists() && !options.fail_open;
+    let mut program = Program::load(pin_dir.clone(), options.fail_open)?;
 
     let started = (|| -> Result<(Daemon, RingBuf<MapData>)> {
         let mut tables = Tables::take(&mut program.ebpf)?;
@@ -122,14 +126,16 @@ pub fn run(state_dir: StateDir, options: AttachOptions) -> Result<()> {
         // they are followed before the ports are protected.
         keep_established(&mut tables, &state.protected)?;
         // Ports are protected and sequences installed before the first packet.
-        tables.set_protected(&Default::default(), &state.protected)?;
-        tables.set_allowed_nets(&Default::default(), &state.allow_nets)?;
+        // Adopted maps already hold an earlier run's settings: start from those.
+        tables.set_protected(&tables.protected()?, &state.protected)?;
+        tables.set_allowed_nets(&tables.allowed_nets()?, &state.allow_nets)?;
+        let installed = rotate::Installed::from_kernel(&tables, &clients)?;
         let mut daemon = Daemon {
             state_dir: state_dir.clone(),
             options,
             state,
             clients,
-            installed: Default::default(),
+            installed,
             program,
             tables,
             started: Instant::now(),
@@ -137,6 +143,9 @@ pub fn run(state_dir: StateDir, options: AttachOptions) -> Result<()> {
         };
         daemon.rotate()?;
         for iface in daemon.options.ifaces.clone() {
+            if daemon.program.attachments.iter().any(|a| a.iface == iface) {
+                continue; // taken over from the earlier run
+            }
             daemon.program.attach(&iface, daemon.options.mode)?;
         }
         Ok((daemon, events))
@@ -144,13 +153,17 @@ pub fn run(state_dir: StateDir, options: AttachOptions) -> Result<()> {
     let (mut daemon, events) = match started {
         Ok(started) => started,
         Err(err) => {
-            // Nothing may stay behind from a refused start.
-            if let Err(cleanup) = loader::remove_pins(&loader::pin_dir(&state_dir)?) {
+            // Nothing may stay behind from a refused start; but what an
+            // earlier run left attached stays attached (fail closed).
+            if !adopting && let Err(cleanup) = loader::remove_pins(&pin_dir) {
                 warn!("cleanup after a failed start: {cleanup:#}");
             }
             return Err(err);
         }
     };
+    if adopting {
+        info!("took over the program, maps and links an earlier run left pinned");
+    }
     for a in &daemon.program.attachments {
         info!(interface = %a.iface, mode = ?a.mode, "attached");
     }

@@ -7,27 +7,24 @@
 //! there is a whole slot to install the next one.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Result;
 use knock_common::{
     knock::set_bit,
-    maps::{MAX_CLIENTS, SLOTS_PER_CLIENT, STATIC_SLOT, SequenceInfo, StepEntry, StepKey},
+    maps::{SLOTS_PER_CLIENT, STATIC_SLOT, SequenceInfo, StepEntry, StepKey},
     verdict::Transport,
 };
 use tracing::{debug, warn};
 
 use super::Daemon;
-use crate::{clients::Client, clock, ports::ProtoPort, procnet, profile::Knock};
+use crate::{clients::Client, clock, ports::ProtoPort, procnet, profile::Knock, tables::Tables};
 
 /// What is installed, so each pass writes only what changed.
 #[derive(Default)]
 pub(crate) struct Installed {
-    /// Client id → client index (0..MAX_CLIENTS), stable while the daemon runs
-    /// so knocks in progress survive other clients coming and going.
-    indexes: HashMap<u32, u32>,
     sequences: BTreeMap<u32, Installation>,
     steps: BTreeMap<StepKey, StepEntry>,
     knock_ports: BTreeSet<ProtoPort>,
@@ -42,21 +39,38 @@ struct Installation {
 }
 
 impl Installed {
-    pub(crate) fn count(&self) -> usize {
-        self.sequences.len()
+    /// What an earlier run left installed in adopted maps, so the first
+    /// rotation replaces exactly what changed (and retires what is gone).
+    pub(crate) fn from_kernel(tables: &Tables, clients: &[Client]) -> Result<Self> {
+        let steps = tables.steps()?;
+        let knock_ports = steps
+            .keys()
+            .map(|k| ProtoPort { port: k.port, proto: crate::ports::Proto::from_number(k.proto) })
+            .collect();
+        let mut sequences = BTreeMap::new();
+        for (index, info) in tables.sequences()? {
+            if info.valid_until_ns == 0 {
+                continue;
+            }
+            // The ports of a client that still exists derive again; one that
+            // is gone keeps none, so the first rotation retires it.
+            let ports = clients
+                .iter()
+                .find(|c| c.id == info.client)
+                .and_then(|c| {
+                    c.profile
+                        .sequence_for_slot(if info.slot == STATIC_SLOT { 0 } else { info.slot })
+                        .ok()
+                })
+                .unwrap_or_default();
+            sequences
+                .insert(index, Installation { client: info.client, slot: info.slot, ports, info });
+        }
+        Ok(Self { sequences, steps, knock_ports })
     }
 
-    /// Keeps indexes of remaining clients; gives new ones the lowest free index.
-    fn assign_indexes(&mut self, clients: &[Client]) {
-        self.indexes.retain(|id, _| clients.iter().any(|c| c.id == *id));
-        for client in clients {
-            if !self.indexes.contains_key(&client.id) {
-                let free = (0..MAX_CLIENTS).find(|i| !self.indexes.values().any(|v| v == i));
-                if let Some(index) = free {
-                    self.indexes.insert(client.id, index);
-                }
-            }
-        }
+    pub(crate) fn count(&self) -> usize {
+        self.sequences.len()
     }
 }
 
@@ -77,13 +91,10 @@ impl Daemon {
             (i128::from(boot_now) + delta).clamp(0, i128::from(u64::MAX)) as u64
         };
 
-        self.installed.assign_indexes(&self.clients);
         let mut wanted: BTreeMap<u32, (u32, u64)> = BTreeMap::new(); // index → (client, slot)
         for client in &self.clients {
-            let Some(&cindex) = self.installed.indexes.get(&client.id) else {
-                continue;
-            };
-            let base = cindex * SLOTS_PER_CLIENT;
+            // Each client's slots sit at its stable index.
+            let base = client.index * SLOTS_PER_CLIENT;
             match &client.profile.knock {
                 Knock::Static { .. } => {
                     wanted.insert(base, (client.id, STATIC_SLOT));
