@@ -16,7 +16,7 @@ use crate::{cargo, is_root, output_if_ok, run_cmd};
 /// python3 for the demo's HTTP service and the spec checks; third-party
 /// peers and tools the tests use: knockd (its `knock` client), oathtool (an
 /// independent TOTP), zbar-tools (a QR decoder), iptables and nftables (the
-/// benchmark's comparison).
+/// benchmark's comparison), systemd (systemd-analyze checks the unit).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -30,6 +30,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "zbar-tools",
     "iptables",
     "nftables",
+    "systemd",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod client;
+mod system;
 
 use crate::{
     audit, check,
@@ -27,7 +28,7 @@ use crate::{
 
 /// Port knocking in the kernel: protected ports are invisible until a source knocks.
 #[derive(Debug, Parser)]
-#[command(name = "knock-xdp", version, about, propagate_version = true)]
+#[command(name = "knock-xdp", version, propagate_version = true)]
 pub struct Cli {
     /// Directory holding everything this instance owns (state, control socket).
     #[arg(long, global = true, env = "KNOCK_XDP_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
@@ -165,6 +166,25 @@ pub enum Command {
         #[command(flatten)]
         profile: ProfileArgs,
     },
+    /// Write a systemd unit that runs 'attach' on IFACE... (and start it when
+    /// systemd runs this system).
+    Install {
+        /// Interfaces the service attaches to.
+        #[arg(long = "iface", value_name = "IFACE", required = true)]
+        ifaces: Vec<String>,
+        /// Where to write knock-xdp.service.
+        #[arg(long, value_name = "DIR", default_value = system::DEFAULT_UNIT_DIR)]
+        unit_dir: PathBuf,
+    },
+    /// Stop and remove the systemd unit written by 'install'.
+    Uninstall {
+        #[arg(long, value_name = "DIR", default_value = system::DEFAULT_UNIT_DIR)]
+        unit_dir: PathBuf,
+    },
+    /// Print shell completions (bash, zsh, fish, ...).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Manpage,
     /// Probe a TCP port: prints open, closed or filtered.
     ///
     /// Exit status: 0 open, 3 closed, 4 filtered, 1 on errors.
@@ -354,6 +374,10 @@ impl Command {
             Command::Client(ClientCommand::Remove { .. }) => "client remove",
             Command::Client(ClientCommand::Show { .. }) => "client show",
             Command::Log { .. } => "log",
+            Command::Install { .. } => "install",
+            Command::Uninstall { .. } => "uninstall",
+            Command::Completions { .. } => "completions",
+            Command::Manpage => "manpage",
             Command::Knock { .. } => "knock",
             Command::Sequence { .. } => "sequence",
         }
@@ -366,7 +390,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let command = cli.command;
     let needs_root = !matches!(
         command,
-        Command::Check { .. } | Command::Knock { .. } | Command::Sequence { .. }
+        Command::Check { .. }
+            | Command::Knock { .. }
+            | Command::Sequence { .. }
+            | Command::Completions { .. }
+            | Command::Manpage
     );
     if needs_root {
         require_root(command.name())?;
@@ -378,6 +406,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             daemon::run(state, options)?
         }
         Command::Client(command) => client::run(&state, command)?,
+        Command::Install { ifaces, unit_dir } => system::install(&state, &unit_dir, &ifaces)?,
+        Command::Uninstall { unit_dir } => system::uninstall(&unit_dir)?,
+        Command::Completions { shell } => system::completions(shell),
+        Command::Manpage => system::manpage()?,
         Command::Log { json, client, lines } => {
             audit::print(&state, json, client.as_deref(), lines)?
         }

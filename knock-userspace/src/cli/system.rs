@@ -1,0 +1,113 @@
+//! Fitting knock-xdp into the system: a systemd unit, shell completions and
+//! a man page, all generated from the one CLI definition.
+
+use std::{fs, path::Path, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use clap::CommandFactory as _;
+
+use super::Cli;
+use crate::state::{StateDir, write_atomically};
+
+pub const UNIT_NAME: &str = "knock-xdp.service";
+pub const DEFAULT_UNIT_DIR: &str = "/etc/systemd/system";
+
+/// The unit: restarted always (a new daemon takes over what the old one left
+/// attached), with only the capabilities XDP needs and the file system
+/// read-only but for the state directory and bpffs.
+pub fn unit(binary: &Path, state: &StateDir, ifaces: &[String]) -> String {
+    let state_dir = state.path().display();
+    format!(
+        "# Written by 'knock-xdp install'; 'knock-xdp uninstall' removes it.
+[Unit]
+Description=knock-xdp: port knocking in the kernel (XDP)
+After=network-pre.target
+Wants=network-pre.target
+
+[Service]
+Type=exec
+ExecStart={binary} --state-dir {state_dir} attach {ifaces}
+Restart=always
+RestartSec=1
+CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN
+AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN
+NoNewPrivileges=yes
+ProtectSystem=strict
+ReadWritePaths={state_dir} /sys/fs/bpf
+ProtectHome=yes
+PrivateTmp=yes
+ProtectControlGroups=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+
+[Install]
+WantedBy=multi-user.target
+",
+        binary = binary.display(),
+        ifaces = ifaces.join(" "),
+    )
+}
+
+fn systemd_running() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+fn systemctl(args: &[&str]) -> Result<()> {
+    let status = Command::new("systemctl").args(args).status().context("cannot run systemctl")?;
+    if !status.success() {
+        bail!("systemctl {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+pub fn install(state: &StateDir, unit_dir: &Path, ifaces: &[String]) -> Result<()> {
+    for iface in ifaces {
+        crate::loader::if_index(iface)?;
+    }
+    let binary = std::env::current_exe().context("cannot find the knock-xdp binary")?;
+    let path = unit_dir.join(UNIT_NAME);
+    if !unit_dir.is_dir() {
+        bail!("{} is not a directory", unit_dir.display());
+    }
+    state.create()?;
+    write_atomically(&path, unit(&binary, state, ifaces).as_bytes())?;
+    println!("wrote {}", path.display());
+    if systemd_running() && unit_dir == Path::new(DEFAULT_UNIT_DIR) {
+        systemctl(&["daemon-reload"])?;
+        systemctl(&["enable", "--now", UNIT_NAME])?;
+        println!("enabled and started {UNIT_NAME}");
+    } else {
+        println!(
+            "systemd is not managing {}: enable it with 'systemctl enable --now {UNIT_NAME}'",
+            unit_dir.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn uninstall(unit_dir: &Path) -> Result<()> {
+    let path = unit_dir.join(UNIT_NAME);
+    if !path.exists() {
+        bail!("{} is not installed in {}", UNIT_NAME, unit_dir.display());
+    }
+    if systemd_running() && unit_dir == Path::new(DEFAULT_UNIT_DIR) {
+        systemctl(&["disable", "--now", UNIT_NAME])?;
+    }
+    fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+    if systemd_running() && unit_dir == Path::new(DEFAULT_UNIT_DIR) {
+        systemctl(&["daemon-reload"])?;
+    }
+    println!("removed {}", path.display());
+    Ok(())
+}
+
+pub fn completions(shell: clap_complete::Shell) {
+    clap_complete::generate(shell, &mut Cli::command(), "knock-xdp", &mut std::io::stdout());
+}
+
+pub fn manpage() -> Result<()> {
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut std::io::stdout())
+        .context("cannot write the man page")
+}
