@@ -11,8 +11,8 @@ use anyhow::{Context as _, Result, bail};
 use knock_common::maps::MAX_CLIENTS;
 
 use crate::{
-    profile::{Profile, ProfileFile, check_name, parse_toml},
-    state::{StateDir, write_atomically},
+    profile::{Profile, ProfileFile, check_name},
+    state::{StateDir, parse_toml, write_atomically},
 };
 
 /// A client as the server knows it.

@@ -54,6 +54,8 @@ pub enum Request {
     },
     /// Re-read the clients directory (after `client add` / `client remove`).
     ReloadClients,
+    /// Re-read the state file and the clients (also on SIGHUP).
+    Reload,
 }
 
 /// The daemon's answer: a JSON value on success, one line of text on failure.

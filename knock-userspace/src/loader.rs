@@ -130,10 +130,15 @@ enum Link {
 }
 
 impl Link {
-    /// Detaches: unpinning or closing drops the last reference to the link.
-    fn release(self) -> std::io::Result<()> {
+    /// Detaches. A pinned link is detached explicitly first: dropping its
+    /// last reference by unpinning frees it only after an RCU grace period,
+    /// and `detach` must not return while the program still runs.
+    fn release(self, pin: &Path) -> std::io::Result<()> {
         match self {
-            Link::Pinned(link) => link.unpin().map(drop),
+            Link::Pinned(link) => {
+                detach_pinned_link(pin)?;
+                link.unpin().map(drop)
+            }
             Link::Held(link) => {
                 drop(link);
                 Ok(())
@@ -262,7 +267,7 @@ impl Program {
         let link = if self.fail_open {
             Link::Held(link)
         } else {
-            let path = self.pin_dir.join(format!("link-{iface}"));
+            let path = self.link_pin(iface);
             Link::Pinned(
                 link.pin(&path)
                     .with_context(|| format!("cannot pin the XDP link at {}", path.display()))?,
@@ -283,6 +288,10 @@ impl Program {
         })
     }
 
+    fn link_pin(&self, iface: &str) -> PathBuf {
+        self.pin_dir.join(format!("link-{iface}"))
+    }
+
     /// Detaches from one interface.
     pub fn detach(&mut self, iface: &str) -> Result<()> {
         let index = self
@@ -291,14 +300,16 @@ impl Program {
             .position(|a| a.iface == iface)
             .ok_or_else(|| anyhow!("knock-xdp is not attached to '{iface}'"))?;
         let attachment = self.attachments.remove(index);
-        attachment.link.release().with_context(|| format!("cannot detach from {iface}"))
+        let pin = self.link_pin(iface);
+        attachment.link.release(&pin).with_context(|| format!("cannot detach from {iface}"))
     }
 
     /// Detaches from everything and removes every pin.
     pub fn shutdown(mut self) -> Result<()> {
         for attachment in std::mem::take(&mut self.attachments) {
             let iface = attachment.iface.clone();
-            attachment.link.release().with_context(|| format!("cannot detach from {iface}"))?;
+            let pin = self.link_pin(&iface);
+            attachment.link.release(&pin).with_context(|| format!("cannot detach from {iface}"))?;
         }
         if self.fail_open {
             return Ok(());
@@ -358,6 +369,8 @@ pub fn remove_pins(pin_dir: &Path) -> Result<Vec<String>> {
         if let Some(iface) =
             path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("link-"))
         {
+            detach_pinned_link(&path)
+                .with_context(|| format!("cannot detach {}", path.display()))?;
             detached.push(iface.to_owned());
         }
         fs::remove_file(&path).with_context(|| format!("cannot remove pin {}", path.display()))?;
@@ -375,4 +388,34 @@ pub fn pinned_link_exists(pin_dir: &Path) -> bool {
     fs::read_dir(pin_dir).is_ok_and(|mut entries| {
         entries.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("link-")))
     })
+}
+
+/// Detaches the link pinned at `path` now, with BPF_LINK_DETACH (Linux 5.9):
+/// the interface is free of the program when this returns, whoever else
+/// still holds the link.
+fn detach_pinned_link(path: &Path) -> std::io::Result<()> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // union bpf_attr, large enough for both commands.
+    let mut attr = [0u64; 16];
+    attr[0] = c_path.as_ptr() as u64; // obj_get.pathname; bpf_fd and file_flags stay 0
+    // SAFETY: a valid attr of the size passed; the kernel reads a NUL-terminated path.
+    let fd =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_ptr(), size_of_val(&attr)) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor we own.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    let mut attr = [0u64; 16];
+    attr[0] = std::os::fd::AsRawFd::as_raw_fd(&fd) as u64; // link_detach.link_fd
+    // SAFETY: a valid attr of the size passed.
+    let rc =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_ptr(), size_of_val(&attr)) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

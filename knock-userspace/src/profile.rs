@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     ports::{Proto, ProtoPort, parse_port},
+    state::parse_toml,
     units::{format_duration, parse_duration},
 };
 
@@ -583,17 +584,6 @@ fn percent_decode(text: &str) -> Result<String> {
         }
     }
     String::from_utf8(out).map_err(|_| anyhow!("profile URI: not UTF-8"))
-}
-
-/// Parses TOML, naming the file and line on error.
-pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
-    toml::from_str(text).map_err(|err| {
-        let line = err
-            .span()
-            .map(|span| text[..span.start].matches('\n').count() + 1)
-            .map_or(String::new(), |line| format!(" line {line}"));
-        anyhow!("{}{line}: {}", path.display(), err.message())
-    })
 }
 
 /// Ports as `knock` and `knock-xdp sequence` print them: TCP bare, UDP as `PORT:udp`.

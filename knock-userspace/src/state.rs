@@ -95,13 +95,7 @@ impl StateDir {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
             Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
         };
-        let file: StateFile = toml::from_str(&text).map_err(|err| {
-            let line = err
-                .span()
-                .map(|span| text[..span.start].matches('\n').count() + 1)
-                .map_or(String::new(), |line| format!(" line {line}"));
-            anyhow::anyhow!("{}{line}: {}", path.display(), err.message())
-        })?;
+        let file: StateFile = parse_toml(&text, &path)?;
         let mut protected = BTreeSet::new();
         for entry in &file.protected {
             let port = entry
@@ -152,6 +146,17 @@ impl StateDir {
             }
         }
     }
+}
+
+/// Parses TOML, naming the file and line on error, in one line.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
+    toml::from_str(text).map_err(|err| {
+        let line = err
+            .span()
+            .map(|span| text[..span.start].matches('\n').count() + 1)
+            .map_or(String::new(), |line| format!(" line {line}"));
+        anyhow::anyhow!("{}{line}: {}", path.display(), err.message().trim().replace('\n', ", "))
+    })
 }
 
 /// Replaces `path` with `contents` so that readers only ever see a whole file.

@@ -624,6 +624,16 @@ pub fn has_xdp(netns: &Netns, iface: &str) -> bool {
     netns.ip(&["-d", "link", "show", "dev", iface]).contains("prog/xdp")
 }
 
+/// Waits (3 s at most) until `done` holds: the kernel frees programs and
+/// links after an RCU grace period, not at the moment their last user goes.
+pub fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Is a BPF program with this id still loaded anywhere?
 pub fn program_loaded(id: u32) -> bool {
     aya::programs::loaded_programs().any(|p| p.is_ok_and(|p| p.id() == id))

@@ -56,6 +56,11 @@ const MISTAKES: &[(&[&str], &str)] = &[
     (&["revoke", "10.0.0.1"], "not running"),
     (&["list"], "not running"),
     (&["status"], "not running"),
+    (&["reload"], "not running"),
+    (&["install"], "required"),
+    (&["install", "--iface", "no-such-if0", "--unit-dir", "/tmp"], "no network interface"),
+    (&["completions", "tcsh"], "invalid value"),
+    (&["attach", "lo", "--metrics-listen", "nowhere"], "invalid value"),
 ];
 
 fn assert_one_clear_line(args: &[&str], out: &std::process::Output, phrase: &str) {

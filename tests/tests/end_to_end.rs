@@ -10,7 +10,7 @@ use std::{
 use knock_tests::{
     lab::{
         CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_V4, SERVER_V6,
-        has_xdp, program_loaded,
+        eventually, has_xdp, program_loaded,
     },
     privileged,
 };
@@ -155,7 +155,7 @@ fn detach_leaves_no_program_and_no_pins() {
     assert!(knock.wait_daemon().success(), "{}", knock.daemon_log());
     assert!(!pins.exists(), "pins left in {}", pins.display());
     assert!(!has_xdp(&lab.server, &lab.server_if), "an XDP program is still attached");
-    assert!(!program_loaded(program_id), "program {program_id} is still loaded");
+    eventually(&format!("program {program_id} is still loaded"), || !program_loaded(program_id));
     assert!(!knock.state_path().join("control.sock").exists());
 }
 
@@ -193,7 +193,7 @@ fn a_killed_daemon_keeps_protection_and_a_new_one_takes_over() {
     assert!(knock.daemon_log().contains("took over"), "{}", knock.daemon_log());
     let new_program = knock.status()["program_id"].as_u64().unwrap();
     assert_ne!(new_program, old_program);
-    assert!(!program_loaded(old_program as u32), "the old program is still loaded");
+    eventually("the old program is still loaded", || !program_loaded(old_program as u32));
     assert!(has_xdp(&lab.server, &lab.server_if));
     assert_eq!(lab.tcp_state(SERVER_V6, TCP_PORT), PortState::Filtered, "strangers got in");
     assert!(session.exchange(), "the restart broke the allowed client's connection");
@@ -325,9 +325,104 @@ fn with_fail_open_protection_ends_with_a_killed_daemon() {
     assert!(lines.iter().any(|l| l["message"] == "protected" && l["ports"] == "8022/tcp"), "{log}");
     knock.kill_daemon();
     // The kernel dropped the link with the process: exposed, not locked.
-    assert!(!has_xdp(&lab.server, &lab.server_if));
+    eventually("the fail-open program outlived its daemon", || {
+        !has_xdp(&lab.server, &lab.server_if)
+    });
     assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Open);
     // And a new daemon starts without anything to clean up.
     knock.attach(&[&lab.server_if]);
     assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Filtered);
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
+    if !privileged("metrics_parse_as_prometheus_text_and_move_with_traffic") {
+        return;
+    }
+    let lab = lab_with_services();
+    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
+    knock.attach(&[&lab.server_if, "--metrics-listen", "127.0.0.1:9419"]);
+    knock.ok(&["protect", &format!("{TCP_PORT}/tcp")]);
+    let scrape = || -> std::collections::BTreeMap<String, f64> {
+        let text = lab.server.enter(|| {
+            use std::io::{Read as _, Write as _};
+            let mut stream =
+                std::net::TcpStream::connect("127.0.0.1:9419").expect("metrics endpoint");
+            stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut text = String::new();
+            stream.read_to_string(&mut text).unwrap();
+            text
+        });
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(
+            head.starts_with("HTTP/1.1 200") && head.contains("text/plain; version=0.0.4"),
+            "{head}"
+        );
+        // Every line is a comment or `name{labels} value` with a number.
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (series, value) =
+                    l.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {l:?}"));
+                (series.to_owned(), value.parse().unwrap_or_else(|_| panic!("bad value in {l:?}")))
+            })
+            .collect()
+    };
+    let before = scrape();
+    let dropped = r#"knock_xdp_packets_total{verdict="dropped_protected"}"#;
+    assert!(before.contains_key(dropped), "{before:?}");
+    assert!(before.contains_key(r#"knock_xdp_knocks_total{outcome="opened"}"#));
+    assert!(before.contains_key(r#"knock_xdp_map_entries{map="flows"}"#));
+    assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Filtered);
+    let after = scrape();
+    assert!(after[dropped] > before[dropped], "{} -> {}", before[dropped], after[dropped]);
+}
+
+#[test]
+fn reload_and_sighup_apply_hand_edits_and_a_broken_file_changes_nothing() {
+    if !privileged("reload_and_sighup_apply_hand_edits_and_a_broken_file_changes_nothing") {
+        return;
+    }
+    let lab = lab_with_services();
+    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
+    knock.attach(&[&lab.server_if]);
+    knock.ok(&["protect", &format!("{TCP_PORT}/tcp")]);
+    knock.ok(&["allow", CLIENT_V4, "--for", "1h"]);
+    let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).unwrap();
+    let state_file = knock.state_path().join("state.toml");
+    assert!(lab.udp_exchange(SERVER_V6, UDP_PORT));
+
+    // A hand edit, applied by `reload`.
+    std::fs::write(&state_file, format!("protected = [\"{TCP_PORT}/tcp\", \"{UDP_PORT}/udp\"]\n"))
+        .unwrap();
+    let out = knock.ok(&["reload"]);
+    assert!(out.contains("reloaded"), "{out}");
+    assert!(!lab.udp_exchange(SERVER_V6, UDP_PORT), "the reloaded protection is not in force");
+    assert!(session.exchange(), "reload cut an open connection");
+
+    // A broken file: one clear error, nothing changes, the file stays.
+    std::fs::write(&state_file, "protected = [\n").unwrap();
+    let out = knock.cli(&["reload"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("state.toml line") && stderr.trim().lines().count() == 1, "{stderr}");
+    assert_eq!(std::fs::read_to_string(&state_file).unwrap(), "protected = [\n");
+    assert!(!lab.udp_exchange(SERVER_V6, UDP_PORT), "a broken reload dropped protection");
+    assert!(session.exchange());
+
+    // SIGHUP does the same as reload.
+    std::fs::write(&state_file, format!("protected = [\"{TCP_PORT}/tcp\"]\n")).unwrap();
+    let pid = knock.status()["pid"].as_u64().unwrap() as i32;
+    // SAFETY: plain kill(2) to the daemon.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !lab.udp_exchange(SERVER_V6, UDP_PORT) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload:\n{}",
+            knock.daemon_log()
+        );
+    }
+    assert!(session.exchange());
+    assert_eq!(lab.tcp_state(SERVER_V6, TCP_PORT), PortState::Filtered);
 }

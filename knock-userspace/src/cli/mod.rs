@@ -83,6 +83,9 @@ pub enum Command {
         /// closed) the program stays attached until 'knock-xdp detach'.
         #[arg(long)]
         fail_open: bool,
+        /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9419); off by default.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Detach from one interface, or from all; removes every pin knock-xdp made.
     Detach {
@@ -166,6 +169,9 @@ pub enum Command {
         #[command(flatten)]
         profile: ProfileArgs,
     },
+    /// Re-read the state file and the clients in the running daemon (as SIGHUP
+    /// does), keeping allowed sources, open flows and knocks in progress.
+    Reload,
     /// Write a systemd unit that runs 'attach' on IFACE... (and start it when
     /// systemd runs this system).
     Install {
@@ -374,6 +380,7 @@ impl Command {
             Command::Client(ClientCommand::Remove { .. }) => "client remove",
             Command::Client(ClientCommand::Show { .. }) => "client show",
             Command::Log { .. } => "log",
+            Command::Reload => "reload",
             Command::Install { .. } => "install",
             Command::Uninstall { .. } => "uninstall",
             Command::Completions { .. } => "completions",
@@ -400,12 +407,28 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         require_root(command.name())?;
     }
     match command {
-        Command::Attach { ifaces, mode, open_window, knock_timeout, idle_timeout, fail_open } => {
-            let options =
-                AttachOptions { ifaces, mode, open_window, knock_timeout, idle_timeout, fail_open };
+        Command::Attach {
+            ifaces,
+            mode,
+            open_window,
+            knock_timeout,
+            idle_timeout,
+            fail_open,
+            metrics_listen,
+        } => {
+            let options = AttachOptions {
+                ifaces,
+                mode,
+                open_window,
+                knock_timeout,
+                idle_timeout,
+                fail_open,
+                metrics_listen,
+            };
             daemon::run(state, options)?
         }
         Command::Client(command) => client::run(&state, command)?,
+        Command::Reload => print_changed(control::request(&state, &Request::Reload)?),
         Command::Install { ifaces, unit_dir } => system::install(&state, &unit_dir, &ifaces)?,
         Command::Uninstall { unit_dir } => system::uninstall(&unit_dir)?,
         Command::Completions { shell } => system::completions(shell),

@@ -84,29 +84,8 @@ impl Daemon {
                 self.stop = self.program.attachments.is_empty();
                 to_value(Changed { message: format!("detached from {iface}"), stopping: self.stop })
             }
-            Request::ReloadClients => {
-                let clients = ClientStore::new(&self.state_dir).load()?;
-                let before: Vec<u32> = self.clients.iter().map(|c| c.id).collect();
-                let removed: Vec<Client> = self
-                    .clients
-                    .iter()
-                    .filter(|c| !clients.iter().any(|n| n.id == c.id))
-                    .cloned()
-                    .collect();
-                self.clients = clients;
-                self.rotate()?;
-                for client in &self.clients {
-                    if !before.contains(&client.id) {
-                        info!(client = %client.profile.name, kind = client.profile.kind(), "client added");
-                    }
-                }
-                let mut notes = Vec::new();
-                for client in removed {
-                    info!(client = %client.profile.name, "client removed; its sequences no longer open the door");
-                    notes.extend(self.revoke_admitted_by(client.id)?);
-                }
-                changed(notes.join("; "))
-            }
+            Request::ReloadClients => changed(self.reload_clients()?.join("; ")),
+            Request::Reload => changed(self.reload()?),
             Request::Detach { iface: None } => {
                 self.stop = true;
                 let ifaces: Vec<_> =
@@ -189,6 +168,62 @@ impl Daemon {
             );
         }
         changed(done.join("; "))
+    }
+
+    /// Re-reads the clients directory: new clients' sequences are installed,
+    /// removed clients' stop at once and the sources they admitted go.
+    fn reload_clients(&mut self) -> Result<Vec<String>> {
+        let clients = ClientStore::new(&self.state_dir).load()?;
+        let before: Vec<u32> = self.clients.iter().map(|c| c.id).collect();
+        let removed: Vec<Client> = self
+            .clients
+            .iter()
+            .filter(|c| !clients.iter().any(|n| n.id == c.id))
+            .cloned()
+            .collect();
+        self.clients = clients;
+        self.rotate()?;
+        for client in &self.clients {
+            if !before.contains(&client.id) {
+                info!(client = %client.profile.name, kind = client.profile.kind(), "client added");
+            }
+        }
+        let mut notes = Vec::new();
+        for client in removed {
+            info!(client = %client.profile.name, "client removed; its sequences no longer open the door");
+            notes.extend(self.revoke_admitted_by(client.id)?);
+        }
+        Ok(notes)
+    }
+
+    /// `reload` and SIGHUP: re-reads the state file and the clients. Both
+    /// are read in full before anything changes, so a broken file changes
+    /// nothing; allowed sources, flows and knocks in progress stay.
+    pub(super) fn reload(&mut self) -> Result<String> {
+        let next = self.state_dir.load()?;
+        ClientStore::new(&self.state_dir).load()?;
+        let added: BTreeSet<ProtoPort> =
+            next.protected.difference(&self.state.protected).copied().collect();
+        super::keep_established(&mut self.tables, &added)?;
+        self.tables.set_protected(&self.state.protected, &next.protected)?;
+        self.tables.set_allowed_nets(&self.state.allow_nets, &next.allow_nets)?;
+        self.state = next;
+        let notes = self.reload_clients()?;
+        info!(ports = %ports::join(&self.state.protected), clients = self.clients.len(), "reloaded");
+        let mut message = format!(
+            "reloaded: protecting {}; {} clients",
+            if self.state.protected.is_empty() {
+                "nothing".to_owned()
+            } else {
+                ports::join(&self.state.protected)
+            },
+            self.clients.len()
+        );
+        for note in notes {
+            message.push_str("; ");
+            message.push_str(&note);
+        }
+        Ok(message)
     }
 
     /// Revokes every source a client's knocks admitted, ending their flows.

@@ -9,7 +9,7 @@ use crate::audit;
 use crate::units::format_duration;
 
 impl Daemon {
-    pub(super) fn log_event(&self, bytes: &[u8]) {
+    pub(super) fn log_event(&mut self, bytes: &[u8]) {
         let Ok(event) = bytemuck::try_pod_read_unaligned::<Event>(bytes) else {
             return warn!(len = bytes.len(), "malformed event from the XDP program");
         };
@@ -42,7 +42,7 @@ impl Daemon {
     }
 
     /// Records openings and refusals in the audit trail (not progress).
-    fn audit(&self, event: &Event, source: &str) {
+    fn audit(&mut self, event: &Event, source: &str) {
         let name = match event.kind {
             event_kind::OPENED => "opened",
             event_kind::REPLAY => "replay",
@@ -52,6 +52,7 @@ impl Daemon {
             event_kind::ALLOW_FULL => "allow_full",
             _ => return,
         };
+        *self.knock_outcomes.entry(name).or_default() += 1;
         let mut record = audit::Record::now(name, source.to_owned());
         record.client = (event.client != 0).then(|| self.client_name(event.client));
         record.slot = (event.client != 0 && event.slot != STATIC_SLOT).then_some(event.slot);

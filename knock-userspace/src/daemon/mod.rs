@@ -6,6 +6,7 @@
 
 mod control;
 mod events;
+mod metrics;
 mod rotate;
 mod sweep;
 
@@ -57,6 +58,8 @@ pub struct AttachOptions {
     pub idle_timeout: Duration,
     /// Pin nothing: protection ends with the process, even on `kill -9`.
     pub fail_open: bool,
+    /// Serve Prometheus metrics here.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// How long a TCP flow still passes after the client's FIN or RST: enough for
@@ -82,6 +85,8 @@ pub(crate) struct Daemon {
     program: Program,
     tables: Tables,
     started: Instant,
+    /// Knock outcomes seen in events, for the metrics.
+    knock_outcomes: std::collections::BTreeMap<&'static str, u64>,
     /// Set by a `detach` that leaves no interface: the loop ends after replying.
     stop: bool,
 }
@@ -139,6 +144,7 @@ pub fn run(state_dir: StateDir, options: AttachOptions) -> Result<()> {
             program,
             tables,
             started: Instant::now(),
+            knock_outcomes: metrics::outcome_counters(),
             stop: false,
         };
         daemon.rotate()?;
@@ -204,16 +210,30 @@ impl Daemon {
             .with_context(|| format!("cannot restrict {}", socket.display()))?;
         let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         let mut rotate = tokio::time::interval(ROTATE_INTERVAL);
         let mut flow_sweep = tokio::time::interval(FLOW_SWEEP_INTERVAL);
         let mut event_poll = tokio::time::interval(EVENT_POLL_INTERVAL);
+        let metrics = match self.options.metrics_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot serve metrics on {addr}"))?,
+            ),
+            None => None,
+        };
         info!(socket = %socket.display(), "ready");
 
         while !self.stop {
             tokio::select! {
                 _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
                 _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
+                _ = sighup.recv() => {
+                    if let Err(err) = self.reload() {
+                        warn!("SIGHUP: nothing changed: {err:#}");
+                    }
+                }
                 _ = sweep.tick() => self.sweep(),
                 _ = flow_sweep.tick() => self.sweep_flows(),
                 _ = rotate.tick() => {
@@ -224,6 +244,12 @@ impl Daemon {
                 _ = event_poll.tick() => {
                     while let Some(item) = events.next() {
                         self.log_event(&item);
+                    }
+                }
+                Some(scrape) = async { match &metrics { Some(m) => Some(m.accept().await), None => None } } => {
+                    match scrape {
+                        Ok((stream, _)) => self.scrape(stream).await,
+                        Err(err) => warn!("metrics: {err}"),
                     }
                 }
                 accepted = listener.accept() => match accepted {
