@@ -292,6 +292,17 @@ impl Program {
         self.pin_dir.join(format!("link-{iface}"))
     }
 
+    /// Forgets an interface that no longer exists (the kernel detached its
+    /// link when the device went): drops the attachment and its pin.
+    pub fn forget(&mut self, iface: &str) {
+        if let Some(index) = self.attachments.iter().position(|a| a.iface == iface) {
+            let attachment = self.attachments.remove(index);
+            if let Link::Pinned(link) = attachment.link {
+                let _ = link.unpin();
+            }
+        }
+    }
+
     /// Detaches from one interface.
     pub fn detach(&mut self, iface: &str) -> Result<()> {
         let index = self

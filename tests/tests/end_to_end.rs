@@ -426,3 +426,41 @@ fn reload_and_sighup_apply_hand_edits_and_a_broken_file_changes_nothing() {
     assert!(session.exchange());
     assert_eq!(lab.tcp_state(SERVER_V6, TCP_PORT), PortState::Filtered);
 }
+
+#[test]
+fn an_interface_that_disappears_is_forgotten_and_protected_again_when_it_returns() {
+    if !privileged("an_interface_that_disappears_is_forgotten_and_protected_again_when_it_returns")
+    {
+        return;
+    }
+    let lab = lab_with_services();
+    let extra = format!("kxd{}", lab.id);
+    let peer = format!("kxe{}", lab.id);
+    lab.server.ip(&["link", "add", &extra, "type", "veth", "peer", "name", &peer]);
+    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
+    knock.attach(&[&lab.server_if, &extra]);
+    knock.ok(&["protect", &format!("{TCP_PORT}/tcp")]);
+
+    lab.server.ip(&["link", "del", &extra]);
+    eventually("the daemon did not notice the interface going", || {
+        knock.daemon_log().contains("interface disappeared")
+    });
+    let names = |knock: &Instance| -> Vec<String> {
+        knock.status()["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&knock), [lab.server_if.clone()]);
+    assert_eq!(
+        lab.tcp_state(SERVER_V4, TCP_PORT),
+        PortState::Filtered,
+        "the other interface lost protection"
+    );
+
+    lab.server.ip(&["link", "add", &extra, "type", "veth", "peer", "name", &peer]);
+    eventually("the returning interface was not attached again", || has_xdp(&lab.server, &extra));
+    assert_eq!(names(&knock).len(), 2);
+}

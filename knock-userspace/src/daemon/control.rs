@@ -80,6 +80,8 @@ impl Daemon {
             Request::Status => to_value(self.status()?),
             Request::Detach { iface: Some(iface) } => {
                 self.program.detach(&iface)?;
+                // Not to be attached again if the interface comes and goes.
+                self.options.ifaces.retain(|i| *i != iface);
                 info!(interface = %iface, "detached");
                 self.stop = self.program.attachments.is_empty();
                 to_value(Changed { message: format!("detached from {iface}"), stopping: self.stop })

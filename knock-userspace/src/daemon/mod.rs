@@ -234,7 +234,10 @@ impl Daemon {
                         warn!("SIGHUP: nothing changed: {err:#}");
                     }
                 }
-                _ = sweep.tick() => self.sweep(),
+                _ = sweep.tick() => {
+                    self.sweep();
+                    self.watch_interfaces();
+                }
                 _ = flow_sweep.tick() => self.sweep_flows(),
                 _ = rotate.tick() => {
                     if let Err(err) = self.rotate() {

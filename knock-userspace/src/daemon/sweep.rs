@@ -3,7 +3,7 @@
 use tracing::{info, warn};
 
 use super::Daemon;
-use crate::clock;
+use crate::{clock, loader};
 
 impl Daemon {
     pub(super) fn sweep(&mut self) {
@@ -35,6 +35,32 @@ impl Daemon {
             flows.into_iter().filter(|(_, e)| dead(e)).map(|(k, _)| k).collect();
         if let Err(err) = self.tables.end_flows(|k| doomed.contains(k)) {
             warn!("flow sweep: {err:#}");
+        }
+    }
+
+    /// Follows interfaces coming and going: one that disappeared is logged and
+    /// forgotten (the others keep working); one asked for at `attach` that
+    /// (re)appears is attached.
+    pub(super) fn watch_interfaces(&mut self) {
+        let gone: Vec<String> = self
+            .program
+            .attachments
+            .iter()
+            .filter(|a| loader::if_index(&a.iface).ok() != Some(a.ifindex))
+            .map(|a| a.iface.clone())
+            .collect();
+        for iface in gone {
+            warn!(interface = %iface, "interface disappeared; the other interfaces stay protected");
+            self.program.forget(&iface);
+        }
+        for iface in self.options.ifaces.clone() {
+            let attached = self.program.attachments.iter().any(|a| a.iface == iface);
+            if !attached && loader::if_index(&iface).is_ok() {
+                match self.program.attach(&iface, self.options.mode) {
+                    Ok(()) => warn!(interface = %iface, "interface is back; attached again"),
+                    Err(err) => warn!(interface = %iface, "cannot attach again: {err:#}"),
+                }
+            }
         }
     }
 }
