@@ -453,7 +453,7 @@ fn an_interface_that_disappears_is_forgotten_and_protected_again_when_it_returns
             .map(|i| i["name"].as_str().unwrap().to_owned())
             .collect()
     };
-    assert_eq!(names(&knock), [lab.server_if.clone()]);
+    assert_eq!(names(&knock), std::slice::from_ref(&lab.server_if));
     assert_eq!(
         lab.tcp_state(SERVER_V4, TCP_PORT),
         PortState::Filtered,
