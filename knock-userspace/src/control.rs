@@ -127,6 +127,8 @@ pub struct Status {
     pub clients: usize,
     /// Sequences installed in the kernel (up to 4 per rotating client).
     pub sequences: usize,
+    /// The current time slot of each rotating client.
+    pub current_slots: BTreeMap<String, u64>,
     /// Sources with knock state in the kernel (finished ones included until they expire).
     pub knocks_in_progress: usize,
 }

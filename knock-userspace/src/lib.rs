@@ -8,6 +8,7 @@ pub mod check;
 pub mod cli;
 pub mod clients;
 pub mod clock;
+pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod knock;

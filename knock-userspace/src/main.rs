@@ -26,7 +26,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(cli.verbose, cli.quiet, cli.log_format);
+    // The config file may set the log level and format; a broken one is
+    // reported by the command itself, so here it only falls back.
+    let config = knock_userspace::config::Config::load(cli.config.as_deref()).unwrap_or_default();
+    let format = cli.log_format.or(config.log_format).unwrap_or(LogFormat::Human);
+    init_logging(cli.verbose, cli.quiet, config.log_level.as_deref(), format);
     match cli::run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -36,9 +40,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
+fn init_logging(verbose: u8, quiet: u8, configured: Option<&str>, format: LogFormat) {
     let level = match (verbose, quiet) {
-        (0, 0) => "info",
+        (0, 0) => configured.unwrap_or("info"),
         (1, _) => "debug",
         (v, _) if v >= 2 => "trace",
         (_, 1) => "warn",

@@ -28,6 +28,11 @@ const MISTAKES: &[(&[&str], &str)] = &[
     (&["attach", "lo", "--idle-timeout", "0s"], "longer than zero"),
     (&["attach", "--mode", "turbo", "lo"], "invalid value"),
     (&["attach", "no-such-if0"], "no network interface named 'no-such-if0'"),
+    (&["attach"], "no interface to attach to"),
+    (
+        &["--config", "/nonexistent/knock.toml", "attach", "lo"],
+        "cannot read /nonexistent/knock.toml",
+    ),
     (&["check", "127.0.0.1", "0"], "out of range"),
     (&["frobnicate"], "unrecognized subcommand"),
     (&["client", "add", "../evil"], "invalid client name"),

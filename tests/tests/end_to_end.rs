@@ -464,3 +464,59 @@ fn an_interface_that_disappears_is_forgotten_and_protected_again_when_it_returns
     eventually("the returning interface was not attached again", || has_xdp(&lab.server, &extra));
     assert_eq!(names(&knock).len(), 2);
 }
+
+#[test]
+fn a_config_file_sets_the_defaults_flags_override_it_and_reload_rereads_it() {
+    if !privileged("a_config_file_sets_the_defaults_flags_override_it_and_reload_rereads_it") {
+        return;
+    }
+    let lab = lab_with_services();
+    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
+    let config = knock.state_path().with_extension("config.toml");
+    let text = format!(
+        "interfaces = [\"{}\"]\nprotected = [\"{TCP_PORT}/tcp\"]\nallow = [\"{CLIENT2_V4}/32\"]\nopen_window = \"5s\"\nidle_timeout = \"20m\"\nlog_format = \"json\"\n",
+        lab.server_if
+    );
+    std::fs::write(&config, &text).unwrap();
+    let config_arg = config.to_str().unwrap();
+    // No interface on the command line: the file's; --open-window beats the file.
+    knock.attach(&["--config", config_arg, "--open-window", "7s"]);
+    let status = knock.status();
+    assert_eq!(status["interfaces"][0]["name"], lab.server_if.as_str());
+    assert_eq!(status["open_window_secs"], 7);
+    assert_eq!(status["idle_timeout_secs"], 1200);
+    let first = knock.daemon_log().lines().next().unwrap_or_default().to_owned();
+    assert!(serde_json::from_str::<serde_json::Value>(&first).is_ok(), "not JSON: {first}");
+
+    // The file's port is protected, its network allowed, and neither can be
+    // undone from the command line.
+    assert_eq!(lab.tcp_state(SERVER_V6, TCP_PORT), PortState::Filtered);
+    assert!(lab.tcp_exchange(CLIENT2_V4, SERVER_V4, TCP_PORT));
+    let out = knock.cli(&["--config", config_arg, "unprotect", &format!("{TCP_PORT}/tcp")]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("remove it there")
+    );
+    let out = knock.cli(&["--config", config_arg, "revoke", &format!("{CLIENT2_V4}/32")]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("remove it there")
+    );
+
+    // Reload re-reads it; a broken one changes nothing and stays as it is.
+    std::fs::write(
+        &config,
+        text.replace(
+            &format!("\"{TCP_PORT}/tcp\""),
+            &format!("\"{TCP_PORT}/tcp\", \"{UDP_PORT}/udp\""),
+        ),
+    )
+    .unwrap();
+    knock.ok(&["reload"]);
+    assert!(!lab.udp_exchange(SERVER_V6, UDP_PORT), "the reloaded config is not in force");
+    std::fs::write(&config, "interfaces = [\n").unwrap();
+    let out = knock.cli(&["reload"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("config.toml line"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), "interfaces = [\n");
+    assert!(!lab.udp_exchange(SERVER_V6, UDP_PORT), "a broken config dropped protection");
+    let _ = std::fs::remove_file(&config);
+}

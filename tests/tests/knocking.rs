@@ -136,6 +136,10 @@ fn udp_and_ipv6_clients() {
 
     let seq = sequence(&lab, &udp, None);
     assert!(seq.iter().all(|k| k.udp) && seq.len() == 6, "{seq:?}");
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let slot =
+        knock.status()["current_slots"]["phone"].as_u64().expect("status shows the current slot");
+    assert!(slot == now / 30 || slot == now / 30 + 1, "{slot}");
     let out = knock_cli(&lab, &udp, &["--check", &SERVICE.to_string()]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 

@@ -14,6 +14,7 @@ mod system;
 
 use crate::{
     audit, check,
+    config::Config,
     control::{self, Changed, Listing, Request, Status, Unreachable},
     daemon::{self, AttachOptions},
     knock,
@@ -38,9 +39,13 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
-    /// Log format: human-readable lines, or one JSON object a line.
-    #[arg(long, global = true, value_enum, env = "KNOCK_XDP_LOG_FORMAT", default_value_t = LogFormat::Human)]
-    pub log_format: LogFormat,
+    /// The config file (default /etc/knock-xdp/config.toml, if it exists).
+    #[arg(long, global = true, env = "KNOCK_XDP_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log format: human-readable lines, or one JSON object a line (default human).
+    #[arg(long, global = true, value_enum, env = "KNOCK_XDP_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
 
     /// Less log output (-q warnings only, -qq errors only).
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
@@ -50,7 +55,8 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Human,
     Json,
@@ -63,28 +69,28 @@ pub enum Command {
     /// SIGINT or SIGTERM detach cleanly. If the daemon is killed, the program
     /// stays attached (protection stays in force) until 'knock-xdp detach'.
     Attach {
-        /// Interfaces to attach to.
-        #[arg(required = true, value_name = "IFACE")]
+        /// Interfaces to attach to (default: `interfaces` of the config file).
+        #[arg(value_name = "IFACE")]
         ifaces: Vec<String>,
         /// XDP mode: auto tries native (driver) XDP, then falls back to skb (generic).
-        #[arg(long, value_enum, default_value_t = Mode::Auto)]
-        mode: Mode,
-        /// How long a source that knocked may open new connections.
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
-        open_window: Duration,
-        /// How long a whole knock sequence may take.
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
-        knock_timeout: Duration,
-        /// How long an admitted connection lives without a packet from its client.
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "15m")]
-        idle_timeout: Duration,
+        #[arg(long, value_enum, env = "KNOCK_XDP_MODE")]
+        mode: Option<Mode>,
+        /// How long a source that knocked may open new connections (default 30s).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "KNOCK_XDP_OPEN_WINDOW")]
+        open_window: Option<Duration>,
+        /// How long a whole knock sequence may take (default 10s).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "KNOCK_XDP_KNOCK_TIMEOUT")]
+        knock_timeout: Option<Duration>,
+        /// How long an admitted connection lives without a packet from its client (default 15m).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "KNOCK_XDP_IDLE_TIMEOUT")]
+        idle_timeout: Option<Duration>,
         /// Let protection end with the daemon, even if it is killed: the
         /// ports are then exposed rather than locked. By default (fail
         /// closed) the program stays attached until 'knock-xdp detach'.
         #[arg(long)]
         fail_open: bool,
         /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9419); off by default.
-        #[arg(long, value_name = "ADDR")]
+        #[arg(long, value_name = "ADDR", env = "KNOCK_XDP_METRICS_LISTEN")]
         metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Detach from one interface, or from all; removes every pin knock-xdp made.
@@ -394,6 +400,7 @@ impl Command {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let state = StateDir::new(&cli.state_dir);
+    let cli_config = cli.config;
     let command = cli.command;
     let needs_root = !matches!(
         command,
@@ -416,16 +423,29 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             fail_open,
             metrics_listen,
         } => {
+            // Flags and KNOCK_XDP_* variables win over the file, the file over the defaults.
+            let config = Config::load(cli_config.as_deref())?;
+            let ifaces = if ifaces.is_empty() { config.interfaces.clone() } else { ifaces };
+            if ifaces.is_empty() {
+                bail!(
+                    "no interface to attach to: name one, or set `interfaces` in {}",
+                    config.describe()
+                );
+            }
             let options = AttachOptions {
                 ifaces,
-                mode,
-                open_window,
-                knock_timeout,
-                idle_timeout,
-                fail_open,
-                metrics_listen,
+                mode: mode.or(config.mode).unwrap_or(Mode::Auto),
+                open_window: open_window.or(config.open_window).unwrap_or(Duration::from_secs(30)),
+                knock_timeout: knock_timeout
+                    .or(config.knock_timeout)
+                    .unwrap_or(Duration::from_secs(10)),
+                idle_timeout: idle_timeout
+                    .or(config.idle_timeout)
+                    .unwrap_or(Duration::from_secs(15 * 60)),
+                fail_open: fail_open || config.fail_open,
+                metrics_listen: metrics_listen.or(config.metrics_listen),
             };
-            daemon::run(state, options)?
+            daemon::run(state, options, config)?
         }
         Command::Client(command) => client::run(&state, command)?,
         Command::Reload => print_changed(control::request(&state, &Request::Reload)?),
@@ -704,6 +724,11 @@ fn print_status(status: &Status) {
         "clients:    {} ({} sequences installed); allowed sources {}; open flows {}; knocks in progress {}",
         status.clients, status.sequences, status.allowed, status.flows, status.knocks_in_progress
     );
+    if !status.current_slots.is_empty() {
+        let slots: Vec<String> =
+            status.current_slots.iter().map(|(c, s)| format!("{c} {s}")).collect();
+        println!("slots now:  {}", slots.join(", "));
+    }
     println!("counters:");
     for (name, value) in &status.counters {
         println!("  {name:<20} {value}");

@@ -66,7 +66,7 @@ impl Daemon {
                 changed(format!("allowed {addr} for {}", format_duration(duration)))
             }
             Request::AllowNet { net } => {
-                if self.state.allow_nets.contains(&net) {
+                if self.allowed_nets().contains(&net) {
                     return changed(format!("{net} is always allowed already"));
                 }
                 let mut next = self.state.clone();
@@ -108,21 +108,35 @@ impl Daemon {
         ports: Vec<ProtoPort>,
         protect: bool,
     ) -> Result<serde_json::Value> {
-        let before = self.state.protected.clone();
-        let mut after = before.clone();
         let requested: BTreeSet<ProtoPort> = ports.into_iter().collect();
-        let (changed_ports, unchanged): (BTreeSet<_>, BTreeSet<_>) = requested
-            .into_iter()
-            .partition(|p| if protect { after.insert(*p) } else { after.remove(p) });
+        if !protect && let Some(port) = requested.iter().find(|p| self.config.protected.contains(p))
+        {
+            bail!(
+                "{port} is protected by {}; remove it there (and reload)",
+                self.config.describe()
+            );
+        }
+        let in_force = self.protected();
+        let mut next = self.state.clone();
+        let (changed_ports, unchanged): (BTreeSet<_>, BTreeSet<_>) =
+            requested.into_iter().partition(|p| {
+                let was = in_force.contains(p);
+                if protect {
+                    next.protected.insert(*p)
+                } else {
+                    next.protected.remove(p)
+                };
+                was != protect
+            });
+        let after: BTreeSet<ProtoPort> =
+            next.protected.union(&self.config.protected).copied().collect();
 
         // Connections already established to newly protected ports survive.
-        let added: BTreeSet<ProtoPort> = after.difference(&before).copied().collect();
+        let added: BTreeSet<ProtoPort> = after.difference(&in_force).copied().collect();
         super::keep_established(&mut self.tables, &added)?;
-        self.tables.set_protected(&before, &after)?;
-        let mut next = self.state.clone();
-        next.protected = after;
+        self.tables.set_protected(&in_force, &after)?;
         if let Err(err) = self.state_dir.save(&next) {
-            self.tables.set_protected(&next.protected, &before)?;
+            self.tables.set_protected(&after, &in_force)?;
             return Err(err);
         }
         self.state = next;
@@ -145,6 +159,12 @@ impl Daemon {
     /// Removes an always-allowed network equal to `target`, and, for a single
     /// address, its allow entry and open flows.
     fn revoke(&mut self, target: Cidr) -> Result<serde_json::Value> {
+        if self.config.allow.contains(&target) {
+            bail!(
+                "{target} is always allowed by {}; remove it there (and reload)",
+                self.config.describe()
+            );
+        }
         let mut done = Vec::new();
         if self.state.allow_nets.contains(&target) {
             let mut next = self.state.clone();
@@ -202,23 +222,28 @@ impl Daemon {
     /// are read in full before anything changes, so a broken file changes
     /// nothing; allowed sources, flows and knocks in progress stay.
     pub(super) fn reload(&mut self) -> Result<String> {
+        let config = self.config.reread()?;
         let next = self.state_dir.load()?;
         ClientStore::new(&self.state_dir).load()?;
-        let added: BTreeSet<ProtoPort> =
-            next.protected.difference(&self.state.protected).copied().collect();
+        let (protected_before, nets_before) = (self.protected(), self.allowed_nets());
+        let protected: BTreeSet<ProtoPort> =
+            next.protected.union(&config.protected).copied().collect();
+        let nets: BTreeSet<Cidr> = next.allow_nets.union(&config.allow).copied().collect();
+        let added: BTreeSet<ProtoPort> = protected.difference(&protected_before).copied().collect();
         super::keep_established(&mut self.tables, &added)?;
-        self.tables.set_protected(&self.state.protected, &next.protected)?;
-        self.tables.set_allowed_nets(&self.state.allow_nets, &next.allow_nets)?;
+        self.tables.set_protected(&protected_before, &protected)?;
+        self.tables.set_allowed_nets(&nets_before, &nets)?;
         self.state = next;
+        self.config = config;
         let notes = self.reload_clients()?;
-        info!(ports = %ports::join(&self.state.protected), clients = self.clients.len(), "reloaded");
+        info!(
+            ports = %ports::join(&protected),
+            clients = self.clients.len(),
+            "reloaded (interfaces, mode and timeouts take effect at the next start)"
+        );
         let mut message = format!(
             "reloaded: protecting {}; {} clients",
-            if self.state.protected.is_empty() {
-                "nothing".to_owned()
-            } else {
-                ports::join(&self.state.protected)
-            },
+            if protected.is_empty() { "nothing".to_owned() } else { ports::join(&protected) },
             self.clients.len()
         );
         for note in notes {
@@ -247,9 +272,11 @@ impl Daemon {
     /// Applies a new set of always-allowed networks, then persists it; if it
     /// cannot be saved, the kernel is put back.
     fn apply_nets(&mut self, next: State) -> Result<()> {
-        self.tables.set_allowed_nets(&self.state.allow_nets, &next.allow_nets)?;
+        let in_force = self.allowed_nets();
+        let after: BTreeSet<Cidr> = next.allow_nets.union(&self.config.allow).copied().collect();
+        self.tables.set_allowed_nets(&in_force, &after)?;
         if let Err(err) = self.state_dir.save(&next) {
-            self.tables.set_allowed_nets(&next.allow_nets, &self.state.allow_nets)?;
+            self.tables.set_allowed_nets(&after, &in_force)?;
             return Err(err);
         }
         self.state = next;
@@ -298,8 +325,8 @@ impl Daemon {
             .collect();
         flows.sort_by_key(|f| (f.source, f.port, f.source_port));
         Ok(Listing {
-            protected: self.state.protected.iter().copied().collect(),
-            permanent: self.state.allow_nets.iter().copied().collect(),
+            protected: self.protected().into_iter().collect(),
+            permanent: self.allowed_nets().into_iter().collect(),
             allowed,
             flows,
         })
@@ -336,6 +363,15 @@ impl Daemon {
             flows: self.tables.flows()?.len(),
             clients: self.clients.len(),
             sequences: self.installed.count(),
+            current_slots: {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                self.clients
+                    .iter()
+                    .filter_map(|c| Some((c.profile.name.clone(), c.profile.slot_at(now)?)))
+                    .collect()
+            },
             knocks_in_progress: self.tables.knock_states(),
         })
     }

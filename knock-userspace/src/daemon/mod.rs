@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{MapData, RingBuf};
-use knock_common::maps::{Config, MAP_EVENTS};
+use knock_common::maps::{Config as KernelConfig, MAP_EVENTS};
 use tokio::{
     net::UnixListener,
     signal::unix::{SignalKind, signal},
@@ -29,7 +29,9 @@ use tracing::{info, warn};
 use crate::{
     clients::{Client, ClientStore},
     clock,
+    config::Config,
     loader::{self, Mode, Program},
+    nets::Cidr,
     ports,
     ports::{Proto, ProtoPort},
     procnet,
@@ -79,6 +81,8 @@ const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 pub(crate) struct Daemon {
     state_dir: StateDir,
     options: AttachOptions,
+    /// The config file's settings; its ports and networks add to the state's.
+    config: Config,
     state: State,
     clients: Vec<Client>,
     installed: rotate::Installed,
@@ -94,7 +98,7 @@ pub(crate) struct Daemon {
 /// Loads, attaches and serves until SIGINT/SIGTERM or `detach`; then detaches
 /// cleanly. Every check that can fail on user input runs before anything is
 /// loaded, so a refused start changes nothing.
-pub fn run(state_dir: StateDir, options: AttachOptions) -> Result<()> {
+pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Result<()> {
     for iface in &options.ifaces {
         loader::if_index(iface)?;
     }
@@ -121,7 +125,7 @@ pub fn run(state_dir: StateDir, options: AttachOptions) -> Result<()> {
             .take_map(MAP_EVENTS)
             .ok_or_else(|| anyhow!("the XDP object has no map named {MAP_EVENTS}"))?;
         let events = RingBuf::try_from(events)?;
-        tables.set_config(Config {
+        tables.set_config(KernelConfig {
             open_window_ns: options.open_window.as_nanos() as u64,
             knock_timeout_ns: options.knock_timeout.as_nanos() as u64,
             idle_timeout_ns: options.idle_timeout.as_nanos() as u64,
@@ -129,15 +133,19 @@ pub fn run(state_dir: StateDir, options: AttachOptions) -> Result<()> {
         })?;
         // Connections already established to protected ports keep working:
         // they are followed before the ports are protected.
-        keep_established(&mut tables, &state.protected)?;
+        let protected: BTreeSet<ProtoPort> =
+            state.protected.union(&config.protected).copied().collect();
+        let nets: BTreeSet<Cidr> = state.allow_nets.union(&config.allow).copied().collect();
+        keep_established(&mut tables, &protected)?;
         // Ports are protected and sequences installed before the first packet.
         // Adopted maps already hold an earlier run's settings: start from those.
-        tables.set_protected(&tables.protected()?, &state.protected)?;
-        tables.set_allowed_nets(&tables.allowed_nets()?, &state.allow_nets)?;
+        tables.set_protected(&tables.protected()?, &protected)?;
+        tables.set_allowed_nets(&tables.allowed_nets()?, &nets)?;
         let installed = rotate::Installed::from_kernel(&tables, &clients)?;
         let mut daemon = Daemon {
             state_dir: state_dir.clone(),
             options,
+            config,
             state,
             clients,
             installed,
@@ -173,10 +181,11 @@ pub fn run(state_dir: StateDir, options: AttachOptions) -> Result<()> {
     for a in &daemon.program.attachments {
         info!(interface = %a.iface, mode = ?a.mode, "attached");
     }
-    if daemon.state.protected.is_empty() {
+    let protected = daemon.protected();
+    if protected.is_empty() {
         info!("no port is protected yet (knock-xdp protect PORT)");
     } else {
-        info!(ports = %ports::join(&daemon.state.protected), "protecting");
+        info!(ports = %ports::join(&protected), config = %daemon.config.describe(), "protecting");
     }
     info!(
         clients = daemon.clients.len(),
@@ -200,6 +209,16 @@ pub fn run(state_dir: StateDir, options: AttachOptions) -> Result<()> {
 }
 
 impl Daemon {
+    /// The ports in force: the config file's and the state's.
+    fn protected(&self) -> BTreeSet<ProtoPort> {
+        self.state.protected.union(&self.config.protected).copied().collect()
+    }
+
+    /// The always-allowed networks in force: the config file's and the state's.
+    fn allowed_nets(&self) -> BTreeSet<Cidr> {
+        self.state.allow_nets.union(&self.config.allow).copied().collect()
+    }
+
     async fn serve(&mut self, mut events: RingBuf<MapData>) -> Result<()> {
         let socket = self.state_dir.control_socket();
         // We hold the daemon lock, so a socket file left here is stale.

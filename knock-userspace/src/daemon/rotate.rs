@@ -208,7 +208,7 @@ impl Daemon {
             slot => slot.to_string(),
         };
         for port in &installation.ports {
-            if self.state.protected.contains(port) {
+            if self.protected().contains(port) {
                 warn!(client = %name, port = %port, %slot,
                     "knock port is also a protected port: new connections to it are dropped while this sequence is installed");
             } else if listening.contains(port) {

@@ -1,0 +1,203 @@
+//! The config file: what an operator sets once (`/etc/knock-xdp/config.toml`,
+//! or `--config`). Command-line flags and `KNOCK_XDP_*` variables override
+//! it; what changes at run time (`protect`, `allow --permanent`, clients)
+//! lives in the state directory instead.
+//!
+//! ```toml
+//! interfaces = ["eth0"]          # attach to these when none are named
+//! mode = "auto"                  # auto | native | skb
+//! protected = ["22/tcp"]         # always protected (PORT, PORT/tcp, PORT/udp)
+//! allow = ["192.0.2.0/24"]       # always allowed networks
+//! open_window = "30s"
+//! knock_timeout = "10s"
+//! idle_timeout = "15m"
+//! fail_open = false
+//! metrics_listen = "127.0.0.1:9419"
+//! log_level = "info"             # error | warn | info | debug | trace
+//! log_format = "human"           # human | json
+//! ```
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde::Deserialize;
+
+use crate::{
+    cli::LogFormat,
+    loader::Mode,
+    nets::Cidr,
+    ports::{self, PortSpec, ProtoPort},
+    state::parse_toml,
+    units::parse_duration,
+};
+
+pub const DEFAULT_CONFIG: &str = "/etc/knock-xdp/config.toml";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    interfaces: Vec<String>,
+    mode: Option<Mode>,
+    #[serde(default)]
+    protected: Vec<String>,
+    #[serde(default)]
+    allow: Vec<String>,
+    open_window: Option<String>,
+    knock_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    fail_open: Option<bool>,
+    metrics_listen: Option<SocketAddr>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+/// The config file, checked.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// Where it was read from (`None`: no file, the defaults).
+    pub path: Option<PathBuf>,
+    /// The `--config` it was loaded for, to read it again on reload.
+    pub requested: Option<PathBuf>,
+    pub interfaces: Vec<String>,
+    pub mode: Option<Mode>,
+    pub protected: BTreeSet<ProtoPort>,
+    pub allow: BTreeSet<Cidr>,
+    pub open_window: Option<Duration>,
+    pub knock_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub fail_open: bool,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Reads `path`; a missing file is fine only at the default location.
+    pub fn load(requested: Option<&Path>) -> Result<Self> {
+        let defaults = Self { requested: requested.map(Path::to_path_buf), ..Self::default() };
+        let (path, explicit) = match requested {
+            Some(path) => (path.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(defaults);
+            }
+            Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let file: ConfigFile = parse_toml(&text, &path)?;
+        let at = |key: &str, err: String| anyhow!("{}: {key}: {err}", path.display());
+        let duration = |key: &str, value: &Option<String>| -> Result<Option<Duration>> {
+            value.as_deref().map(parse_duration).transpose().map_err(|e| at(key, e))
+        };
+        let mut protected = Vec::new();
+        for text in &file.protected {
+            protected.push(text.parse::<PortSpec>().map_err(|e| at("protected", e))?);
+        }
+        let mut allow = BTreeSet::new();
+        for text in &file.allow {
+            allow.insert(text.parse::<Cidr>().map_err(|e| at("allow", e))?);
+        }
+        if let Some(level) = &file.log_level
+            && !["error", "warn", "info", "debug", "trace"].contains(&level.as_str())
+        {
+            bail!(
+                "{}: log_level: '{level}' is not one of error, warn, info, debug, trace",
+                path.display()
+            );
+        }
+        Ok(Self {
+            interfaces: file.interfaces,
+            mode: file.mode,
+            protected: ports::expand_all(&protected),
+            allow,
+            open_window: duration("open_window", &file.open_window)?,
+            knock_timeout: duration("knock_timeout", &file.knock_timeout)?,
+            idle_timeout: duration("idle_timeout", &file.idle_timeout)?,
+            fail_open: file.fail_open.unwrap_or(false),
+            metrics_listen: file.metrics_listen,
+            log_level: file.log_level,
+            log_format: file.log_format,
+            path: Some(path),
+            requested: defaults.requested,
+        })
+    }
+
+    /// Reads the same file again (reload).
+    pub fn reread(&self) -> Result<Self> {
+        Self::load(self.requested.as_deref())
+    }
+
+    /// For messages: the file's path, or "the defaults".
+    pub fn describe(&self) -> String {
+        self.path.as_ref().map_or_else(|| "the defaults".to_owned(), |p| p.display().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("knock-config-{name}-{}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn reads_every_key() {
+        let path = write(
+            "full",
+            r#"interfaces = ["eth0", "eth1"]
+mode = "native"
+protected = ["22", "51820/udp"]
+allow = ["10.1.2.3/8"]
+open_window = "1m"
+knock_timeout = "5s"
+idle_timeout = "1h"
+fail_open = true
+metrics_listen = "127.0.0.1:9419"
+log_level = "debug"
+log_format = "json"
+"#,
+        );
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.interfaces, ["eth0", "eth1"]);
+        assert_eq!(c.mode, Some(Mode::Native));
+        assert_eq!(ports::join(&c.protected), "22/tcp 22/udp 51820/udp");
+        assert_eq!(c.allow.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.0.0.0/8"]);
+        assert_eq!(c.open_window, Some(Duration::from_secs(60)));
+        assert!(c.fail_open && c.log_format == Some(LogFormat::Json));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn broken_files_name_the_file_and_line_and_stay() {
+        for (name, text, expected) in [
+            ("syntax", "interfaces = [\"eth0\"\nmode = \"native\"\n", "line 2"),
+            ("unknown", "interface = [\"eth0\"]\n", "unknown field"),
+            ("port", "protected = [\"0\"]\n", "protected: port 0"),
+            ("duration", "open_window = \"soon\"\n", "open_window: invalid duration"),
+            ("level", "log_level = \"loud\"\n", "log_level"),
+        ] {
+            let path = write(name, text);
+            let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());
+            assert!(
+                err.contains(&path.display().to_string()) && err.contains(expected),
+                "{name}: {err}"
+            );
+            assert!(!err.contains('\n'), "{name}: {err}");
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+            std::fs::remove_file(path).unwrap();
+        }
+        assert!(Config::load(Some(Path::new("/nonexistent/knock.toml"))).is_err());
+    }
+}
