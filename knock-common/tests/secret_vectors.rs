@@ -9,8 +9,12 @@
 //! and review the diff: the tests here check the result against Rust.
 #![cfg(feature = "sequence")]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use common::{repo_root, run_python, write_tampered};
+
+use std::path::PathBuf;
+use std::process::Command;
 
 use knock_common::secret::{
     SALT_LEN, TOTP_STEP_SECS, base32_decode, base32_encode, base32_len, passphrase_secret,
@@ -30,10 +34,6 @@ const SECTIONS: [&str; 8] = [
     "totp_end_to_end",
     "passphrase_end_to_end",
 ];
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn vectors_path() -> PathBuf {
     repo_root().join("docs/secrets-v1-vectors.json")
@@ -304,22 +304,13 @@ fn passphrase_end_to_end_vectors() {
     });
 }
 
-fn run_python(vectors: &Path) -> Output {
-    let script = repo_root().join("tests/python/secrets_v1.py");
-    Command::new("python3")
-        .arg(&script)
-        .arg(vectors)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display()))
-}
-
 fn vector_count(doc: &Map<String, Value>) -> usize {
     SECTIONS.iter().map(|s| doc[*s].as_array().map_or(0, Vec::len)).sum()
 }
 
 #[test]
 fn python_reference_matches_every_vector() {
-    let out = run_python(&vectors_path());
+    let out = run_python("secrets_v1.py", &vectors_path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -361,10 +352,8 @@ fn python_reference_detects_wrong_outputs() {
             _ => unreachable!(),
         }
     }
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("secrets-v1-tampered-{}.json", std::process::id()));
-    std::fs::write(&path, serde_json::to_string(&doc).unwrap()).unwrap();
-    let out = run_python(&path);
+    let path = write_tampered("secrets-v1", &serde_json::to_value(&doc).unwrap());
+    let out = run_python("secrets_v1.py", &path);
     let _ = std::fs::remove_file(&path);
 
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -8,15 +8,14 @@
 //! still check the result against Python.
 #![cfg(feature = "sequence")]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use common::{repo_root, run_python, write_tampered};
+
+use std::path::PathBuf;
 
 use knock_common::sequence::{Params, derive, slot_at};
 use serde_json::Value;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn vectors_path() -> PathBuf {
     repo_root().join("docs/sequence-v1-vectors.json")
@@ -110,15 +109,6 @@ impl Vector {
     }
 }
 
-fn run_python(vectors: &Path) -> Output {
-    let script = repo_root().join("tests/python/sequence_v1.py");
-    Command::new("python3")
-        .arg(&script)
-        .arg(vectors)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display()))
-}
-
 #[test]
 fn rust_matches_every_vector() {
     let vectors = load_vectors();
@@ -134,7 +124,7 @@ fn rust_matches_every_vector() {
 
 #[test]
 fn python_reference_matches_every_vector() {
-    let out = run_python(&vectors_path());
+    let out = run_python("sequence_v1.py", &vectors_path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -156,10 +146,8 @@ fn python_reference_detects_a_wrong_port() {
     let other = if port > lo { port - 1 } else { port + 1 };
     vectors[0]["ports"][0] = Value::from(other);
 
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("sequence-v1-tampered-{}.json", std::process::id()));
-    std::fs::write(&path, serde_json::to_string(&vectors).unwrap()).unwrap();
-    let out = run_python(&path);
+    let path = write_tampered("sequence-v1", &serde_json::to_value(&vectors).unwrap());
+    let out = run_python("sequence_v1.py", &path);
     let _ = std::fs::remove_file(&path);
 
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -512,6 +512,11 @@ impl Instance {
         serde_json::from_str(&self.ok(&["status", "--json"])).expect("status is JSON")
     }
 
+    /// `list --json`, parsed.
+    pub fn list(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["list", "--json"])).expect("list is JSON")
+    }
+
     /// Starts `knock-xdp attach` and waits until it answers `status`.
     pub fn attach(&mut self, args: &[&str]) {
         assert!(self.daemon.is_none(), "daemon already started");
@@ -617,6 +622,16 @@ impl Drop for Instance {
             let _ = fs::remove_file(profile);
         }
     }
+}
+
+/// One string field of every object in a JSON array: `field(&list["allowed"], "addr")`.
+pub fn field<'a>(array: &'a serde_json::Value, name: &str) -> Vec<&'a str> {
+    array
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|item| item[name].as_str().expect("a string"))
+        .collect()
 }
 
 /// Is any XDP program attached to `iface` in `netns`?

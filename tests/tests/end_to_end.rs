@@ -10,7 +10,7 @@ use std::{
 use knock_tests::{
     lab::{
         CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_V4, SERVER_V6,
-        eventually, has_xdp, program_loaded,
+        eventually, field, has_xdp, program_loaded,
     },
     privileged,
 };
@@ -51,13 +51,8 @@ fn protect_allow_expire_unprotect() {
     let window = Duration::from_secs(12);
     let allowed_at = Instant::now();
     knock.ok(&["allow", CLIENT_V4, "--for", "12s"]);
-    let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
-    let allowed: Vec<&str> = listing["allowed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["addr"].as_str().unwrap())
-        .collect();
+    let listing: serde_json::Value = knock.list();
+    let allowed: Vec<&str> = field(&listing["allowed"], "addr");
     assert_eq!(allowed, [CLIENT_V4]);
     assert_eq!(listing["protected"].as_array().unwrap().len(), 2);
     assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, TCP_PORT));
@@ -130,7 +125,7 @@ fn protected_ports_persist_across_restarts() {
     knock.attach(&[&lab.server_if]);
     assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Filtered);
     assert!(!lab.udp_exchange(SERVER_V4, UDP_PORT));
-    let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
+    let listing: serde_json::Value = knock.list();
     assert_eq!(listing["protected"].as_array().unwrap().len(), 2, "{listing}");
 }
 
@@ -203,13 +198,8 @@ fn a_killed_daemon_keeps_protection_and_a_new_one_takes_over() {
         lab.tcp_exchange(CLIENT2_V4, SERVER_V4, TCP_PORT),
         "the interrupted knock did not complete"
     );
-    let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
-    let origins: Vec<&str> = listing["allowed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["origin"].as_str().unwrap())
-        .collect();
+    let listing: serde_json::Value = knock.list();
+    let origins: Vec<&str> = field(&listing["allowed"], "origin");
     assert_eq!(origins, ["manual", "knock (mid)"]);
 
     // Killed again, `detach` without a daemon removes what it left pinned.

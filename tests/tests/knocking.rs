@@ -10,7 +10,7 @@ use std::{
 
 use knock_tests::{
     lab::{
-        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_V4, SERVER_V6,
+        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_V4, SERVER_V6, field,
         parse_sequence,
     },
     privileged,
@@ -97,7 +97,7 @@ fn a_knock_opens_the_door_and_mistakes_do_not() {
     assert!(stdout.contains(" open"), "{stdout}");
     let opened = Instant::now();
     assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE));
-    let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
+    let listing: serde_json::Value = knock.list();
     assert_eq!(listing["allowed"][0]["addr"], CLIENT_V4);
     assert_eq!(listing["allowed"][0]["origin"], "knock (alice)");
     // Only that source: the second address of the client is still out.
@@ -280,13 +280,8 @@ fn two_clients_sharing_ports_knock_at_once() {
         (-1..=2).map(|offset| sequence(&lab, profile, Some(slot_time(offset)))).collect()
     };
     let ambiguous = installed(&a).contains(&seq_b) || installed(&b).contains(&seq_a);
-    let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
-    let origins: Vec<&str> = listing["allowed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["origin"].as_str().unwrap())
-        .collect();
+    let listing: serde_json::Value = knock.list();
+    let origins: Vec<&str> = field(&listing["allowed"], "origin");
     if !ambiguous {
         assert_eq!(
             origins,
@@ -310,6 +305,6 @@ fn spraying_every_port_in_order_never_opens_the_door() {
         lab.spray_syns(CLIENT_V4, SERVER_V4);
     }
     assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "spraying opened the door");
-    let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
+    let listing: serde_json::Value = knock.list();
     assert!(listing["allowed"].as_array().unwrap().is_empty(), "{listing}");
 }

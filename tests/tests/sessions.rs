@@ -31,7 +31,7 @@ fn daemon(lab: &Lab, extra: &[&str]) -> Instance {
 }
 
 fn flows(knock: &Instance) -> Vec<serde_json::Value> {
-    let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
+    let listing: serde_json::Value = knock.list();
     listing["flows"].as_array().unwrap().clone()
 }
 
@@ -136,7 +136,7 @@ fn always_allowed_networks_need_no_knock_until_revoked() {
     // Longest prefix: the neighbour address is not in 10.201.0.2/32.
     assert!(lab.tcp_session(CLIENT2_V4, SERVER_V4, TCP_PORT).is_none());
 
-    let listing: serde_json::Value = serde_json::from_str(&knock.ok(&["list", "--json"])).unwrap();
+    let listing: serde_json::Value = knock.list();
     assert_eq!(listing["permanent"], serde_json::json!(["10.201.0.2/32", "fd00:201::/64"]));
     assert!(
         listing["allowed"].as_array().unwrap().is_empty(),
