@@ -21,7 +21,8 @@ const MAX_BYTES: u64 = 4 * 1024 * 1024;
 pub struct Record {
     /// RFC 3339, UTC.
     pub time: String,
-    /// `opened`, `replay`, `reset`, `timeout`, `stale` or `allow_full`.
+    /// `opened`, `replay`, `reset`, `timeout`, `stale`, `allow_full`, or
+    /// `unlogged` (refusals over the logging budget, counted).
     pub event: String,
     /// The client, when the kernel could tell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -35,6 +36,9 @@ pub struct Record {
     pub open_secs: Option<u64>,
     /// Knocks matched when it happened.
     pub step: u32,
+    /// For `unlogged`: how many refusals went unrecorded in the last second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 impl Record {
@@ -47,6 +51,7 @@ impl Record {
             slot: None,
             open_secs: None,
             step: 0,
+            count: None,
         }
     }
 }
@@ -106,6 +111,7 @@ pub fn print(state: &StateDir, json: bool, client: Option<&str>, count: usize) -
         let client = r.client.as_deref().unwrap_or("-");
         let detail = match (r.event.as_str(), r.open_secs) {
             ("opened", Some(secs)) => format!("open for {secs}s"),
+            ("unlogged", _) => format!("{} more refusals", r.count.unwrap_or(0)),
             _ => format!("after {} knocks", r.step),
         };
         let slot = r.slot.map_or_else(String::new, |s| format!(" slot {s}"));

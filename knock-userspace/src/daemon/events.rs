@@ -1,5 +1,12 @@
 //! Logging what the XDP program reports through its ring buffer: one line
 //! per opening, refusal, reset or timeout; step-by-step progress at debug.
+//!
+//! Refusals are what an attacker can produce at will (a spoofed first knock
+//! followed by any other packet is a reset), so they are logged and audited
+//! up to a budget a second; the rest are counted and summed up in one line.
+//! Openings are always logged.
+
+use std::time::{Duration, Instant};
 
 use knock_common::maps::{Event, STATIC_SLOT, event_kind};
 use tracing::{debug, info, warn};
@@ -13,6 +20,13 @@ impl Daemon {
         let Ok(event) = bytemuck::try_pod_read_unaligned::<Event>(bytes) else {
             return warn!(len = bytes.len(), "malformed event from the XDP program");
         };
+        if let Some(name) = outcome(event.kind) {
+            *self.knock_outcomes.entry(name).or_default() += 1;
+        }
+        let refusal = !matches!(event.kind, event_kind::PROGRESS | event_kind::OPENED);
+        if refusal && !self.refusals.admit(Instant::now()) {
+            return;
+        }
         let source = event.source.ip().map_or_else(|| "?".to_owned(), |ip| ip.to_string());
         let client =
             if event.client == 0 { "-".to_owned() } else { self.client_name(event.client) };
@@ -41,18 +55,24 @@ impl Daemon {
         }
     }
 
+    /// Logs and audits how many refusals went unrecorded, once their second is over.
+    pub(super) fn report_unlogged_refusals(&mut self) {
+        let Some(count) = self.refusals.take_unlogged(Instant::now()) else {
+            return;
+        };
+        warn!(count, per_second = REFUSALS_PER_SECOND, "more knock refusals than logged");
+        let mut record = audit::Record::now("unlogged", "-".to_owned());
+        record.count = Some(count);
+        if let Err(err) = audit::append(&self.state_dir, &record) {
+            warn!("audit log: {err:#}");
+        }
+    }
+
     /// Records openings and refusals in the audit trail (not progress).
     fn audit(&mut self, event: &Event, source: &str) {
-        let name = match event.kind {
-            event_kind::OPENED => "opened",
-            event_kind::REPLAY => "replay",
-            event_kind::RESET => "reset",
-            event_kind::TIMEOUT => "timeout",
-            event_kind::STALE => "stale",
-            event_kind::ALLOW_FULL => "allow_full",
-            _ => return,
+        let Some(name) = outcome(event.kind) else {
+            return;
         };
-        *self.knock_outcomes.entry(name).or_default() += 1;
         let mut record = audit::Record::now(name, source.to_owned());
         record.client = (event.client != 0).then(|| self.client_name(event.client));
         record.slot = (event.client != 0 && event.slot != STATIC_SLOT).then_some(event.slot);
@@ -63,5 +83,89 @@ impl Daemon {
         if let Err(err) = audit::append(&self.state_dir, &record) {
             warn!("audit log: {err:#}");
         }
+    }
+}
+
+/// The audit name of an event kind; `None` for progress (and unknown kinds).
+fn outcome(kind: u32) -> Option<&'static str> {
+    Some(match kind {
+        event_kind::OPENED => "opened",
+        event_kind::REPLAY => "replay",
+        event_kind::RESET => "reset",
+        event_kind::TIMEOUT => "timeout",
+        event_kind::STALE => "stale",
+        event_kind::ALLOW_FULL => "allow_full",
+        _ => return None,
+    })
+}
+
+/// Refusals logged and audited per second at most.
+pub(super) const REFUSALS_PER_SECOND: u32 = 20;
+
+/// Counts refusals in one-second windows: the first [`REFUSALS_PER_SECOND`]
+/// of a window are logged, the rest only counted.
+#[derive(Debug, Default)]
+pub(super) struct RefusalBudget {
+    window: Option<Instant>,
+    logged: u32,
+    unlogged: u64,
+}
+
+impl RefusalBudget {
+    /// Whether a refusal seen at `now` may be logged.
+    pub(super) fn admit(&mut self, now: Instant) -> bool {
+        let window = *self.window.get_or_insert(now);
+        if now.duration_since(window) >= Duration::from_secs(1) && self.unlogged == 0 {
+            self.window = Some(now);
+            self.logged = 0;
+        }
+        if self.logged < REFUSALS_PER_SECOND {
+            self.logged += 1;
+            true
+        } else {
+            self.unlogged += 1;
+            false
+        }
+    }
+
+    /// Once the window is over: how many refusals went unlogged in it, if
+    /// any. A new window starts.
+    pub(super) fn take_unlogged(&mut self, now: Instant) -> Option<u64> {
+        let window = self.window?;
+        if self.unlogged == 0 || now.duration_since(window) < Duration::from_secs(1) {
+            return None;
+        }
+        let count = self.unlogged;
+        *self = Self { window: Some(now), logged: 0, unlogged: 0 };
+        Some(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_beyond_the_budget_are_counted_and_reported_once() {
+        let start = Instant::now();
+        let mut budget = RefusalBudget::default();
+        let logged = (0..100).filter(|_| budget.admit(start)).count();
+        assert_eq!(logged, REFUSALS_PER_SECOND as usize);
+        assert_eq!(budget.take_unlogged(start + Duration::from_millis(500)), None);
+        let later = start + Duration::from_secs(1);
+        assert_eq!(budget.take_unlogged(later), Some(100 - u64::from(REFUSALS_PER_SECOND)));
+        assert_eq!(budget.take_unlogged(later + Duration::from_secs(5)), None);
+        // The next window has a fresh budget.
+        assert!(budget.admit(later));
+    }
+
+    #[test]
+    fn a_quiet_window_starts_afresh_without_a_report() {
+        let start = Instant::now();
+        let mut budget = RefusalBudget::default();
+        assert!((0..REFUSALS_PER_SECOND).all(|_| budget.admit(start)));
+        let later = start + Duration::from_secs(2);
+        assert!(budget.admit(later));
+        assert_eq!(budget.take_unlogged(later + Duration::from_secs(2)), None);
     }
 }

@@ -74,6 +74,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// packet pay.
 const EVENT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Events read per poll at most: more than the ring buffer holds.
+const EVENTS_PER_POLL: usize = 8192;
+
 /// How often dead flows are removed (the kernel already ignores them).
 const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -91,6 +94,8 @@ pub(crate) struct Daemon {
     started: Instant,
     /// Knock outcomes seen in events, for the metrics.
     knock_outcomes: std::collections::BTreeMap<&'static str, u64>,
+    /// How many refusals may still be logged this second.
+    refusals: events::RefusalBudget,
     /// Set by a `detach` that leaves no interface: the loop ends after replying.
     stop: bool,
 }
@@ -153,6 +158,7 @@ pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Resul
             tables,
             started: Instant::now(),
             knock_outcomes: metrics::outcome_counters(),
+            refusals: Default::default(),
             stop: false,
         };
         daemon.rotate()?;
@@ -264,9 +270,13 @@ impl Daemon {
                     }
                 }
                 _ = event_poll.tick() => {
-                    while let Some(item) = events.next() {
+                    // Bounded, so a flood of events cannot starve rotation
+                    // and the control socket; the rest waits a tick.
+                    for _ in 0..EVENTS_PER_POLL {
+                        let Some(item) = events.next() else { break };
                         self.log_event(&item);
                     }
+                    self.report_unlogged_refusals();
                 }
                 Some(scrape) = async { match &metrics { Some(m) => Some(m.accept().await), None => None } } => {
                     match scrape {
