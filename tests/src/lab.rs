@@ -11,7 +11,7 @@ use std::{
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use knock_userspace::check::{self, PortState};
@@ -326,6 +326,42 @@ impl Lab {
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+    }
+}
+
+impl Lab {
+    /// The knocks of `profile` at `at` (now when `None`), as `knock-xdp
+    /// sequence` prints them in the client namespace.
+    pub fn sequence(&self, profile: &Path, at: Option<SystemTime>) -> Vec<Knock> {
+        let mut args =
+            vec!["sequence".to_owned(), "--profile".into(), profile.display().to_string()];
+        if let Some(at) = at {
+            args.push("--at".into());
+            args.push(humantime::format_rfc3339_seconds(at).to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.client_cli(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        parse_sequence(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// `knock-xdp knock SERVER_V4 --profile PROFILE EXTRA...` from the client namespace.
+    pub fn knock(&self, profile: &Path, extra: &[&str]) -> Output {
+        let profile = profile.display().to_string();
+        let mut args = vec!["knock", SERVER_V4, "--profile", &profile];
+        args.extend_from_slice(extra);
+        self.client_cli(&args)
+    }
+}
+
+/// Waits, if needed, so that at least `needed` is left in the current slot.
+pub fn away_from_slot_boundary(slot_secs: u64, needed: Duration) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let into_slot =
+        Duration::from_nanos((now.as_nanos() % (u128::from(slot_secs) * 1_000_000_000)) as u64);
+    let left = Duration::from_secs(slot_secs) - into_slot;
+    if left < needed {
+        thread::sleep(left + Duration::from_millis(200));
     }
 }
 

@@ -4,6 +4,7 @@
 //! that tears it down on drop, even when the test fails.
 
 pub mod bench;
+pub mod flood;
 pub mod frames;
 pub mod lab;
 pub mod testrun;

@@ -10,8 +10,8 @@ use std::{
 
 use knock_tests::{
     lab::{
-        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_V4, SERVER_V6, field,
-        parse_sequence,
+        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_V4, SERVER_V6,
+        away_from_slot_boundary, field,
     },
     privileged,
 };
@@ -35,30 +35,6 @@ fn knock_daemon(lab: &Lab, open_window: &str, knock_timeout: &str) -> Instance {
     knock
 }
 
-/// The knocks of `profile` at `at` (RFC 3339), as `knock-xdp sequence` prints them.
-fn sequence(lab: &Lab, profile: &Path, at: Option<SystemTime>) -> Vec<Knock> {
-    let mut args = vec!["sequence".to_owned(), "--profile".into(), profile.display().to_string()];
-    if let Some(at) = at {
-        args.push("--at".into());
-        args.push(humantime::format_rfc3339_seconds(at).to_string());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = lab.client_cli(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    parse_sequence(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// Waits, if needed, so that at least `needed` is left in the current slot.
-fn away_from_slot_boundary(slot_secs: u64, needed: Duration) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let into_slot =
-        Duration::from_nanos((now.as_nanos() % (u128::from(slot_secs) * 1_000_000_000)) as u64);
-    let left = Duration::from_secs(slot_secs) - into_slot;
-    if left < needed {
-        thread::sleep(left + Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn a_knock_opens_the_door_and_mistakes_do_not() {
     if !privileged("a_knock_opens_the_door_and_mistakes_do_not") {
@@ -68,7 +44,7 @@ fn a_knock_opens_the_door_and_mistakes_do_not() {
     let knock = knock_daemon(&lab, "4s", "2s");
     let profile = knock.add_client("alice", &["--slot", "60s"]);
     away_from_slot_boundary(60, Duration::from_secs(25));
-    let seq = sequence(&lab, &profile, None);
+    let seq = lab.sequence(&profile, None);
     assert_eq!(seq.len(), 4);
 
     // Without a knock, the service is invisible.
@@ -86,12 +62,12 @@ fn a_knock_opens_the_door_and_mistakes_do_not() {
     assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "an extra port opened the door");
 
     // Too slowly: four knocks 800 ms apart exceed the 2 s knock timeout.
-    let slow = knock_cli(&lab, &profile, &["--delay", "800"]);
+    let slow = lab.knock(&profile, &["--delay", "800"]);
     assert!(slow.status.success(), "{}", String::from_utf8_lossy(&slow.stderr));
     assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "a slow knock opened the door");
 
     // The right sequence, sent by knock-xdp itself, opens it.
-    let out = knock_cli(&lab, &profile, &["--check", &SERVICE.to_string()]);
+    let out = lab.knock(&profile, &["--check", &SERVICE.to_string()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(" open"), "{stdout}");
@@ -117,13 +93,6 @@ fn a_knock_opens_the_door_and_mistakes_do_not() {
     assert!(counters["dropped_knock"].as_u64().unwrap() >= 16, "{counters}");
 }
 
-fn knock_cli(lab: &Lab, profile: &Path, extra: &[&str]) -> std::process::Output {
-    let profile = profile.display().to_string();
-    let mut args = vec!["knock", SERVER_V4, "--profile", &profile];
-    args.extend_from_slice(extra);
-    lab.client_cli(&args)
-}
-
 #[test]
 fn udp_and_ipv6_clients() {
     if !privileged("udp_and_ipv6_clients") {
@@ -134,13 +103,13 @@ fn udp_and_ipv6_clients() {
     let udp = knock.add_client("phone", &["--proto", "udp", "--length", "6"]);
     let tcp = knock.add_client("laptop", &[]);
 
-    let seq = sequence(&lab, &udp, None);
+    let seq = lab.sequence(&udp, None);
     assert!(seq.iter().all(|k| k.udp) && seq.len() == 6, "{seq:?}");
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let slot =
         knock.status()["current_slots"]["phone"].as_u64().expect("status shows the current slot");
     assert!(slot == now / 30 || slot == now / 30 + 1, "{slot}");
-    let out = knock_cli(&lab, &udp, &["--check", &SERVICE.to_string()]);
+    let out = lab.knock(&udp, &["--check", &SERVICE.to_string()]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 
     // Over IPv6, with the server given as [addr].
@@ -213,7 +182,7 @@ fn neighbouring_slots_open_and_distant_ones_do_not() {
             + Duration::from_secs(((slot as i64 + offset) as u64) * slot_secs + slot_secs / 2)
     };
     let try_slot = |offset: i64| {
-        let seq = sequence(&lab, &profile, Some(middle_of(offset)));
+        let seq = lab.sequence(&profile, Some(middle_of(offset)));
         lab.send_knocks(CLIENT_V4, SERVER_V4, &seq, GAP);
         let opened = lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE);
         knock.cli(&["revoke", CLIENT_V4]);
@@ -235,7 +204,7 @@ fn a_replayed_sequence_fails_from_another_source() {
     let knock = knock_daemon(&lab, "30s", "10s");
     let profile = knock.add_client("alice", &["--slot", "60s"]);
     away_from_slot_boundary(60, Duration::from_secs(15));
-    let seq = sequence(&lab, &profile, None);
+    let seq = lab.sequence(&profile, None);
     lab.send_knocks(CLIENT_V4, SERVER_V4, &seq, GAP);
     assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE));
 
@@ -260,7 +229,7 @@ fn two_clients_sharing_ports_knock_at_once() {
     let a = knock.add_client("a", &["--ports", "61000-61005", "--slot", "60s"]);
     let b = knock.add_client("b", &["--ports", "61000-61005", "--slot", "60s"]);
     away_from_slot_boundary(60, Duration::from_secs(15));
-    let (seq_a, seq_b) = (sequence(&lab, &a, None), sequence(&lab, &b, None));
+    let (seq_a, seq_b) = (lab.sequence(&a, None), lab.sequence(&b, None));
     let shared = seq_a.iter().filter(|k| seq_b.contains(k)).count();
     assert!(shared >= 2, "{seq_a:?} {seq_b:?}");
 
@@ -277,7 +246,7 @@ fn two_clients_sharing_ports_knock_at_once() {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
     let slot_time = |offset: i64| UNIX_EPOCH + Duration::from_secs((now + offset * 60) as u64);
     let installed = |profile: &Path| -> Vec<Vec<Knock>> {
-        (-1..=2).map(|offset| sequence(&lab, profile, Some(slot_time(offset)))).collect()
+        (-1..=2).map(|offset| lab.sequence(profile, Some(slot_time(offset)))).collect()
     };
     let ambiguous = installed(&a).contains(&seq_b) || installed(&b).contains(&seq_a);
     let listing: serde_json::Value = knock.list();

@@ -12,6 +12,9 @@ use crate::{cargo, describe, is_root, run_cmd, setup, target_dir};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Longer floods and sprays (ten times the packets): a soak run.
+    #[arg(long)]
+    soak: bool,
     /// Extra arguments for `cargo test`, after `--`
     /// (e.g. `cargo xtask test -- some_test_name -- --nocapture`).
     #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
@@ -37,6 +40,9 @@ pub fn run(args: &Args) -> Result<()> {
     cmd.args(["test", "--workspace", "--exclude", "knock-ebpf"])
         .args(&args.cargo_test_args)
         .env("KNOCK_XDP_BIN", &bin);
+    if args.soak {
+        cmd.env("KNOCK_XDP_SOAK", "1");
+    }
     let totals = run_counting(&mut cmd)?;
     // One plain closing line for the whole run; cargo's own end with the
     // last (often empty) test binary.

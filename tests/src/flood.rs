@@ -1,0 +1,126 @@
+//! Floods: crafted frames written straight onto an interface with an
+//! AF_PACKET socket, in batches of `sendmmsg`, so a test can play a million
+//! spoofed sources without a million sockets.
+
+use std::{
+    ffi::CString,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+use crate::frames::{Frame, L4};
+
+/// Frames handed to the kernel per `sendmmsg` call.
+const BATCH: usize = 256;
+
+/// The `i`-th of a set of distinct spoofed sources: IPv4 from 10.128.0.0/9
+/// (8 million addresses), IPv6 from fd00:bad::/64.
+pub fn spoofed_source(i: u64, v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::from(0xfd00_0bad_u128 << 96 | u128::from(i)))
+    } else {
+        assert!(i < 1 << 23, "only 8 million distinct IPv4 sources");
+        IpAddr::V4(Ipv4Addr::from(0x0a80_0000 | i as u32))
+    }
+}
+
+/// A TCP SYN from `src` to `dst:port`, from a source port derived from `i`.
+pub fn syn(src: IpAddr, dst: IpAddr, port: u16, i: u64) -> Vec<u8> {
+    Frame::new(src, dst, L4::Tcp, port).build_with_sport(1024 + (i % 60_000) as u16)
+}
+
+/// Writes `count` frames onto `iface` (an interface of the calling thread's
+/// network namespace); `frame(i)` builds the `i`-th. Returns how many the
+/// kernel accepted. The frames skip the qdisc: a flood should measure the
+/// receiver, not queueing on the sender.
+pub fn send(iface: &str, count: u64, mut frame: impl FnMut(u64) -> Vec<u8>) -> io::Result<u64> {
+    let socket = packet_socket(iface)?;
+    let mut sent = 0;
+    let mut next = 0;
+    while next < count {
+        let n = (count - next).min(BATCH as u64);
+        let mut frames: Vec<Vec<u8>> = (next..next + n).map(&mut frame).collect();
+        let mut iovecs: Vec<libc::iovec> = frames
+            .iter_mut()
+            .map(|f| libc::iovec { iov_base: f.as_mut_ptr().cast(), iov_len: f.len() })
+            .collect();
+        // SAFETY: all-zero is a valid mmsghdr (no name, no control data).
+        let mut headers: Vec<libc::mmsghdr> =
+            iovecs.iter_mut().map(|_| unsafe { std::mem::zeroed() }).collect();
+        for (header, iovec) in headers.iter_mut().zip(&mut iovecs) {
+            header.msg_hdr.msg_iov = iovec;
+            header.msg_hdr.msg_iovlen = 1;
+        }
+        let mut done = 0;
+        while done < headers.len() {
+            // SAFETY: the headers point at iovecs and frames that outlive the call.
+            let rc = unsafe {
+                libc::sendmmsg(
+                    socket.as_raw_fd(),
+                    headers[done..].as_mut_ptr(),
+                    (headers.len() - done) as u32,
+                    0,
+                )
+            };
+            if rc < 0 {
+                let err = io::Error::last_os_error();
+                // The device queue is full: let the receiver catch up.
+                if err.raw_os_error() == Some(libc::ENOBUFS) {
+                    std::thread::yield_now();
+                    continue;
+                }
+                return Err(err);
+            }
+            done += rc as usize;
+        }
+        sent += n;
+        next += n;
+    }
+    Ok(sent)
+}
+
+fn packet_socket(iface: &str) -> io::Result<OwnedFd> {
+    let protocol = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that we own from here on.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let name = CString::new(iface).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: a valid C string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let bypass: libc::c_int = 1;
+    // SAFETY: valid fd and option of the given size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            (&bypass as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    // SAFETY: all-zero is a valid sockaddr_ll.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = protocol;
+    addr.sll_ifindex = index as i32;
+    // SAFETY: a valid sockaddr_ll of the given size.
+    let rc = unsafe {
+        libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket)
+}

@@ -1,0 +1,292 @@
+//! Load and abuse end to end: floods of spoofed sources, knock-state
+//! exhaustion and brute force, written onto the client's veth with an
+//! AF_PACKET socket while real clients knock and talk across it.
+//!
+//! `KNOCK_XDP_SOAK=1` (`cargo xtask test --soak`) makes every run here ten
+//! times longer.
+
+use std::{
+    fs,
+    net::IpAddr,
+    thread,
+    time::{Duration, Instant},
+};
+
+use knock_common::maps::{FLOWS_MAX_ENTRIES, KNOCK_STATE_MAX_ENTRIES};
+use knock_tests::{
+    flood::{self, spoofed_source, syn},
+    frames::{Frame, L4},
+    lab::{
+        CLIENT_V4, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6, away_from_slot_boundary,
+    },
+    privileged,
+};
+
+const SERVICE: u16 = 8022;
+
+/// Ten times more of everything under `KNOCK_XDP_SOAK=1`.
+fn scale() -> u64 {
+    if std::env::var("KNOCK_XDP_SOAK").is_ok_and(|v| v == "1") { 10 } else { 1 }
+}
+
+/// The daemon's resident memory, in KiB.
+fn rss_kib(knock: &Instance) -> u64 {
+    let pid = knock.status()["pid"].as_u64().expect("status has the pid");
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("the daemon runs");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+fn counter(knock: &Instance, name: &str) -> u64 {
+    knock.status()["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+#[test]
+fn a_spoofed_flood_neither_keeps_a_client_out_nor_evicts_anyone() {
+    if !privileged("a_spoofed_flood_neither_keeps_a_client_out_nor_evicts_anyone") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.tcp_echo(SERVER_V4, SERVICE);
+    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
+    knock.attach(&[&lab.server_if, "--open-window", "5m"]);
+    knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
+    let alice = knock.add_client("alice", &["--slot", "60s"]);
+    away_from_slot_boundary(60, Duration::from_secs(15));
+    let first = lab.sequence(&alice, None)[0].port;
+
+    // Someone already admitted, with an open connection: the flood must
+    // evict neither the admission nor the flow.
+    knock.ok(&["allow", CLIENT2_V4, "--for", "10m"]);
+    let mut session = lab.tcp_session(CLIENT2_V4, SERVER_V4, SERVICE).expect("admitted");
+    assert!(session.exchange());
+    let rss_before = rss_kib(&knock);
+    let dropped_before = counter(&knock, "dropped_protected") + counter(&knock, "dropped_knock");
+
+    // Distinct spoofed sources, IPv4 and IPv6: half try the service, half
+    // start a knock at the first port of alice's current sequence, each
+    // creating knock state (the exhaustion attempt).
+    let packets = 1_000_000 * scale();
+    let iface = lab.client_if.clone();
+    let started = Instant::now();
+    let (sent, knocked) = thread::scope(|scope| {
+        let flood = scope.spawn(|| {
+            lab.client.enter(move || {
+                let (v4, v6): (IpAddr, IpAddr) =
+                    (SERVER_V4.parse().unwrap(), SERVER_V6.parse().unwrap());
+                flood::send(&iface, packets, |i| {
+                    let v6_source = i % 2 == 1;
+                    let dst = if v6_source { v6 } else { v4 };
+                    let port = if i % 4 < 2 { SERVICE } else { first };
+                    syn(spoofed_source(i & 0x7f_ffff, v6_source), dst, port, i)
+                })
+                .expect("flood")
+            })
+        });
+        // The real client knocks in the middle of the flood.
+        thread::sleep(Duration::from_millis(300));
+        let out = lab.knock(&alice, &["--check", &SERVICE.to_string()]);
+        let knocked = (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned());
+        (flood.join().expect("flood thread"), knocked)
+    });
+    let elapsed = started.elapsed();
+    assert_eq!(sent, packets);
+    assert_eq!(knocked.0, Some(0), "the knock failed during the flood: {}", knocked.1);
+    assert!(
+        elapsed > Duration::from_millis(600),
+        "the flood ended before the knock could overlap it ({elapsed:?})"
+    );
+
+    // Every frame reached the program and was dropped there.
+    let dropped = counter(&knock, "dropped_protected") + counter(&knock, "dropped_knock");
+    assert!(
+        dropped - dropped_before >= packets,
+        "{} of {packets} dropped",
+        dropped - dropped_before
+    );
+
+    // The client got in and stays in; the earlier admission and its flow survived.
+    assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "alice is not in after the flood");
+    assert!(session.exchange(), "the open connection was cut by the flood");
+    let list = knock.list();
+    let allowed = knock_tests::lab::field(&list["allowed"], "addr");
+    assert!(allowed.contains(&CLIENT_V4) && allowed.contains(&CLIENT2_V4), "{allowed:?}");
+    assert!(allowed.len() == 2, "a spoofed source was admitted: {allowed:?}");
+
+    // The maps stayed within their bounds, and the knock-state map was
+    // really filled (else the bound proves nothing).
+    let status = knock.status();
+    let in_progress = status["knocks_in_progress"].as_u64().unwrap();
+    assert!(in_progress <= u64::from(KNOCK_STATE_MAX_ENTRIES), "{in_progress}");
+    assert!(in_progress > u64::from(KNOCK_STATE_MAX_ENTRIES) / 2, "{in_progress}");
+    assert!(status["flows"].as_u64().unwrap() <= u64::from(FLOWS_MAX_ENTRIES));
+
+    // The daemon's memory stayed flat.
+    let rss_after = rss_kib(&knock);
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "daemon RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    eprintln!(
+        "flood: {packets} frames in {elapsed:?}, {in_progress} knock states, RSS {rss_before} -> {rss_after} KiB"
+    );
+}
+
+/// A seeded xorshift generator: random enough to shuffle a spray, and the
+/// seed is printed so a failing order can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A random permutation of the ports 1..=65535: `a * k + b` modulo
+    /// 2^16 visits every value once for an odd `a`; 0 is skipped.
+    fn port_order(&mut self) -> impl Fn(u64) -> u16 + Send + use<> {
+        let (a, b) = (self.next() | 1, self.next());
+        move |k| {
+            let value = (a.wrapping_mul(k + 1).wrapping_add(b) & 0xffff) as u16;
+            if value == 0 { (b & 0xffff) as u16 } else { value }
+        }
+    }
+}
+
+#[test]
+fn spraying_ports_for_several_slots_never_opens_the_door() {
+    if !privileged("spraying_ports_for_several_slots_never_opens_the_door") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.tcp_echo(SERVER_V4, SERVICE);
+    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
+    knock.attach(&[&lab.server_if]);
+    knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
+    // One-second slots, so the spray outlives several of them; a TCP and a
+    // UDP client, each with sequences for four slots installed at any time.
+    let alice = knock.add_client("alice", &["--slot", "1s"]);
+    knock.add_client("bob", &["--slot", "1s", "--proto", "udp"]);
+
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            as u64
+            | 1;
+    eprintln!("spray seed {seed:#x}");
+    let mut rng = Rng(seed);
+    // One source: every port in order, then in a random order, over TCP
+    // and over UDP. Many sources: each every port in its own random order,
+    // all interleaved.
+    let rounds = scale();
+    let sources = 16;
+    let orders: Vec<_> = (0..sources).map(|_| rng.port_order()).collect();
+    let single = rng.port_order();
+    let one_source_frames = 4 * 65_535;
+    let frames_per_round = one_source_frames + sources * 65_535;
+    let iface = lab.client_if.clone();
+    let started = Instant::now();
+    let sent = lab.client.enter(move || {
+        let (client, server): (IpAddr, IpAddr) =
+            (CLIENT_V4.parse().unwrap(), SERVER_V4.parse().unwrap());
+        flood::send(&iface, rounds * frames_per_round, |i| {
+            let i = i % frames_per_round;
+            let (k, pass) = (i % 65_535, i / 65_535);
+            if i < one_source_frames {
+                let port = if pass % 2 == 0 { k as u16 + 1 } else { single(k) };
+                let l4 = if pass < 2 { L4::Tcp } else { L4::Udp };
+                Frame::new(client, server, l4, port).build_with_sport(40_000)
+            } else {
+                let i = i - one_source_frames;
+                let source = i % sources;
+                let port = orders[source as usize](i / sources);
+                syn(spoofed_source(source, false), server, port, source)
+            }
+        })
+        .expect("spray")
+    });
+    let elapsed = started.elapsed();
+    assert_eq!(sent, rounds * frames_per_round);
+    assert!(elapsed > Duration::from_secs(2), "the spray covered less than two slots: {elapsed:?}");
+
+    // Nobody got in, and nothing was logged as an opening.
+    assert_eq!(counter(&knock, "passed_allowed"), 0);
+    assert!(knock_tests::lab::field(&knock.list()["allowed"], "addr").is_empty());
+    assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "the spraying source got in");
+    let log = knock.ok(&["log", "--json", "--lines", "100000"]);
+    assert!(!log.contains("\"opened\""), "{log}");
+    assert!(counter(&knock, "dropped_knock") > 0, "the spray never hit a knock port");
+
+    // The door itself works: alice's real knock opens it.
+    let out = lab.knock(&alice, &["--check", &SERVICE.to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("spray: {sent} frames in {elapsed:?}");
+}
+
+#[test]
+fn a_flood_of_refusals_is_logged_in_moderation() {
+    if !privileged("a_flood_of_refusals_is_logged_in_moderation") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.tcp_echo(SERVER_V4, SERVICE);
+    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
+    knock.attach(&[&lab.server_if]);
+    knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
+    let alice = knock.add_client("alice", &["--slot", "60s"]);
+    away_from_slot_boundary(60, Duration::from_secs(15));
+    let first = lab.sequence(&alice, None)[0].port;
+
+    // Each spoofed source starts a knock and then tries the service: the
+    // program reports a reset for every pair.
+    let pairs = 500_000 * scale();
+    let iface = lab.client_if.clone();
+    let started = Instant::now();
+    let knocked = thread::scope(|scope| {
+        let flood = scope.spawn(|| {
+            lab.client.enter(move || {
+                let (v4, v6): (IpAddr, IpAddr) =
+                    (SERVER_V4.parse().unwrap(), SERVER_V6.parse().unwrap());
+                flood::send(&iface, 2 * pairs, |i| {
+                    let (pair, v6_source) = (i / 2, i % 4 >= 2);
+                    let dst = if v6_source { v6 } else { v4 };
+                    let port = if i % 2 == 0 { first } else { SERVICE };
+                    syn(spoofed_source(pair & 0x7f_ffff, v6_source), dst, port, pair)
+                })
+                .expect("flood")
+            })
+        });
+        thread::sleep(Duration::from_millis(300));
+        let out = lab.knock(&alice, &["--check", &SERVICE.to_string()]);
+        flood.join().expect("flood thread");
+        out
+    });
+    assert_eq!(knocked.status.code(), Some(0), "{}", String::from_utf8_lossy(&knocked.stdout));
+    // Let the daemon read what is left and report the last second.
+    thread::sleep(Duration::from_millis(1500));
+    let secs = started.elapsed().as_secs() + 1;
+
+    // The opening is in the audit trail, the resets only up to the budget,
+    // and the rest is counted.
+    let log = knock.ok(&["log", "--json", "--lines", "100000"]);
+    let records: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).expect("a JSON record")).collect();
+    let of = |event: &'static str| records.iter().filter(move |r| r["event"] == event);
+    assert!(
+        of("opened").any(|r| r["client"] == "alice" && r["source"] == CLIENT_V4),
+        "alice's opening is missing from the audit trail"
+    );
+    let resets = of("reset").count() as u64;
+    assert!(resets > 0 && resets <= 20 * (secs + 1), "{resets} resets audited in {secs} s");
+    let unlogged: u64 = of("unlogged").map(|r| r["count"].as_u64().unwrap()).sum();
+    assert!(unlogged > 10_000, "only {unlogged} refusals counted as unlogged");
+    let daemon_log = knock.daemon_log();
+    let reset_lines = daemon_log.lines().filter(|l| l.contains("knock reset")).count() as u64;
+    assert!(reset_lines <= 20 * (secs + 1), "{reset_lines} reset lines logged in {secs} s");
+    assert!(daemon_log.contains("more knock refusals than logged"), "{daemon_log}");
+    eprintln!("refusals: {resets} audited, {unlogged} counted unlogged, in {secs} s");
+}
