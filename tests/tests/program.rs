@@ -333,6 +333,72 @@ fn headers_that_cannot_be_followed_drop() {
     h.expect("ipv6 with 8 extension headers", &eight.build(), XDP_PASS, Counter::Passed);
 }
 
+#[test]
+fn every_tcp_flag_combination_tiny_fragments_and_large_frames() {
+    if !privileged("every_tcp_flag_combination_tiny_fragments_and_large_frames") {
+        return;
+    }
+    let mut h = Harness::new();
+    // Whatever the flags (SYN+ACK, SYN+RST, SYN+FIN, Xmas, none...), a
+    // stranger's segment to a protected port drops and an allowed one passes.
+    for flags in 0..=u8::MAX {
+        for (family, server, allowed, stranger) in [
+            ("ipv4", SERVER_V4, ALLOWED_V4, STRANGER_V4),
+            ("ipv6", SERVER_V6, ALLOWED_V6, STRANGER_V6),
+        ] {
+            let frame = |src| {
+                Frame {
+                    tcp_flags: flags,
+                    ..Frame::new(ip(src), ip(server), L4::Tcp, PROTECTED_TCP)
+                }
+                .build()
+            };
+            let name = format!("{family} flags {flags:#04x}");
+            h.expect(&name, &frame(stranger), XDP_DROP, Counter::DroppedProtected);
+            h.expect(&name, &frame(allowed), XDP_PASS, Counter::PassedAllowed);
+        }
+    }
+
+    // First fragments (MF set, offset 0) too short to hold the ports, with
+    // lengths that agree with the frame: the ports cannot be read, so even
+    // one to an open port drops.
+    for (l4, port) in [(L4::Tcp, OPEN_PORT), (L4::Udp, PROTECTED_UDP)] {
+        let whole = Frame {
+            ipv4_frag_offset: 0x2000,
+            ..Frame::new(ip(STRANGER_V4), ip(SERVER_V4), l4, port)
+        }
+        .build();
+        for transport in 0..4 {
+            let mut tiny = whole[..14 + 20 + transport].to_vec();
+            tiny[16..18].copy_from_slice(&((20 + transport) as u16).to_be_bytes());
+            h.expect(
+                &format!("{l4:?} first fragment with {transport} transport bytes"),
+                &tiny,
+                XDP_DROP,
+                Counter::DroppedMalformed,
+            );
+        }
+    }
+
+    // Large frames: an MTU-sized datagram and a jumbo one are judged by
+    // their headers like small ones.
+    for size in [1514, 3000] {
+        for (port, verdict, counter) in [
+            (PROTECTED_UDP, XDP_DROP, Counter::DroppedProtected),
+            (OPEN_PORT, XDP_PASS, Counter::Passed),
+        ] {
+            let mut frame = Frame::new(ip(STRANGER_V4), ip(SERVER_V4), L4::Udp, port).build();
+            let pad = size - frame.len();
+            frame.resize(size, 0xa5);
+            let ip_len = u16::from_be_bytes([frame[16], frame[17]]) + pad as u16;
+            frame[16..18].copy_from_slice(&ip_len.to_be_bytes());
+            let udp_len = u16::from_be_bytes([frame[38], frame[39]]) + pad as u16;
+            frame[38..40].copy_from_slice(&udp_len.to_be_bytes());
+            h.expect(&format!("{size}-byte frame to port {port}"), &frame, verdict, counter);
+        }
+    }
+}
+
 /// Installs `ports` (TCP) as the only sequence, index 5 of client 42, valid now.
 fn install_sequence(h: &mut Harness, ports: &[u16]) {
     let now = clock::boot_ns();
