@@ -2,6 +2,10 @@
 //! real XDP program (BPF_PROG_TEST_RUN) and through the reference model
 //! (knock-common's decision and knock logic over plain collections). Their
 //! verdicts, counters and resulting allow, flow and knock-state maps must agree.
+//! On the same streams three properties are checked without the model: a
+//! source gets nothing through to a protected port unless it sent some
+//! client's knock ports in order; a clean knock of a sequence that has not
+//! opened the door yet always opens it; and one that has, never does again.
 
 use std::{
     cell::RefCell,
@@ -10,7 +14,7 @@ use std::{
 };
 
 use knock_common::{
-    maps::{Config, SourceKey, event_kind, port_flags},
+    maps::{Config, Counter, SourceKey, event_kind, port_flags},
     model::Model,
     verdict::{Parsed, Transport, decide},
 };
@@ -51,7 +55,8 @@ const CONFIG: Config = Config {
 enum Op {
     /// One packet: source, UDP?, port (index into POOL, or 8 = 22, 9 = 53, 10 = 80), TCP flags, source port.
     Packet { source: usize, udp: bool, port: usize, flags: u8, sport: u16 },
-    /// Source `source` sends client `client`'s whole sequence.
+    /// Source `source` sends client `client`'s whole sequence, after a
+    /// packet to an unrelated port that ends any attempt in progress.
     Knock { source: usize, client: usize },
 }
 
@@ -140,16 +145,27 @@ fn run_case(kernel: &mut Kernel, pool: &BTreeSet<ProtoPort>, sequences: &[Vec<u1
         (info.valid_from_ns, info.valid_until_ns) = valid;
     }
 
+    // What each source sent, for the properties below.
+    let mut sent: Vec<Vec<(bool, u16)>> = vec![Vec::new(); SOURCES.len()];
     for op in ops {
         let packets: Vec<(usize, bool, u16, u8, u16)> = match *op {
             Op::Packet { source, udp, port, flags, sport } => {
                 vec![(source, udp, port_of(port), flags, sport)]
             }
-            Op::Knock { source, client } => {
-                sequences[client].iter().map(|&port| (source, false, port, SYN, 40000)).collect()
-            }
+            Op::Knock { source, client } => std::iter::once((source, false, OTHER, SYN, 40000))
+                .chain(sequences[client].iter().map(|&port| (source, false, port, SYN, 40000)))
+                .collect(),
+        };
+        let allowed_before = match *op {
+            Op::Knock { source, .. } => is_allowed(&kernel.tables, source),
+            Op::Packet { .. } => false,
+        };
+        let opened_before = match *op {
+            Op::Knock { client, .. } => opened_for(&model, client),
+            Op::Packet { .. } => false,
         };
         for (source, udp, port, flags, sport) in packets {
+            sent[source].push((udp, port));
             let src: IpAddr = SOURCES[source].parse().unwrap();
             let server: IpAddr = if src.is_ipv4() { SERVER_V4 } else { SERVER_V6 }.parse().unwrap();
             let l4 = if udp { L4::Udp } else { L4::Tcp };
@@ -167,6 +183,32 @@ fn run_case(kernel: &mut Kernel, pool: &BTreeSet<ProtoPort>, sequences: &[Vec<u1
                 (expected.action, expected.counter),
                 "packet {src} {l4:?} :{sport} -> {port} flags {flags:#x}\nsequences {sequences:?}\nops {ops:?}"
             );
+            // Nothing through to a protected port without the knock ports in order.
+            if matches!(counter, Counter::PassedAllowed | Counter::PassedFlow) {
+                assert!(
+                    sequences.iter().any(|seq| sent_in_order(&sent[source], seq)),
+                    "{src} got through without knocking\nsequences {sequences:?}\nops {ops:?}"
+                );
+            }
+        }
+        // When no sequence is a prefix of another (else the shorter one
+        // completes first, by design), a clean knock opens the door exactly
+        // when its sequence has not opened it before.
+        if let Op::Knock { source, client } = *op
+            && prefix_free(sequences)
+        {
+            let allowed = is_allowed(&kernel.tables, source);
+            if opened_before {
+                assert_eq!(
+                    allowed, allowed_before,
+                    "a replayed sequence opened the door\nsequences {sequences:?}\nops {ops:?}"
+                );
+            } else {
+                assert!(
+                    allowed && opened_for(&model, client),
+                    "a valid knock did not open the door\nsequences {sequences:?}\nops {ops:?}"
+                );
+            }
         }
     }
 
@@ -193,4 +235,38 @@ fn run_case(kernel: &mut Kernel, pool: &BTreeSet<ProtoPort>, sequences: &[Vec<u1
         .map(|e| e.source)
         .collect();
     assert!(model_allowed.is_subset(&opened));
+}
+
+fn is_allowed(tables: &Tables, source: usize) -> bool {
+    let key = SourceKey::from(SOURCES[source].parse::<IpAddr>().unwrap());
+    tables.allowed().unwrap().iter().any(|(k, _)| *k == key)
+}
+
+/// Has client `client` (index into the case's sequences) opened the door?
+fn opened_for(model: &Model, client: usize) -> bool {
+    model
+        .events
+        .borrow()
+        .iter()
+        .any(|e| e.kind == event_kind::OPENED && e.client == client as u32 + 1)
+}
+
+/// Did a source send `sequence`'s ports, over TCP, in order (not
+/// necessarily back to back)? Opening the door needs at least that.
+fn sent_in_order(sent: &[(bool, u16)], sequence: &[u16]) -> bool {
+    let mut wanted = sequence.iter().peekable();
+    for &(udp, port) in sent {
+        if !udp && wanted.peek() == Some(&&port) {
+            wanted.next();
+        }
+    }
+    wanted.peek().is_none()
+}
+
+/// No sequence starts with another (or equals it).
+fn prefix_free(sequences: &[Vec<u16>]) -> bool {
+    sequences
+        .iter()
+        .enumerate()
+        .all(|(i, a)| sequences.iter().enumerate().all(|(j, b)| i == j || !b.starts_with(a)))
 }
