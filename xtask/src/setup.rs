@@ -15,8 +15,9 @@ use crate::{cargo, is_root, output_if_ok, run_cmd};
 /// inspecting programs, iproute2 for the namespaced tests and the demo,
 /// python3 for the demo's HTTP service and the spec checks; third-party
 /// peers and tools the tests use: knockd (its `knock` client), oathtool (an
-/// independent TOTP), zbar-tools (a QR decoder), iptables and nftables (the
-/// benchmark's comparison), systemd (systemd-analyze checks the unit).
+/// independent TOTP), zbar-tools (a QR decoder), python3-scapy (crafted
+/// frames for the adversarial tests), iptables and nftables (the benchmark's
+/// comparison), systemd (systemd-analyze checks the unit).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -28,6 +29,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "knockd",
     "oathtool",
     "zbar-tools",
+    "python3-scapy",
     "iptables",
     "nftables",
     "systemd",
