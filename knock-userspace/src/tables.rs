@@ -101,11 +101,20 @@ impl Tables {
 
     /// The ports currently protected, read back from the kernel.
     pub fn protected(&self) -> Result<BTreeSet<ProtoPort>> {
+        self.ports_flagged(Transport::protected_flag)
+    }
+
+    /// The ports currently flagged as knock ports, read back from the kernel.
+    pub fn knock_ports(&self) -> Result<BTreeSet<ProtoPort>> {
+        self.ports_flagged(Transport::knock_flag)
+    }
+
+    fn ports_flagged(&self, bit_of: fn(Transport) -> u32) -> Result<BTreeSet<ProtoPort>> {
         let mut out = BTreeSet::new();
         for (port, flags) in self.port_flags.iter().enumerate() {
             let flags = flags.context("cannot read PORT_FLAGS")?;
             for proto in [Transport::Tcp, Transport::Udp] {
-                if flags & proto.protected_flag() != 0 {
+                if flags & bit_of(proto) != 0 {
                     out.insert(ProtoPort { port: port as u16, proto: proto.into() });
                 }
             }

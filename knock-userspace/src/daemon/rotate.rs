@@ -28,6 +28,10 @@ pub(crate) struct Installed {
     sequences: BTreeMap<u32, Installation>,
     steps: BTreeMap<StepKey, StepEntry>,
     knock_ports: BTreeSet<ProtoPort>,
+    /// The steps and knock-port flags in the kernel are known to be exactly
+    /// those of `sequences`. Not so in maps taken over from a daemon that
+    /// may have been killed between its writes, until a first full pass.
+    consistent: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,10 +47,10 @@ impl Installed {
     /// rotation replaces exactly what changed (and retires what is gone).
     pub(crate) fn from_kernel(tables: &Tables, clients: &[Client]) -> Result<Self> {
         let steps = tables.steps()?;
-        let knock_ports = steps
-            .keys()
-            .map(|k| ProtoPort { port: k.port, proto: crate::ports::Proto::from_number(k.proto) })
-            .collect();
+        // The flags as the kernel has them, not as the steps imply: a daemon
+        // killed after writing steps but before flagging their ports (or
+        // unflagging removed ones) left the two apart.
+        let knock_ports = tables.knock_ports()?;
         let mut sequences = BTreeMap::new();
         for (index, info) in tables.sequences()? {
             if info.valid_until_ns == 0 {
@@ -66,7 +70,7 @@ impl Installed {
             sequences
                 .insert(index, Installation { client: info.client, slot: info.slot, ports, info });
         }
-        Ok(Self { sequences, steps, knock_ports })
+        Ok(Self { sequences, steps, knock_ports, consistent: false })
     }
 
     pub(crate) fn count(&self) -> usize {
@@ -117,7 +121,7 @@ impl Daemon {
                     .get(index)
                     .is_some_and(|i| i.client == *client && i.slot == *slot)
             });
-        if unchanged {
+        if unchanged && self.installed.consistent {
             return Ok(());
         }
 
@@ -196,6 +200,7 @@ impl Daemon {
         self.installed.sequences = next;
         self.installed.steps = steps;
         self.installed.knock_ports = knock_ports;
+        self.installed.consistent = true;
         Ok(())
     }
 
