@@ -1,0 +1,424 @@
+//! Fault injection end to end: a state directory that turns read-only or
+//! fills up under a running daemon, a bpffs that cannot be mounted, and a
+//! daemon killed again and again while it rotates sequences, or between two
+//! of its map writes. Each must give one clear message, keep protection in
+//! force and lose nothing.
+//!
+//! Covered elsewhere: kill -9 mid-knock and take-over (end_to_end.rs), an
+//! interface deleted and re-created, a broken state or config file on
+//! reload.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    thread,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use aya::maps::{Array, Map, MapData};
+use knock_common::maps::{MAP_PORT_FLAGS, port_flags};
+use knock_tests::{
+    lab::{
+        self, CLIENT_V4, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_V4, eventually, field,
+        has_xdp, run,
+    },
+    privileged,
+};
+use knock_userspace::{
+    check::{self, PortState},
+    clients::ClientStore,
+    state::{State, StateDir},
+};
+
+/// The protected service.
+const PORT: u16 = 8022;
+/// A second service, which the refused `protect` tries to hide.
+const PORT2: u16 = 8023;
+
+fn lab_with_services() -> Lab {
+    let lab = Lab::new();
+    lab.tcp_echo(SERVER_V4, PORT);
+    lab.tcp_echo(SERVER_V4, PORT2);
+    lab
+}
+
+/// A mount over a directory, lazily unmounted on drop (even when the test
+/// fails), so nothing stays mounted over /tmp.
+struct Mount {
+    dir: PathBuf,
+    mounted: bool,
+}
+
+impl Mount {
+    /// Binds `dir` onto itself, then makes that bind read-only.
+    fn read_only(dir: &Path) -> Self {
+        let path = dir.to_str().unwrap();
+        run("mount", &["--bind", path, path]);
+        let mount = Self { dir: dir.to_owned(), mounted: true };
+        run("mount", &["-o", "remount,bind,ro", path]);
+        mount
+    }
+
+    /// A small tmpfs on `dir` (created if needed), private to root like a
+    /// state directory.
+    fn tmpfs(dir: &Path, size: &str) -> Self {
+        fs::create_dir_all(dir).unwrap();
+        let options = format!("size={size},mode=0700");
+        run("mount", &["-t", "tmpfs", "-o", &options, "tmpfs", dir.to_str().unwrap()]);
+        Self { dir: dir.to_owned(), mounted: true }
+    }
+
+    fn unmount(&mut self) {
+        if std::mem::take(&mut self.mounted) {
+            run("umount", &["-l", self.dir.to_str().unwrap()]);
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+/// Every regular file under `dir` with its bytes, but `skip`.
+fn snapshot(dir: &Path, skip: &str) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() && entry.file_name() != skip {
+                files.insert(entry.path(), fs::read(entry.path()).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// What `list --json`, `status --json` and `client list --json` report that a
+/// refused change must leave alone (counters and clocks move by themselves).
+fn observable(knock: &Instance) -> serde_json::Value {
+    let list = knock.list();
+    let status = knock.status();
+    let clients: serde_json::Value =
+        serde_json::from_str(&knock.ok(&["client", "list", "--json"])).unwrap();
+    serde_json::json!({
+        "protected": list["protected"],
+        "permanent": list["permanent"],
+        "allowed": field(&list["allowed"], "addr"),
+        "pid": status["pid"],
+        "program_id": status["program_id"],
+        "interfaces": status["interfaces"],
+        "clients": status["clients"],
+        "sequences": status["sequences"],
+        "client_list": clients,
+    })
+}
+
+/// A failed command: exit status 1, one `knock-xdp: ...` line naming the
+/// state directory and `reason`, no panic.
+fn assert_refused(knock: &Instance, args: &[&str], reason: &str) {
+    let out = knock.cli(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?} was not refused: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: not one line:\n{stderr}");
+    assert!(stderr.starts_with("knock-xdp: "), "{args:?}: {stderr}");
+    assert!(stderr.contains(reason), "{args:?}: expected '{reason}' in: {stderr}");
+    let dir = knock.state_path().display().to_string();
+    assert!(stderr.contains(&dir), "{args:?}: the message does not name {dir}: {stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "{stderr}");
+}
+
+/// The daemon protects PORT and knows one client.
+fn protecting_daemon(lab: &Lab, knock: &mut Instance) {
+    knock.attach(&[&lab.server_if]);
+    knock.ok(&["protect", &format!("{PORT}/tcp")]);
+    knock.add_client("first", &[]);
+}
+
+/// With the state directory unwritable (for `reason`), each persisted change
+/// is refused and nothing changes: not the kernel, not what the daemon
+/// reports, not a byte on disk (`skip` names a file the test itself put there).
+fn persisted_changes_are_refused(lab: &Lab, knock: &Instance, reason: &str, skip: &str) {
+    let before = observable(knock);
+    let files = snapshot(knock.state_path(), skip);
+    let profile = knock.state_path().with_extension("second.knock");
+    let profile_arg = profile.to_str().unwrap();
+    // A temporary `allow ADDR` is kept in the kernel only, so it needs no
+    // disk; `--permanent` is the allow that is persisted.
+    let changes: [&[&str]; 3] = [
+        &["protect", &format!("{PORT2}/tcp")],
+        &["allow", &format!("{CLIENT2_V4}/32"), "--permanent"],
+        &["client", "add", "second", "--profile-out", profile_arg],
+    ];
+    for args in changes {
+        assert_refused(knock, args, reason);
+    }
+    let profile_written = profile.exists();
+    let _ = fs::remove_file(&profile);
+    assert!(!profile_written, "a refused client add wrote its profile");
+
+    // The refused protect is not in the kernel: the second service answers.
+    assert!(lab.tcp_exchange(CLIENT2_V4, SERVER_V4, PORT2), "the refused protect hid {PORT2}");
+    // The refused allow is not either, and the first port is still protected.
+    assert!(
+        !lab.tcp_exchange(CLIENT2_V4, SERVER_V4, PORT),
+        "a stranger got in: the refused allow took effect, or protection lapsed"
+    );
+    assert_eq!(observable(knock), before, "a refused change shows in list/status");
+    assert_eq!(snapshot(knock.state_path(), skip), files, "a refused change touched the state");
+    assert!(!knock.daemon_log().contains("panicked"), "{}", knock.daemon_log());
+}
+
+#[test]
+fn a_read_only_state_dir_refuses_changes_and_keeps_protection() {
+    if !privileged("a_read_only_state_dir_refuses_changes_and_keeps_protection") {
+        return;
+    }
+    let lab = lab_with_services();
+    // nsenter shares this mount namespace, so the daemon sees the mount below.
+    let mut knock = Instance::new(&lab.server, Entry::NsenterNet);
+    protecting_daemon(&lab, &mut knock);
+
+    let mut read_only = Mount::read_only(knock.state_path());
+    persisted_changes_are_refused(&lab, &knock, "Read-only file system", "");
+
+    // Writable again, the same protect goes through: the failures came from
+    // the read-only directory, and the daemon is still in working order.
+    read_only.unmount();
+    knock.ok(&["protect", &format!("{PORT2}/tcp")]);
+    assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, PORT2), "{PORT2} is not protected now");
+}
+
+#[test]
+fn a_full_state_dir_refuses_changes_and_loses_nothing() {
+    if !privileged("a_full_state_dir_refuses_changes_and_loses_nothing") {
+        return;
+    }
+    let lab = lab_with_services();
+    let mut knock = Instance::new(&lab.server, Entry::NsenterNet);
+    let _tmpfs = Mount::tmpfs(knock.state_path(), "256k");
+    protecting_daemon(&lab, &mut knock);
+    let state_file = knock.state_path().join("state.toml");
+    let saved = fs::read(&state_file).unwrap();
+
+    // Fill the file system to the last page.
+    let filler = knock.state_path().join("filler");
+    let mut file = fs::File::create(&filler).unwrap();
+    loop {
+        match file.write_all(&[0u8; 4096]) {
+            Ok(()) => {}
+            Err(err) if err.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(err) => panic!("filling {}: {err}", filler.display()),
+        }
+    }
+    drop(file);
+    let probe = knock.state_path().join("probe");
+    let not_even_a_byte = fs::write(&probe, b"x").unwrap_err();
+    assert_eq!(not_even_a_byte.raw_os_error(), Some(libc::ENOSPC), "the tmpfs is not full");
+    fs::remove_file(&probe).unwrap();
+
+    persisted_changes_are_refused(&lab, &knock, "No space left on device", "filler");
+
+    // The last state written is whole and parses.
+    assert_eq!(fs::read(&state_file).unwrap(), saved);
+    let state = StateDir::new(knock.state_path());
+    let expected =
+        State { protected: [format!("{PORT}/tcp").parse().unwrap()].into(), ..State::default() };
+    assert_eq!(state.load().unwrap(), expected);
+    let names: Vec<String> =
+        ClientStore::new(&state).load().unwrap().into_iter().map(|c| c.profile.name).collect();
+    assert_eq!(names, ["first"]);
+
+    // With room again, a daemon started from the files has it all, and
+    // nothing of the refused changes.
+    fs::remove_file(&filler).unwrap();
+    knock.ok(&["detach"]);
+    assert!(knock.wait_daemon().success(), "{}", knock.daemon_log());
+    knock.attach(&[&lab.server_if]);
+    let list = knock.list();
+    assert_eq!(list["protected"], serde_json::json!([{ "port": PORT, "proto": "tcp" }]));
+    assert_eq!(list["permanent"], serde_json::json!([]));
+    let clients: serde_json::Value =
+        serde_json::from_str(&knock.ok(&["client", "list", "--json"])).unwrap();
+    assert_eq!(field(&clients, "name"), ["first"]);
+    assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, PORT), "protection lost over the restart");
+    assert!(lab.tcp_exchange(CLIENT2_V4, SERVER_V4, PORT2));
+    knock.ok(&["protect", &format!("{PORT2}/tcp")]);
+}
+
+#[test]
+fn bpffs_that_cannot_be_mounted_is_a_clear_error() {
+    if !privileged("bpffs_that_cannot_be_mounted_is_a_clear_error") {
+        return;
+    }
+    let lab = lab_with_services();
+    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
+    fs::create_dir_all(knock.state_path()).unwrap();
+    // A private mount namespace whose /sys/fs is an empty read-only tmpfs:
+    // no /sys/fs/bpf, and no way to create it. (`ip netns exec` would mount
+    // a fresh /sys over it, hence nsenter.)
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o ro,size=4k tmpfs /sys/fs && exec "$@""#)
+        .arg("sh")
+        .arg("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.server.name))
+        .arg("--")
+        .arg(lab::binary())
+        .arg("--state-dir")
+        .arg(knock.state_path())
+        .args(["attach", &lab.server_if])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "not one line:\n{stderr}");
+    assert!(stderr.starts_with("knock-xdp: ") && stderr.contains("bpffs"), "{stderr}");
+    assert!(stderr.contains("/sys/fs/bpf"), "{stderr}");
+    assert!(!has_xdp(&lab.server, &lab.server_if), "a refused attach left a program attached");
+    assert!(!knock.pin_dir().exists(), "a refused attach pinned something");
+
+    // `ip netns exec` starts every process with a fresh /sys and so without
+    // bpffs: the daemon mounts it itself, and the refused start above left
+    // nothing that stands in the way.
+    let fs_type =
+        run("ip", &["netns", "exec", &lab.server.name, "stat", "-f", "-c", "%T", "/sys/fs/bpf"]);
+    assert_ne!(fs_type.trim(), "bpf_fs", "bpffs is already mounted under ip netns exec");
+    knock.attach(&[&lab.server_if]);
+    knock.ok(&["protect", &format!("{PORT}/tcp")]);
+    assert!(has_xdp(&lab.server, &lab.server_if));
+    assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, PORT));
+}
+
+/// Probes PORT from the client namespace's first address, briefly: on the
+/// veth an open port answers in microseconds, so a short wait only risks
+/// calling a slow open port filtered, never the reverse.
+fn quick_state(lab: &Lab, port: u16) -> PortState {
+    lab.client.enter(move || {
+        check::check(SERVER_V4, port, Duration::from_millis(400)).expect("probe failed").1
+    })
+}
+
+/// Sleeps until the clock is next `offset_ms` past a whole second (a 1 s
+/// slot's boundary).
+fn sleep_until_into_second(offset_ms: u64) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let into = now.as_millis() as u64 % 1000;
+    thread::sleep(Duration::from_millis((1000 + offset_ms - into) % 1000));
+}
+
+fn knock_cli(lab: &Lab, profile: &Path, extra: &[&str]) -> Output {
+    let profile = profile.display().to_string();
+    let mut args = vec!["knock", SERVER_V4, "--profile", &profile];
+    args.extend_from_slice(extra);
+    lab.client_cli(&args)
+}
+
+#[test]
+fn a_daemon_killed_during_rotation_loses_nothing() {
+    if !privileged("a_daemon_killed_during_rotation_loses_nothing") {
+        return;
+    }
+    let lab = lab_with_services();
+    // nsenter: every daemon shares the host's bpffs, so the pins carry over.
+    let mut knock = Instance::new(&lab.server, Entry::NsenterNet);
+    knock.attach(&[&lab.server_if]);
+    knock.ok(&["protect", &format!("{PORT}/tcp")]);
+    // A new sequence every second: the daemon rewrites the kernel's
+    // sequences all the time, so the kills land at many points of it.
+    let profile = knock.add_client("rotor", &["--slot", "1s"]);
+
+    for offset in (0..=900).step_by(150) {
+        sleep_until_into_second(offset);
+        knock.kill_daemon();
+        assert_eq!(
+            quick_state(&lab, PORT),
+            PortState::Filtered,
+            "protection lapsed with the daemon killed {offset} ms into a slot"
+        );
+        knock.attach(&[&lab.server_if]);
+        assert_eq!(
+            quick_state(&lab, PORT),
+            PortState::Filtered,
+            "protection lapsed over the restart after a kill {offset} ms into a slot"
+        );
+    }
+    assert!(knock.daemon_log().contains("took over"), "{}", knock.daemon_log());
+
+    // The client's knock still opens the door, for it alone.
+    let out = knock_cli(&lab, &profile, &["--check", &PORT.to_string()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, PORT));
+    assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, PORT), "a stranger got in");
+
+    let list = knock.list();
+    assert_eq!(list["protected"], serde_json::json!([{ "port": PORT, "proto": "tcp" }]));
+    assert_eq!(field(&list["allowed"], "origin"), ["knock (rotor)"]);
+    let clients: serde_json::Value =
+        serde_json::from_str(&knock.ok(&["client", "list", "--json"])).unwrap();
+    assert_eq!(field(&clients, "name"), ["rotor"]);
+    let status = knock.status();
+    assert_eq!(status["clients"], 1);
+    assert_eq!(status["sequences"], 4, "{status}");
+}
+
+/// PORT_FLAGS, pinned by a daemon started with `Entry::NsenterNet`.
+fn port_flags_map(knock: &Instance) -> Array<MapData, u32> {
+    let data = MapData::from_pin(knock.pin_dir().join(MAP_PORT_FLAGS)).unwrap();
+    Array::try_from(Map::Array(data)).unwrap()
+}
+
+#[test]
+fn a_rotation_cut_short_between_map_writes_is_repaired_on_restart() {
+    if !privileged("a_rotation_cut_short_between_map_writes_is_repaired_on_restart") {
+        return;
+    }
+    let lab = lab_with_services();
+    let mut knock = Instance::new(&lab.server, Entry::NsenterNet);
+    knock.attach(&[&lab.server_if]);
+    knock.ok(&["protect", &format!("{PORT}/tcp")]);
+    // A static sequence never rotates, so nothing would fix it later.
+    knock.add_client("door", &["--static", "7101,7102,7103"]);
+    knock.kill_daemon();
+
+    // A rotation writes the steps, then the sequences, then flags the knock
+    // ports. Killed before the flags, it leaves two states behind, made
+    // here by hand: a new sequence whose ports are not flagged yet, and a
+    // retired one whose port (here the live service PORT2) still is.
+    let mut flags = port_flags_map(&knock);
+    for port in [7101, 7102, 7103] {
+        let value = flags.get(&port, 0).unwrap();
+        flags.set(port, value & !port_flags::KNOCK_TCP, 0).unwrap();
+    }
+    let value = flags.get(&u32::from(PORT2), 0).unwrap();
+    flags.set(u32::from(PORT2), value | port_flags::KNOCK_TCP, 0).unwrap();
+    drop(flags);
+    let knocks: Vec<Knock> =
+        [7101, 7102, 7103].into_iter().map(|port| Knock { port, udp: false }).collect();
+    // Both really bite: the service is hidden, the door does not open.
+    assert_eq!(quick_state(&lab, PORT2), PortState::Filtered);
+    lab.send_knocks(CLIENT_V4, SERVER_V4, &knocks, Duration::from_millis(20));
+    assert_eq!(quick_state(&lab, PORT), PortState::Filtered);
+
+    // The next daemon takes the kernel's flags as they are and repairs them.
+    knock.attach(&[&lab.server_if]);
+    eventually("the retired knock port still hides its service", || {
+        quick_state(&lab, PORT2) == PortState::Open
+    });
+    lab.send_knocks(CLIENT_V4, SERVER_V4, &knocks, Duration::from_millis(20));
+    assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, PORT), "the static door did not open");
+    assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, PORT), "a stranger got in");
+}
