@@ -488,7 +488,8 @@ pub struct Instance {
     entry: Entry,
     daemon: Option<Child>,
     log: PathBuf,
-    profiles: std::cell::RefCell<Vec<PathBuf>>,
+    /// Files next to the state directory (profiles, secrets), removed on drop.
+    side_files: std::cell::RefCell<Vec<PathBuf>>,
 }
 
 impl Instance {
@@ -503,7 +504,7 @@ impl Instance {
             entry,
             daemon: None,
             log,
-            profiles: Default::default(),
+            side_files: Default::default(),
         }
     }
 
@@ -611,16 +612,23 @@ impl Instance {
         child.wait().unwrap();
     }
 
+    /// A path next to the state directory, for a file the test writes or
+    /// has written (a profile, a PIN); removed with the instance.
+    pub fn side_file(&self, name: &str) -> PathBuf {
+        let path = self.state_dir.with_extension(name);
+        let _ = fs::remove_file(&path);
+        self.side_files.borrow_mut().push(path.clone());
+        path
+    }
+
     /// `client add NAME ARGS --profile-out FILE`; returns the profile's path.
     pub fn add_client(&self, name: &str, args: &[&str]) -> PathBuf {
-        let path = self.state_dir.with_extension(format!("{name}.knock"));
-        let _ = fs::remove_file(&path);
+        let path = self.side_file(&format!("{name}.knock"));
         let mut all = vec!["client", "add", name];
         all.extend_from_slice(args);
         let path_arg = path.to_str().unwrap().to_owned();
         all.extend_from_slice(&["--profile-out", &path_arg]);
         self.ok(&all);
-        self.profiles.borrow_mut().push(path.clone());
         path
     }
 
@@ -654,8 +662,8 @@ impl Drop for Instance {
         }
         let _ = fs::remove_dir_all(&self.state_dir);
         let _ = fs::remove_file(&self.log);
-        for profile in self.profiles.borrow().iter() {
-            let _ = fs::remove_file(profile);
+        for file in self.side_files.borrow().iter() {
+            let _ = fs::remove_file(file);
         }
     }
 }

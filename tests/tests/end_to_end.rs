@@ -462,7 +462,7 @@ fn a_config_file_sets_the_defaults_flags_override_it_and_reload_rereads_it() {
     }
     let lab = lab_with_services();
     let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
-    let config = knock.state_path().with_extension("config.toml");
+    let config = knock.side_file("config.toml");
     let text = format!(
         "interfaces = [\"{}\"]\nprotected = [\"{TCP_PORT}/tcp\"]\nallow = [\"{CLIENT2_V4}/32\"]\nopen_window = \"5s\"\nidle_timeout = \"20m\"\nlog_format = \"json\"\n",
         lab.server_if

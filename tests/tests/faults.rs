@@ -151,7 +151,7 @@ fn protecting_daemon(lab: &Lab, knock: &mut Instance) {
 fn persisted_changes_are_refused(lab: &Lab, knock: &Instance, reason: &str, skip: &str) {
     let before = observable(knock);
     let files = snapshot(knock.state_path(), skip);
-    let profile = knock.state_path().with_extension("second.knock");
+    let profile = knock.side_file("second.knock");
     let profile_arg = profile.to_str().unwrap();
     // A temporary `allow ADDR` is kept in the kernel only, so it needs no
     // disk; `--permanent` is the allow that is persisted.

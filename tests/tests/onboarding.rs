@@ -28,9 +28,9 @@ fn setup() -> (Lab, Instance) {
     (lab, knock)
 }
 
-/// A file next to the instance's state directory, removed with it.
+/// A secret file next to the instance's state directory, removed with it.
 fn secret_file(knock: &Instance, name: &str, text: &str) -> PathBuf {
-    let path = knock.state_path().with_extension(name);
+    let path = knock.side_file(name);
     fs::write(&path, text).unwrap();
     path
 }
@@ -78,7 +78,7 @@ fn an_authenticator_code_and_pin_open_the_door() {
     let (lab, knock) = setup();
     let pin = secret_file(&knock, "pin", "482913\n");
     let wrong_pin = secret_file(&knock, "wrong-pin", "000000\n");
-    let profile = knock.state_path().with_extension("phone.knock");
+    let profile = knock.side_file("phone.knock");
     let out = knock.ok(&[
         "client",
         "add",
@@ -151,7 +151,7 @@ fn a_profile_uri_alone_knocks_and_the_qr_code_decodes_to_it() {
     assert!(uri.contains("secret="), "{uri}");
 
     // The QR code printed in the terminal decodes (with zbarimg) to the URI.
-    let image = knock.state_path().with_extension("qr.pgm");
+    let image = knock.side_file("qr.pgm");
     write_pgm(&shown, &image);
     let out = Command::new("zbarimg")
         .args(["-q", "--raw"])
