@@ -190,28 +190,33 @@ fn spraying_ports_for_several_slots_never_opens_the_door() {
     let frames_per_round = one_source_frames + sources * 65_535;
     let iface = lab.client_if.clone();
     let started = Instant::now();
+    // Whole rounds until at least three slot boundaries have passed.
     let sent = lab.client.enter(move || {
         let (client, server): (IpAddr, IpAddr) =
             (CLIENT_V4.parse().unwrap(), SERVER_V4.parse().unwrap());
-        flood::send(&iface, rounds * frames_per_round, |i| {
-            let i = i % frames_per_round;
-            let (k, pass) = (i % 65_535, i / 65_535);
-            if i < one_source_frames {
-                let port = if pass % 2 == 0 { k as u16 + 1 } else { single(k) };
-                let l4 = if pass < 2 { L4::Tcp } else { L4::Udp };
-                Frame::new(client, server, l4, port).build_with_sport(40_000)
-            } else {
-                let i = i - one_source_frames;
-                let source = i % sources;
-                let port = orders[source as usize](i / sources);
-                syn(spoofed_source(source, false), server, port, source)
-            }
-        })
-        .expect("spray")
+        let mut sent = 0;
+        let mut round = 0;
+        while round < rounds || started.elapsed() < Duration::from_millis(3200) {
+            sent += flood::send(&iface, frames_per_round, |i| {
+                let (k, pass) = (i % 65_535, i / 65_535);
+                if i < one_source_frames {
+                    let port = if pass % 2 == 0 { k as u16 + 1 } else { single(k) };
+                    let l4 = if pass < 2 { L4::Tcp } else { L4::Udp };
+                    Frame::new(client, server, l4, port).build_with_sport(40_000)
+                } else {
+                    let i = i - one_source_frames;
+                    let source = i % sources;
+                    let port = orders[source as usize](i / sources);
+                    syn(spoofed_source(source, false), server, port, source)
+                }
+            })
+            .expect("spray");
+            round += 1;
+        }
+        sent
     });
     let elapsed = started.elapsed();
-    assert_eq!(sent, rounds * frames_per_round);
-    assert!(elapsed > Duration::from_secs(2), "the spray covered less than two slots: {elapsed:?}");
+    assert!(sent >= rounds * frames_per_round);
 
     // Nobody got in, and nothing was logged as an opening.
     assert_eq!(counter(&knock, "passed_allowed"), 0);
