@@ -2,7 +2,7 @@
 //! views the shared decision and knock logic use.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
     helpers::bpf_ktime_get_boot_ns,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -13,7 +13,7 @@ use knock_common::{
         ALLOW_MAX_ENTRIES, ALLOW_NETS_MAX_ENTRIES, AllowEntry, Config, Counter, EVENTS_BYTES,
         Event, FLOWS_MAX_ENTRIES, FlowEntry, FlowKey, KNOCK_STATE_MAX_ENTRIES,
         KNOCK_STEPS_MAX_ENTRIES, KnockState, MAX_SEQUENCES, NetKey, PORT_COUNT, SequenceInfo,
-        SourceKey, StepEntry, StepKey, USED_MAX_ENTRIES, UsedKey,
+        SourceKey, StepEntry, StepKey, USED_MAX_ENTRIES, UsedKey, event_kind,
     },
     verdict::Tables,
 };
@@ -170,6 +170,14 @@ impl KnockTables for Maps {
 
     #[inline(always)]
     fn emit(&self, event: &Event) {
+        // Progress and refusals are what anybody can cause by the thousand
+        // (a spoofed first knock, then any packet): they may fill the ring
+        // only halfway, so an opening always finds room.
+        if event.kind != event_kind::OPENED
+            && EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(EVENTS_BYTES / 2)
+        {
+            return;
+        }
         // A full ring buffer loses the event, never the decision. No wakeup:
         // waking the reader costs this packet microseconds; the daemon polls.
         let _ = EVENTS.output::<Event>(event, u64::from(BPF_RB_NO_WAKEUP));
