@@ -3,7 +3,7 @@
 
 use crate::{
     knock::{self, KnockTables},
-    maps::{AllowEntry, Counter, FlowEntry, FlowKey, SourceKey, port_flags},
+    maps::{AllowEntry, Config, Counter, FlowEntry, FlowKey, SourceKey, port_flags},
 };
 
 /// XDP verdicts (from `enum xdp_action` in the kernel's uapi).
@@ -166,25 +166,27 @@ fn protected<T: Tables, F: Fn() -> u64>(
 ) -> Decision {
     let key =
         FlowKey { src, src_port: sport, dst_port: dport, proto: proto.number(), _pad: [0; 3] };
-    let now = clock.now();
-    let config = tables.config();
     // The client ends the connection: the flow passes only for the closing
     // handshake, then can never be reused as a hole.
     let closing = matches!(proto, Transport::Tcp) && flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
-    let close_at = |entry: &FlowEntry| match (entry.closing_until_ns, closing) {
-        (0, true) => now.saturating_add(config.close_grace_ns),
-        (until, _) => until,
-    };
+    let close_at =
+        |entry: &FlowEntry, now: u64, config: &Config| match (entry.closing_until_ns, closing) {
+            (0, true) => now.saturating_add(config.close_grace_ns),
+            (until, _) => until,
+        };
 
     // Most packets to a protected port belong to a flow admitted earlier:
     // it keeps passing after the open window, for as long as it is active.
+    // The clock and the config are read only once an entry is found, so a
+    // stranger's packet costs the lookups alone.
     if let Some(entry) = tables.flow(&key) {
+        let (now, config) = (clock.now(), tables.config());
         let idle = now.saturating_sub(entry.last_seen_ns) >= config.idle_timeout_ns;
         let closed = entry.closing_until_ns != 0 && now >= entry.closing_until_ns;
         if !idle && !closed {
             tables.set_flow(
                 &key,
-                &FlowEntry { last_seen_ns: now, closing_until_ns: close_at(&entry) },
+                &FlowEntry { last_seen_ns: now, closing_until_ns: close_at(&entry, now, &config) },
             );
             return Decision::new(XDP_PASS, Counter::PassedFlow);
         }
@@ -192,12 +194,13 @@ fn protected<T: Tables, F: Fn() -> u64>(
 
     let counter = match tables.allowed(&src) {
         // The kernel enforces the deadline itself: userspace may sweep late.
-        Some(entry) if now < entry.deadline_ns => Counter::PassedAllowed,
+        Some(entry) if clock.now() < entry.deadline_ns => Counter::PassedAllowed,
         _ if tables.in_allowed_network(&src) => Counter::PassedNetwork,
         _ => return Decision::new(XDP_DROP, Counter::DroppedProtected),
     };
+    let (now, config) = (clock.now(), tables.config());
     let fresh = FlowEntry { last_seen_ns: now, closing_until_ns: 0 };
-    tables.set_flow(&key, &FlowEntry { closing_until_ns: close_at(&fresh), ..fresh });
+    tables.set_flow(&key, &FlowEntry { closing_until_ns: close_at(&fresh, now, &config), ..fresh });
     Decision::new(XDP_PASS, counter)
 }
 
@@ -239,6 +242,15 @@ mod tests {
         }
         let d = decide(&model(), packet(Transport::Udp, 53, 0), || panic!("clock read"));
         assert_eq!(d, Decision::new(XDP_PASS, Counter::Passed));
+    }
+
+    #[test]
+    fn a_stranger_is_dropped_without_reading_the_clock() {
+        let d = decide(&model(), tcp(22), || panic!("clock read"));
+        assert_eq!(d, Decision::new(XDP_DROP, Counter::DroppedProtected));
+        let d =
+            decide(&model(), packet(Transport::Tcp, 22, tcp_flags::ACK), || panic!("clock read"));
+        assert_eq!(d, Decision::new(XDP_DROP, Counter::DroppedProtected));
     }
 
     #[test]
