@@ -8,6 +8,7 @@
 use std::{
     fs,
     net::IpAddr,
+    path::PathBuf,
     thread,
     time::{Duration, Instant},
 };
@@ -44,19 +45,34 @@ fn counter(knock: &Instance, name: &str) -> u64 {
     knock.status()["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name}"))
 }
 
+/// A lab whose TCP echo service a daemon (started with `attach_args`) protects.
+fn protected_service(attach_args: &[&str]) -> (Lab, Instance) {
+    let lab = Lab::new();
+    lab.tcp_echo(SERVER_V4, SERVICE);
+    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
+    let mut args = vec![lab.server_if.as_str()];
+    args.extend_from_slice(attach_args);
+    knock.attach(&args);
+    knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
+    (lab, knock)
+}
+
+/// A client with one-minute slots, and the first port of her sequence,
+/// far enough from a slot boundary for a test to use it.
+fn alice_and_her_first_port(lab: &Lab, knock: &Instance) -> (PathBuf, u16) {
+    let alice = knock.add_client("alice", &["--slot", "60s"]);
+    away_from_slot_boundary(60, Duration::from_secs(15));
+    let first = lab.sequence(&alice, None)[0].port;
+    (alice, first)
+}
+
 #[test]
 fn a_spoofed_flood_neither_keeps_a_client_out_nor_evicts_anyone() {
     if !privileged("a_spoofed_flood_neither_keeps_a_client_out_nor_evicts_anyone") {
         return;
     }
-    let lab = Lab::new();
-    lab.tcp_echo(SERVER_V4, SERVICE);
-    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
-    knock.attach(&[&lab.server_if, "--open-window", "5m"]);
-    knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
-    let alice = knock.add_client("alice", &["--slot", "60s"]);
-    away_from_slot_boundary(60, Duration::from_secs(15));
-    let first = lab.sequence(&alice, None)[0].port;
+    let (lab, knock) = protected_service(&["--open-window", "5m"]);
+    let (alice, first) = alice_and_her_first_port(&lab, &knock);
 
     // Someone already admitted, with an open connection: the flood must
     // evict neither the admission nor the flow.
@@ -163,11 +179,7 @@ fn spraying_ports_for_several_slots_never_opens_the_door() {
     if !privileged("spraying_ports_for_several_slots_never_opens_the_door") {
         return;
     }
-    let lab = Lab::new();
-    lab.tcp_echo(SERVER_V4, SERVICE);
-    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
-    knock.attach(&[&lab.server_if]);
-    knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
+    let (lab, knock) = protected_service(&[]);
     // One-second slots, so the spray outlives several of them; a TCP and a
     // UDP client, each with sequences for four slots installed at any time.
     let alice = knock.add_client("alice", &["--slot", "1s"]);
@@ -237,14 +249,8 @@ fn a_flood_of_refusals_is_logged_in_moderation() {
     if !privileged("a_flood_of_refusals_is_logged_in_moderation") {
         return;
     }
-    let lab = Lab::new();
-    lab.tcp_echo(SERVER_V4, SERVICE);
-    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
-    knock.attach(&[&lab.server_if]);
-    knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
-    let alice = knock.add_client("alice", &["--slot", "60s"]);
-    away_from_slot_boundary(60, Duration::from_secs(15));
-    let first = lab.sequence(&alice, None)[0].port;
+    let (lab, knock) = protected_service(&[]);
+    let (alice, first) = alice_and_her_first_port(&lab, &knock);
 
     // Each spoofed source starts a knock and then tries the service: the
     // program reports a reset for every pair.
