@@ -3,13 +3,15 @@
 //! spoofed sources without a million sockets.
 
 use std::{
-    ffi::CString,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::AsRawFd as _,
 };
 
-use crate::frames::{Frame, L4};
+use crate::{
+    frames::{Frame, L4},
+    packet,
+};
 
 /// Frames handed to the kernel per `sendmmsg` call.
 const BATCH: usize = 256;
@@ -35,7 +37,8 @@ pub fn syn(src: IpAddr, dst: IpAddr, port: u16, i: u64) -> Vec<u8> {
 /// kernel accepted. The frames skip the qdisc: a flood should measure the
 /// receiver, not queueing on the sender.
 pub fn send(iface: &str, count: u64, mut frame: impl FnMut(u64) -> Vec<u8>) -> io::Result<u64> {
-    let socket = packet_socket(iface)?;
+    let socket = packet::socket(iface)?;
+    packet::set_option(&socket, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &1 as &libc::c_int)?;
     let mut sent = 0;
     let mut next = 0;
     while next < count {
@@ -78,49 +81,4 @@ pub fn send(iface: &str, count: u64, mut frame: impl FnMut(u64) -> Vec<u8>) -> i
         next += n;
     }
     Ok(sent)
-}
-
-fn packet_socket(iface: &str) -> io::Result<OwnedFd> {
-    let protocol = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain socket(2).
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd that we own from here on.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let name = CString::new(iface).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: a valid C string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let bypass: libc::c_int = 1;
-    // SAFETY: valid fd and option of the given size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_PACKET,
-            libc::PACKET_QDISC_BYPASS,
-            (&bypass as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-    // SAFETY: all-zero is a valid sockaddr_ll.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = protocol;
-    addr.sll_ifindex = index as i32;
-    // SAFETY: a valid sockaddr_ll of the given size.
-    let rc = unsafe {
-        libc::bind(
-            fd,
-            (&addr as *const libc::sockaddr_ll).cast(),
-            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(socket)
 }

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod flood;
 pub mod frames;
 pub mod lab;
+pub mod packet;
 pub mod sniff;
 pub mod testrun;
 

@@ -7,9 +7,8 @@
 //! inner tags stay in it.)
 
 use std::{
-    ffi::CString,
     io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -17,7 +16,14 @@ use std::{
     thread::{self, JoinHandle},
 };
 
-use crate::lab::Netns;
+use crate::{
+    frames::{
+        ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_AH, IPPROTO_DSTOPTS,
+        IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP,
+    },
+    lab::Netns,
+    packet,
+};
 
 /// How often the reader looks at the stop flag.
 const POLL_MS: libc::suseconds_t = 50;
@@ -60,57 +66,14 @@ impl Drop for Sniffer {
     }
 }
 
-/// A raw socket that receives every frame of every protocol on `iface`.
+/// A tap on `iface`: every frame of every protocol, with room for bursts
+/// and a receive timeout so the reader sees the stop flag.
 fn open(iface: &str) -> io::Result<OwnedFd> {
-    let name = CString::new(iface).unwrap();
-    // SAFETY: a valid C string.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if ifindex == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // Protocol 0 receives nothing until bind, so no other interface's frame
-    // slips in before it.
-    // SAFETY: plain socket(2).
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: we own the fd from here on.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    set_option(&socket, libc::SO_RCVBUFFORCE, &RCVBUF)?;
+    let socket = packet::socket(iface)?;
+    packet::set_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &RCVBUF)?;
     let timeout = libc::timeval { tv_sec: 0, tv_usec: POLL_MS * 1000 };
-    set_option(&socket, libc::SO_RCVTIMEO, &timeout)?;
-    // SAFETY: all-zero is a valid sockaddr_ll; the fields that matter follow.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-    addr.sll_ifindex = ifindex as i32;
-    // SAFETY: a valid fd and sockaddr_ll of the given size.
-    let rc = unsafe {
-        libc::bind(
-            fd,
-            &addr as *const _ as *const libc::sockaddr,
-            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    packet::set_option(&socket, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout)?;
     Ok(socket)
-}
-
-fn set_option<T>(socket: &OwnedFd, option: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: a valid fd, and a value of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            value as *const T as *const libc::c_void,
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// Reads frames until `stop`, then what is still queued.
@@ -180,13 +143,6 @@ pub enum Seen {
 }
 
 const ETH_HLEN: usize = 14;
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_AH: u8 = 51;
-const IPPROTO_DSTOPTS: u8 = 60;
 
 /// Parses an Ethernet frame, through any number of VLAN tags, IPv4 options
 /// and IPv6 extension headers. It reads what is in the frame and ignores
@@ -197,7 +153,7 @@ pub fn classify(frame: &[u8]) -> Seen {
         return Seen::Other;
     };
     let mut offset = ETH_HLEN;
-    while matches!(ether_type, 0x8100 | 0x88a8) {
+    while matches!(ether_type, ETH_P_8021Q | ETH_P_8021AD) {
         let Some(inner) = be16(frame, offset + 2) else {
             return Seen::Malformed;
         };
@@ -205,8 +161,8 @@ pub fn classify(frame: &[u8]) -> Seen {
         offset += 4;
     }
     match ether_type {
-        0x0800 => ipv4(&frame[offset..]),
-        0x86dd => ipv6(&frame[offset..]),
+        ETH_P_IPV4 => ipv4(&frame[offset..]),
+        ETH_P_IPV6 => ipv6(&frame[offset..]),
         _ => Seen::Other,
     }
 }
