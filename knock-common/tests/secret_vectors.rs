@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{repo_root, run_python, write_tampered};
+use common::{assert_python_agrees, repo_root, run_python, write_tampered};
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -310,16 +310,7 @@ fn vector_count(doc: &Map<String, Value>) -> usize {
 
 #[test]
 fn python_reference_matches_every_vector() {
-    let out = run_python("secrets_v1.py", &vectors_path());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "python reference failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let oks = stdout.lines().filter(|l| l.starts_with("ok ")).count();
-    assert_eq!(oks, vector_count(&load()), "python output:\n{stdout}");
+    assert_python_agrees("secrets_v1.py", &vectors_path(), vector_count(&load()));
 }
 
 /// Changes one output of the first vector of every section; the Python

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{repo_root, run_python, write_tampered};
+use common::{assert_python_agrees, repo_root, run_python, write_tampered};
 
 use std::path::PathBuf;
 
@@ -124,16 +124,7 @@ fn rust_matches_every_vector() {
 
 #[test]
 fn python_reference_matches_every_vector() {
-    let out = run_python("sequence_v1.py", &vectors_path());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "python reference failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let oks = stdout.lines().filter(|l| l.starts_with("ok ")).count();
-    assert_eq!(oks, load_vectors().len(), "python output:\n{stdout}");
+    assert_python_agrees("sequence_v1.py", &vectors_path(), load_vectors().len());
 }
 
 #[test]

@@ -20,6 +20,21 @@ pub fn run_python(script: &str, vectors: &Path) -> Output {
         .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display()))
 }
 
+/// Runs `tests/python/<script>` on `vectors` and requires it to succeed
+/// with one `ok ...` line for each of the `expected` vectors.
+pub fn assert_python_agrees(script: &str, vectors: &Path, expected: usize) {
+    let out = run_python(script, vectors);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python reference failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let oks = stdout.lines().filter(|l| l.starts_with("ok ")).count();
+    assert_eq!(oks, expected, "python output:\n{stdout}");
+}
+
 /// Writes a tampered copy of a vectors file where a test can find it.
 pub fn write_tampered(name: &str, doc: &serde_json::Value) -> PathBuf {
     let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
