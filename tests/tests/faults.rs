@@ -13,7 +13,7 @@ use std::{
     fs,
     io::Write as _,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -319,13 +319,6 @@ fn sleep_until_into_second(offset_ms: u64) {
     thread::sleep(Duration::from_millis((1000 + offset_ms - into) % 1000));
 }
 
-fn knock_cli(lab: &Lab, profile: &Path, extra: &[&str]) -> Output {
-    let profile = profile.display().to_string();
-    let mut args = vec!["knock", SERVER_V4, "--profile", &profile];
-    args.extend_from_slice(extra);
-    lab.client_cli(&args)
-}
-
 #[test]
 fn a_daemon_killed_during_rotation_loses_nothing() {
     if !privileged("a_daemon_killed_during_rotation_loses_nothing") {
@@ -358,7 +351,7 @@ fn a_daemon_killed_during_rotation_loses_nothing() {
     assert!(knock.daemon_log().contains("took over"), "{}", knock.daemon_log());
 
     // The client's knock still opens the door, for it alone.
-    let out = knock_cli(&lab, &profile, &["--check", &PORT.to_string()]);
+    let out = lab.knock(&profile, &["--check", &PORT.to_string()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, PORT));
