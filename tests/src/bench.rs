@@ -338,7 +338,7 @@ impl Knock {
         self.tables.set_sequence(
             SEQ_INDEX,
             SequenceInfo {
-                valid_from_ns: now - 1_000_000_000,
+                valid_from_ns: now.saturating_sub(1_000_000_000),
                 valid_until_ns: now + 10 * HOUR_NS,
                 slot: 7,
                 client: 42,

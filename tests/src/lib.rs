@@ -12,15 +12,25 @@ pub mod sniff;
 pub mod testrun;
 
 /// True when the test may run. Privileged tests skip loudly without root,
-/// and under `CI=true` a skip is a failure: CI must never pass by skipping.
+/// and under CI (`CI` set to 1, true, yes or on) a skip is a failure: CI
+/// must never pass by skipping. A skip is also recorded in the file named by
+/// `KNOCK_XDP_SKIP_LOG`, so `cargo xtask test` can count it.
 pub fn privileged(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: needs root, and privileged tests may not skip under CI=true");
+    if std::env::var("CI").is_ok_and(|v| {
+        matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+    }) {
+        panic!("{test}: needs root, and privileged tests may not skip under CI");
     }
     eprintln!("SKIP {test}: needs root (run 'sudo cargo xtask test')");
+    if let Some(log) = std::env::var_os("KNOCK_XDP_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(file, "{test}");
+        }
+    }
     false
 }

@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 
 use crate::{cargo, run_cmd, setup, target_dir};
 
-const BPF_TARGET: &str = "bpfel-unknown-none";
+pub const BPF_TARGET: &str = "bpfel-unknown-none";
 /// The knock-ebpf crate's binary name.
 const OBJECT_NAME: &str = "knock";
 

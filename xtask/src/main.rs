@@ -89,6 +89,11 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The usual truthy spellings of an environment flag such as `CI`.
+pub fn is_truthy(value: &str) -> bool {
+    matches!(value.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+}
+
 /// A `cargo` command run from the workspace root.
 ///
 /// `cargo` is looked up on PATH (where `~/.cargo/bin` comes first, see

@@ -402,7 +402,7 @@ fn every_tcp_flag_combination_tiny_fragments_and_large_frames() {
 /// Installs `ports` (TCP) as the only sequence, index 5 of client 42, valid now.
 fn install_sequence(h: &mut Harness, ports: &[u16]) {
     let now = clock::boot_ns();
-    let valid = (now - 1_000_000_000, now + 60_000_000_000);
+    let valid = (now.saturating_sub(1_000_000_000), now + 60_000_000_000);
     testrun::install_tcp_sequence(&mut h.tables, 5, 42, 7, ports, valid, &mut Default::default());
 }
 

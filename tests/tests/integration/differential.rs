@@ -126,7 +126,8 @@ fn run_case(kernel: &mut Kernel, pool: &BTreeSet<ProtoPort>, sequences: &[Vec<u1
     model.ports.insert(PROTECTED_TCP, port_flags::PROTECTED_TCP);
     model.ports.insert(PROTECTED_UDP, port_flags::PROTECTED_UDP);
     let now = clock::boot_ns();
-    let valid = (now - 3_600_000_000_000, now + 3_600_000_000_000);
+    // Checked: the boot clock may be younger than the hour subtracted.
+    let valid = (now.saturating_sub(3_600_000_000_000), now + 3_600_000_000_000);
     let mut steps = BTreeMap::new();
     for (client, ports) in sequences.iter().enumerate() {
         // Client c's sequence sits at index 4c, as the daemon places slot 0.

@@ -1,0 +1,15 @@
+//! knock-xdp's privileged tests, one module per area, built as one binary so
+//! aya and the daemon are linked once.
+
+mod abuse;
+mod bench_smoke;
+mod cli_errors;
+mod crafted;
+mod differential;
+mod end_to_end;
+mod faults;
+mod knocking;
+mod onboarding;
+mod program;
+mod sessions;
+mod system;
