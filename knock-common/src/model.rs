@@ -1,18 +1,21 @@
 //! A reference model of the kernel's maps on plain collections: the same
 //! decision and knock code runs over it on the host, in unit tests and in
-//! property tests.
+//! the differential test against the real program.
 
 extern crate std;
 
 use std::{cell::RefCell, collections::HashMap, vec::Vec};
 
 use crate::{
-    knock::{KnockTables, on_attempt, set_bit},
-    maps::{
-        AllowEntry, Config, Event, FlowEntry, FlowKey, KnockState, PROTO_TCP, SequenceInfo,
-        SourceKey, StepEntry, StepKey, UsedKey,
-    },
-    verdict::{Tables, Transport},
+    allow::AllowEntry,
+    decide::{Decision, Maps, Packet, Parsed, decide},
+    event::{Event, EventKind},
+    flow::{FlowEntry, FlowKey, Segment},
+    knock::KnockMaps,
+    maps::{Runtime, Settings},
+    proto::{Proto, ProtoPort, tcp_flags},
+    source::{PrefixKey, SourceKey},
+    trie::{Edge, EdgeKey, KnockSink, KnockState, KnockTable, SequenceInfo, UsedKey},
 };
 
 pub const SEC: u64 = 1_000_000_000;
@@ -21,62 +24,98 @@ pub const SEC: u64 = 1_000_000_000;
 pub struct Model {
     pub ports: HashMap<u16, u32>,
     pub allow: RefCell<HashMap<SourceKey, AllowEntry>>,
-    pub steps: HashMap<StepKey, StepEntry>,
+    pub edges: HashMap<EdgeKey, Edge>,
     pub sequences: HashMap<u32, SequenceInfo>,
     pub states: RefCell<HashMap<SourceKey, KnockState>>,
     pub used: RefCell<HashMap<UsedKey, u64>>,
-    pub active: RefCell<u64>,
+    pub misses: RefCell<HashMap<PrefixKey, u64>>,
+    pub runtime: RefCell<[u64; Runtime::COUNT as usize]>,
     pub events: RefCell<Vec<Event>>,
     pub flows: RefCell<HashMap<FlowKey, FlowEntry>>,
     /// Always-allowed networks: (network, prefix length in bits).
     pub nets: Vec<(SourceKey, u8)>,
-    pub config: Config,
+    pub settings: Settings,
+    /// The builder [`Model::install`] goes through, as the daemon's does.
+    pub table: KnockTable,
 }
 
 impl Model {
+    /// The daemon's defaults, without failed-knock limits (tests of the
+    /// limits set their own).
     pub fn new() -> Self {
         Self {
-            config: Config {
+            settings: Settings {
                 open_window_ns: 30 * SEC,
                 knock_timeout_ns: 10 * SEC,
                 idle_timeout_ns: 900 * SEC,
                 close_grace_ns: 10 * SEC,
+                ..Settings::default()
             },
+            table: KnockTable::new(),
             ..Self::default()
         }
     }
 
-    /// Installs `ports` (TCP) as sequence `index` of `client` for `slot`,
-    /// valid from 0 to 100 s.
-    pub fn install(&mut self, index: u32, client: u32, slot: u64, ports: &[u16]) {
-        for (step, &port) in ports.iter().enumerate() {
-            let entry =
-                self.steps.entry(StepKey { port, proto: PROTO_TCP, step: step as u8 }).or_default();
-            set_bit(&mut entry.continues, index);
-            if step == ports.len() - 1 {
-                set_bit(&mut entry.finishes, index);
-            }
-            *self.ports.entry(port).or_default() |= Transport::Tcp.knock_flag();
+    /// Puts `lo..=hi` in the knock space of `proto`.
+    pub fn knock_space(&mut self, proto: Proto, lo: u16, hi: u16) {
+        for port in lo..=hi {
+            *self.ports.entry(port).or_default() |= proto.knock_space_flag();
         }
-        self.sequences.insert(
-            index,
-            SequenceInfo {
-                valid_from_ns: 0,
-                valid_until_ns: 100 * SEC,
-                slot,
-                client,
-                length: ports.len() as u32,
-            },
-        );
     }
 
-    pub fn is_knock_port(&self, port: u16) -> bool {
-        self.port_flags(port) & Transport::Tcp.knock_flag() != 0
+    /// Installs `steps` as sequence `index` of `client` for `slot`, valid
+    /// from 0 to 100 s, through the builder; its ports join the knock space.
+    pub fn install_steps(&mut self, index: u32, client: u32, slot: u64, steps: &[ProtoPort]) {
+        let info = SequenceInfo {
+            valid_from_ns: 0,
+            valid_until_ns: 100 * SEC,
+            slot,
+            client,
+            length: steps.len() as u32,
+        };
+        self.table.install(index, info, steps).expect("installable");
+        self.sync();
+        for step in steps {
+            *self.ports.entry(step.port).or_default() |= step.proto.knock_space_flag();
+        }
     }
 
-    /// A TCP SYN from `src` to `port` at `now_s` seconds, through the knock logic only.
-    pub fn syn(&self, src: SourceKey, port: u16, now_s: u64) {
-        on_attempt(self, &src, Transport::Tcp, port, self.is_knock_port(port), now_s * SEC);
+    /// [`Model::install_steps`] for TCP knocks.
+    pub fn install(&mut self, index: u32, client: u32, slot: u64, ports: &[u16]) {
+        let steps: Vec<ProtoPort> = ports.iter().map(|&p| ProtoPort::new(Proto::Tcp, p)).collect();
+        self.install_steps(index, client, slot, &steps);
+    }
+
+    /// Writes the builder's changes into the model's maps.
+    pub fn sync(&mut self) {
+        let mut table = core::mem::take(&mut self.table);
+        let synced = table.sync(self);
+        self.table = table;
+        synced.unwrap_or_else(|never: core::convert::Infallible| match never {});
+    }
+
+    /// A TCP SYN from `src` (source port 40000) to `port` at `now_s` seconds.
+    pub fn syn(&self, src: SourceKey, port: u16, now_s: u64) -> Decision {
+        self.packet(src, Proto::Tcp, 40000, port, tcp_flags::SYN, now_s * SEC)
+    }
+
+    /// One packet through the decision, with a plain segment (sequence and
+    /// acknowledgement 0, no data).
+    pub fn packet(
+        &self,
+        src: SourceKey,
+        proto: Proto,
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        now_ns: u64,
+    ) -> Decision {
+        let tcp = match proto {
+            Proto::Tcp => Segment::new(flags, 0, 0, 0),
+            Proto::Udp => Segment::default(),
+        };
+        let parsed = Parsed::Transport(Packet { src, proto, sport, dport, tcp });
+        decide(self, parsed, || now_ns)
     }
 
     pub fn knock(&self, src: SourceKey, ports: &[u16], now_s: u64) {
@@ -89,17 +128,35 @@ impl Model {
         self.allow.borrow().get(&src).copied()
     }
 
-    pub fn last_event(&self) -> u32 {
-        self.events.borrow().last().expect("an event").kind
+    pub fn last_event(&self) -> EventKind {
+        let kind = self.events.borrow().last().expect("an event").kind;
+        EventKind::from_u32(kind).expect("a known kind")
+    }
+
+    pub fn saw(&self, kind: EventKind) -> bool {
+        self.events.borrow().iter().any(|e| e.kind == kind as u32)
     }
 }
 
-impl Tables for Model {
+impl KnockSink for Model {
+    type Error = core::convert::Infallible;
+    fn set_edge(&mut self, key: &EdgeKey, edge: &Edge) -> Result<(), Self::Error> {
+        self.edges.insert(*key, *edge);
+        Ok(())
+    }
+    fn remove_edge(&mut self, key: &EdgeKey) -> Result<(), Self::Error> {
+        self.edges.remove(key);
+        Ok(())
+    }
+    fn set_sequence(&mut self, index: u32, info: &SequenceInfo) -> Result<(), Self::Error> {
+        self.sequences.insert(index, *info);
+        Ok(())
+    }
+}
+
+impl Maps for Model {
     fn port_flags(&self, port: u16) -> u32 {
         self.ports.get(&port).copied().unwrap_or(0)
-    }
-    fn allowed(&self, src: &SourceKey) -> Option<AllowEntry> {
-        self.allow.borrow().get(src).copied()
     }
     fn in_allowed_network(&self, src: &SourceKey) -> bool {
         self.nets.iter().any(|(net, bits)| {
@@ -118,12 +175,12 @@ impl Tables for Model {
     }
 }
 
-impl KnockTables for Model {
-    fn knock_step(&self, key: &StepKey) -> Option<&StepEntry> {
-        self.steps.get(key)
+impl KnockMaps for Model {
+    fn edge(&self, key: &EdgeKey) -> Option<Edge> {
+        self.edges.get(key).copied()
     }
-    fn sequence(&self, index: u32) -> Option<&SequenceInfo> {
-        self.sequences.get(&index)
+    fn sequence(&self, index: u32) -> Option<SequenceInfo> {
+        self.sequences.get(&index).copied()
     }
     fn knock_state(&self, src: &SourceKey) -> Option<KnockState> {
         self.states.borrow().get(src).copied()
@@ -134,25 +191,35 @@ impl KnockTables for Model {
     fn clear_knock_state(&self, src: &SourceKey) {
         self.states.borrow_mut().remove(src);
     }
-    fn claim(&self, key: &UsedKey, now_ns: u64) -> bool {
-        self.used.borrow_mut().insert(*key, now_ns).is_none()
-    }
-    fn admit(&self, src: &SourceKey, entry: &AllowEntry) -> bool {
-        let mut allow = self.allow.borrow_mut();
-        // Never shorten a longer window (e.g. a manual allow).
-        if allow.get(src).is_none_or(|old| old.deadline_ns < entry.deadline_ns) {
-            allow.insert(*src, *entry);
+    fn insert_used(&self, key: &UsedKey, now_ns: u64) -> bool {
+        let mut used = self.used.borrow_mut();
+        if used.contains_key(key) {
+            return false;
         }
+        used.insert(*key, now_ns);
         true
     }
-    fn config(&self) -> Config {
-        self.config
+    fn allowed(&self, src: &SourceKey) -> Option<AllowEntry> {
+        self.allow.borrow().get(src).copied()
     }
-    fn knock_active_until(&self) -> u64 {
-        *self.active.borrow()
+    fn set_allowed(&self, src: &SourceKey, entry: &AllowEntry) -> bool {
+        self.allow.borrow_mut().insert(*src, *entry);
+        true
     }
-    fn set_knock_active_until(&self, until_ns: u64) {
-        *self.active.borrow_mut() = until_ns;
+    fn misses(&self, prefix: &PrefixKey) -> Option<u64> {
+        self.misses.borrow().get(prefix).copied()
+    }
+    fn set_misses(&self, prefix: &PrefixKey, tat_ns: u64) {
+        self.misses.borrow_mut().insert(*prefix, tat_ns);
+    }
+    fn runtime(&self, word: Runtime) -> u64 {
+        self.runtime.borrow()[word as usize]
+    }
+    fn set_runtime(&self, word: Runtime, value: u64) {
+        self.runtime.borrow_mut()[word as usize] = value;
+    }
+    fn settings(&self) -> Settings {
+        self.settings
     }
     fn emit(&self, event: &Event) {
         self.events.borrow_mut().push(*event);

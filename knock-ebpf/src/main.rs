@@ -2,17 +2,17 @@
 #![no_std]
 #![no_main]
 
-mod enforce;
+mod maps;
 mod parse;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use knock_common::verdict::decide;
+use knock_common::decide::decide;
 
 #[xdp]
 pub fn knock(ctx: XdpContext) -> u32 {
     let parsed = parse::parse(&ctx);
-    let decision = decide(&enforce::Maps, parsed, enforce::now_ns);
-    enforce::count(decision.counter);
+    let decision = decide(&maps::BpfMaps, parsed, maps::now_ns);
+    maps::count(decision.counter);
     decision.action
 }
 

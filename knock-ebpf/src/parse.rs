@@ -9,8 +9,10 @@ use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
 use knock_common::{
-    maps::SourceKey,
-    verdict::{Parsed, Transport},
+    Proto,
+    decide::{Packet, Parsed},
+    flow::Segment,
+    source::SourceKey,
 };
 
 /// 802.1Q and 802.1ad: one customer tag and one service tag (QinQ) is as deep
@@ -28,8 +30,8 @@ const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
 const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+const IPPROTO_TCP: u8 = Proto::Tcp.number();
+const IPPROTO_UDP: u8 = Proto::Udp.number();
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
@@ -178,15 +180,15 @@ fn ipv4(ctx: &XdpContext, offset: usize) -> Parsed {
         return Parsed::Malformed;
     };
     // SAFETY: bounds checked by `ptr_at`.
-    let (version_ihl, frag, proto, src) =
-        unsafe { ((*ip).version_ihl, (*ip).frag, (*ip).proto, (*ip).src) };
+    let (version_ihl, total_len, frag, proto, src) =
+        unsafe { ((*ip).version_ihl, (*ip).total_len, (*ip).frag, (*ip).proto, (*ip).src) };
     let ihl = usize::from(version_ihl & 0x0f);
     if version_ihl >> 4 != 4 || ihl < 5 {
         return Parsed::Malformed;
     }
     let transport_proto = match proto {
-        IPPROTO_TCP => Transport::Tcp,
-        IPPROTO_UDP => Transport::Udp,
+        IPPROTO_TCP => Proto::Tcp,
+        IPPROTO_UDP => Proto::Udp,
         _ => return Parsed::Unrelated,
     };
     // A non-first fragment carries no ports. The kernel delivers nothing of a
@@ -197,7 +199,8 @@ fn ipv4(ctx: &XdpContext, offset: usize) -> Parsed {
         return Parsed::Unrelated;
     }
     // IHL is 5..=15 words here, so the options are honoured, never assumed away.
-    transport(ctx, offset + ihl * 4, transport_proto, SourceKey::v4(src))
+    let ip_end = offset + usize::from(u16::from_be_bytes(total_len));
+    transport(ctx, offset + ihl * 4, ip_end, transport_proto, SourceKey::v4(src))
 }
 
 #[inline(always)]
@@ -206,18 +209,20 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
         return Parsed::Malformed;
     };
     // SAFETY: bounds checked by `ptr_at`.
-    let (version, mut next, src) =
-        unsafe { ((*ip).version_class_flow[0] >> 4, (*ip).next_header, (*ip).src) };
+    let (version, payload_len, mut next, src) = unsafe {
+        ((*ip).version_class_flow[0] >> 4, (*ip).payload_len, (*ip).next_header, (*ip).src)
+    };
     if version != 6 {
         return Parsed::Malformed;
     }
     let src = SourceKey::v6(src);
     let mut offset = offset + IPV6_HLEN;
+    let ip_end = offset + usize::from(u16::from_be_bytes(payload_len));
 
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
-            IPPROTO_TCP => return transport(ctx, offset, Transport::Tcp, src),
-            IPPROTO_UDP => return transport(ctx, offset, Transport::Udp, src),
+            IPPROTO_TCP => return transport(ctx, offset, ip_end, Proto::Tcp, src),
+            IPPROTO_UDP => return transport(ctx, offset, ip_end, Proto::Udp, src),
             IPPROTO_FRAGMENT => {
                 let Some(frag) = read::<Ipv6FragHdr>(ctx, offset) else {
                     return Parsed::Malformed;
@@ -249,8 +254,8 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
     }
     match next {
         // The chain ended exactly at the limit on a transport header.
-        IPPROTO_TCP => transport(ctx, offset, Transport::Tcp, src),
-        IPPROTO_UDP => transport(ctx, offset, Transport::Udp, src),
+        IPPROTO_TCP => transport(ctx, offset, ip_end, Proto::Tcp, src),
+        IPPROTO_UDP => transport(ctx, offset, ip_end, Proto::Udp, src),
         // Still inside the chain: TCP/UDP may follow, so we cannot tell.
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
             Parsed::Malformed
@@ -259,28 +264,43 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
     }
 }
 
-/// Reads the destination port (and TCP flags). The whole minimal header
-/// must be present: a first fragment too short to hold it (the tiny-fragment
-/// attack, RFC 1858) is dropped rather than guessed at.
+/// Reads the ports, and for TCP what flow tracking needs: flags, sequence
+/// and acknowledgement numbers, and the segment's length in sequence space
+/// (from the IP header's length field: a lying length only misleads the
+/// tracking of the liar's own flow). The whole minimal header must be
+/// present: a first fragment too short to hold it (the tiny-fragment attack,
+/// RFC 1858) is dropped rather than guessed at.
 #[inline(always)]
-fn transport(ctx: &XdpContext, offset: usize, proto: Transport, src: SourceKey) -> Parsed {
+fn transport(
+    ctx: &XdpContext,
+    offset: usize,
+    ip_end: usize,
+    proto: Proto,
+    src: SourceKey,
+) -> Parsed {
     // One bounds-checked read per header: the verifier tracks the range of
     // that one pointer, not of a second one derived from the same offset.
-    let (src_port, dst_port, flags) = match proto {
-        Transport::Tcp => match read::<TcpHdr>(ctx, offset) {
-            Some(tcp) => (tcp.src_port, tcp.dst_port, tcp.flags),
+    let (src_port, dst_port, tcp) = match proto {
+        Proto::Tcp => match read::<TcpHdr>(ctx, offset) {
+            Some(tcp) => {
+                let header_len = usize::from(tcp.data_offset >> 4) * 4;
+                let payload = ip_end.saturating_sub(offset).saturating_sub(header_len);
+                let seq = u32::from_be_bytes(tcp.seq);
+                let ack = u32::from_be_bytes(tcp.ack);
+                (tcp.src_port, tcp.dst_port, Segment::new(tcp.flags, seq, ack, payload as u32))
+            }
             None => return Parsed::Malformed,
         },
-        Transport::Udp => match read::<UdpHdr>(ctx, offset) {
-            Some(udp) => (udp.src_port, udp.dst_port, 0),
+        Proto::Udp => match read::<UdpHdr>(ctx, offset) {
+            Some(udp) => (udp.src_port, udp.dst_port, Segment::default()),
             None => return Parsed::Malformed,
         },
     };
-    Parsed::Transport {
+    Parsed::Transport(Packet {
         src,
         proto,
         sport: u16::from_be_bytes(src_port),
         dport: u16::from_be_bytes(dst_port),
-        flags,
-    }
+        tcp,
+    })
 }

@@ -12,6 +12,7 @@
 //! knock_timeout = "10s"
 //! idle_timeout = "15m"
 //! fail_open = false
+//! failed_knocks = "16/1m"        # burst/interval per address or IPv6 /64; "off"
 //! metrics_listen = "127.0.0.1:9419"
 //! log_level = "info"             # error | warn | info | debug | trace
 //! log_format = "human"           # human | json
@@ -52,6 +53,7 @@ struct ConfigFile {
     knock_timeout: Option<String>,
     idle_timeout: Option<String>,
     fail_open: Option<bool>,
+    failed_knocks: Option<String>,
     metrics_listen: Option<SocketAddr>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
@@ -72,9 +74,52 @@ pub struct Config {
     pub knock_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub fail_open: bool,
+    pub failed_knocks: Option<FailedKnocks>,
     pub metrics_listen: Option<SocketAddr>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
+}
+
+/// How many failed knocks a source prefix (an IPv4 address, an IPv6 /64)
+/// may make: a burst, then one per interval; `off` lifts the limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailedKnocks {
+    pub burst: u64,
+    /// `Duration::ZERO` when off.
+    pub interval: Duration,
+}
+
+impl FailedKnocks {
+    pub const OFF: Self = Self { burst: 0, interval: Duration::ZERO };
+}
+
+impl std::str::FromStr for FailedKnocks {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "off" {
+            return Ok(Self::OFF);
+        }
+        let bad =
+            || format!("invalid failed-knock limit '{text}' (BURST/INTERVAL, e.g. 16/1m, or off)");
+        let (burst, interval) = text.split_once('/').ok_or_else(bad)?;
+        let burst: u64 =
+            burst.parse().ok().filter(|b| (1..=1_000_000).contains(b)).ok_or_else(bad)?;
+        let interval = parse_duration(interval).map_err(|_| bad())?;
+        if interval.is_zero() {
+            return Err(bad());
+        }
+        Ok(Self { burst, interval })
+    }
+}
+
+impl std::fmt::Display for FailedKnocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if *self == Self::OFF {
+            return f.write_str("off");
+        }
+        write!(f, "{}/{}", self.burst, crate::units::format_duration(self.interval))
+    }
 }
 
 impl Config {
@@ -122,6 +167,12 @@ impl Config {
             knock_timeout: duration("knock_timeout", &file.knock_timeout)?,
             idle_timeout: duration("idle_timeout", &file.idle_timeout)?,
             fail_open: file.fail_open.unwrap_or(false),
+            failed_knocks: file
+                .failed_knocks
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| at("failed_knocks", e))?,
             metrics_listen: file.metrics_listen,
             log_level: file.log_level,
             log_format: file.log_format,
@@ -164,6 +215,7 @@ open_window = "1m"
 knock_timeout = "5s"
 idle_timeout = "1h"
 fail_open = true
+failed_knocks = "4/30s"
 metrics_listen = "127.0.0.1:9419"
 log_level = "debug"
 log_format = "json"
@@ -176,6 +228,10 @@ log_format = "json"
         assert_eq!(c.allow.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.0.0.0/8"]);
         assert_eq!(c.open_window, Some(Duration::from_secs(60)));
         assert!(c.fail_open && c.log_format == Some(LogFormat::Json));
+        assert_eq!(
+            c.failed_knocks,
+            Some(FailedKnocks { burst: 4, interval: Duration::from_secs(30) })
+        );
         std::fs::remove_file(path).unwrap();
     }
 
@@ -187,6 +243,7 @@ log_format = "json"
             ("port", "protected = [\"0\"]\n", "protected: port 0"),
             ("duration", "open_window = \"soon\"\n", "open_window: invalid duration"),
             ("level", "log_level = \"loud\"\n", "log_level"),
+            ("limit", "failed_knocks = \"16\"\n", "failed_knocks: invalid"),
         ] {
             let path = write(name, text);
             let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());

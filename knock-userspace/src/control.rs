@@ -131,6 +131,9 @@ pub struct Status {
     pub current_slots: BTreeMap<String, u64>,
     /// Sources with knock state in the kernel (finished ones included until they expire).
     pub knocks_in_progress: usize,
+    /// Clients whose sequences cannot be derived (skipped; see the log).
+    #[serde(default)]
+    pub broken_clients: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

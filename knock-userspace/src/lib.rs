@@ -1,7 +1,7 @@
 //! knock-xdp's userspace: the loader, the daemon and the command line.
 //!
 //! Data flows one way: `cli` → `daemon` / `control` / `check` → `loader`,
-//! `tables` → `knock_common`.
+//! `maps` → `knock_common`.
 
 pub mod audit;
 pub mod check;
@@ -13,6 +13,7 @@ pub mod control;
 pub mod daemon;
 pub mod knock;
 pub mod loader;
+pub mod maps;
 pub mod nets;
 pub mod ports;
 pub mod procnet;
@@ -20,5 +21,4 @@ pub mod profile;
 pub mod qr;
 pub mod secrets;
 pub mod state;
-pub mod tables;
 pub mod units;

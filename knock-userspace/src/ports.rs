@@ -1,15 +1,13 @@
 //! Port specifications as users write them: `22`, `22/tcp`, `53/udp`.
 
-use std::{collections::BTreeSet, fmt, str::FromStr};
+use std::{collections::BTreeSet, str::FromStr};
 
-use knock_common::verdict::Transport;
-use serde::{Deserialize, Serialize};
+pub use knock_common::{Proto, ProtoPort, proto::parse_port};
 
 /// Which protocols a port specification names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocols {
-    Tcp,
-    Udp,
+    One(Proto),
     /// A bare port number protects both: refusing an unexpected protocol is
     /// the safe reading of "protect 53".
     Both,
@@ -25,12 +23,12 @@ pub struct PortSpec {
 impl PortSpec {
     /// The single-protocol ports this specification stands for.
     pub fn expand(self) -> impl Iterator<Item = ProtoPort> {
-        let protos: &[Transport] = match self.protocols {
-            Protocols::Tcp => &[Transport::Tcp],
-            Protocols::Udp => &[Transport::Udp],
-            Protocols::Both => &[Transport::Tcp, Transport::Udp],
+        let protos: &[Proto] = match self.protocols {
+            Protocols::One(Proto::Tcp) => &[Proto::Tcp],
+            Protocols::One(Proto::Udp) => &[Proto::Udp],
+            Protocols::Both => &Proto::ALL,
         };
-        protos.iter().map(move |&proto| ProtoPort { port: self.port, proto: proto.into() })
+        protos.iter().map(move |&proto| ProtoPort::new(proto, self.port))
     }
 }
 
@@ -40,96 +38,12 @@ impl FromStr for PortSpec {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let (port, protocols) = match text.split_once('/') {
             None => (text, Protocols::Both),
-            Some((port, "tcp")) => (port, Protocols::Tcp),
-            Some((port, "udp")) => (port, Protocols::Udp),
-            Some((_, other)) => {
-                return Err(format!("unknown protocol '{other}' in '{text}' (use tcp or udp)"));
-            }
+            Some((port, proto)) => (
+                port,
+                Protocols::One(proto.parse().map_err(|e: String| format!("{e} in '{text}'"))?),
+            ),
         };
         Ok(Self { port: parse_port(port)?, protocols })
-    }
-}
-
-/// Parses a port number, 1 to 65535.
-pub fn parse_port(text: &str) -> Result<u16, String> {
-    match text.parse::<u32>() {
-        Ok(port @ 1..=65535) => Ok(port as u16),
-        Ok(_) => Err(format!("port {text} is out of range (1-65535)")),
-        Err(_) => Err(format!("invalid port '{text}' (expected a number from 1 to 65535)")),
-    }
-}
-
-/// A protocol as stored in state files and shown to users.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl FromStr for Proto {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "tcp" => Ok(Proto::Tcp),
-            "udp" => Ok(Proto::Udp),
-            other => Err(format!("unknown protocol '{other}' (use tcp or udp)")),
-        }
-    }
-}
-
-impl Proto {
-    /// From a protocol number of a map key (anything but UDP is TCP).
-    pub fn from_number(number: u8) -> Self {
-        if number == knock_common::maps::PROTO_UDP { Proto::Udp } else { Proto::Tcp }
-    }
-}
-
-impl From<Transport> for Proto {
-    fn from(t: Transport) -> Self {
-        match t {
-            Transport::Tcp => Proto::Tcp,
-            Transport::Udp => Proto::Udp,
-        }
-    }
-}
-
-impl From<Proto> for Transport {
-    fn from(p: Proto) -> Self {
-        match p {
-            Proto::Tcp => Transport::Tcp,
-            Proto::Udp => Transport::Udp,
-        }
-    }
-}
-
-/// One port of one protocol, e.g. 22/tcp.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ProtoPort {
-    pub port: u16,
-    pub proto: Proto,
-}
-
-impl fmt::Display for ProtoPort {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proto = match self.proto {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        };
-        write!(f, "{}/{proto}", self.port)
-    }
-}
-
-impl FromStr for ProtoPort {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let spec: PortSpec = text.parse()?;
-        match spec.protocols {
-            Protocols::Both => Err(format!("'{text}' needs a protocol (e.g. {text}/tcp)")),
-            _ => Ok(spec.expand().next().expect("a single protocol expands to one port")),
-        }
     }
 }
 
@@ -150,8 +64,14 @@ mod tests {
     #[test]
     fn parses_port_specs() {
         assert_eq!("22".parse(), Ok(PortSpec { port: 22, protocols: Protocols::Both }));
-        assert_eq!("22/tcp".parse(), Ok(PortSpec { port: 22, protocols: Protocols::Tcp }));
-        assert_eq!("65535/udp".parse(), Ok(PortSpec { port: 65535, protocols: Protocols::Udp }));
+        assert_eq!(
+            "22/tcp".parse(),
+            Ok(PortSpec { port: 22, protocols: Protocols::One(Proto::Tcp) })
+        );
+        assert_eq!(
+            "65535/udp".parse(),
+            Ok(PortSpec { port: 65535, protocols: Protocols::One(Proto::Udp) })
+        );
     }
 
     #[test]

@@ -184,10 +184,8 @@ pub fn parse_static(text: &str) -> Result<Vec<ProtoPort>, String> {
     for part in text.split(',').map(str::trim) {
         let (port, proto) = match part.split_once(':') {
             None => (part, Proto::Tcp),
-            Some((port, "tcp")) => (port, Proto::Tcp),
-            Some((port, "udp")) => (port, Proto::Udp),
-            Some((_, other)) => {
-                return Err(format!("unknown protocol '{other}' in '{part}' (use tcp or udp)"));
+            Some((port, proto)) => {
+                (port, proto.parse().map_err(|e: String| format!("{e} in '{part}'"))?)
             }
         };
         let step = ProtoPort { port: parse_port(port)?, proto };

@@ -25,22 +25,19 @@ use aya::{
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
 };
 use knock_common::{
-    knock::set_bit,
-    maps::{
-        ALLOW_MAX_ENTRIES, Config, Counter, KNOCK_STATE_MAX_ENTRIES, MAP_EVENTS, PROTO_TCP,
-        SequenceInfo, StepEntry, StepKey, allow_origin,
-    },
-    verdict::{XDP_DROP, XDP_PASS},
+    decide::{XDP_DROP, XDP_PASS},
+    maps::{ALLOW_MAX_ENTRIES, Counter, KNOCK_STATE_MAX_ENTRIES, MAP_EVENTS, Settings as Kernel},
+    trie::KnockTable,
 };
 use knock_userspace::{
     clock, loader,
+    maps::{self as kernel_maps, KernelMaps},
     ports::{Proto, ProtoPort},
-    tables::{self, Tables},
 };
 use serde_json::{Value, json};
 
 use crate::{
-    frames::{Frame, L4},
+    frames::Frame,
     lab::{self, Entry, Instance, Lab},
 };
 
@@ -305,20 +302,21 @@ fn noop_prog(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
 /// record like a real one).
 struct Knock {
     ebpf: Ebpf,
-    tables: Tables,
+    maps: KernelMaps,
+    table: KnockTable,
     events: RingBuf<MapData>,
 }
 
 impl Knock {
     fn new() -> Result<Self> {
         let mut ebpf = loader::load()?;
-        let mut tables = Tables::take(&mut ebpf)?;
+        let mut maps = KernelMaps::take(&mut ebpf)?;
         let events =
             RingBuf::try_from(ebpf.take_map(MAP_EVENTS).ok_or_else(|| anyhow!("no EVENTS map"))?)?;
         let protected = [ProtoPort { port: PROTECTED, proto: Proto::Tcp }].into();
-        tables.set_protected(&Default::default(), &protected)?;
-        tables.set_config(config(0))?;
-        Ok(Self { ebpf, tables, events })
+        maps.set_protected(&Default::default(), &protected)?;
+        maps.set_settings(config(0))?;
+        Ok(Self { ebpf, maps, table: KnockTable::new(), events })
     }
 
     fn prog(&mut self) -> Result<&mut Xdp> {
@@ -326,31 +324,22 @@ impl Knock {
     }
 
     fn install_sequence(&mut self) -> Result<()> {
-        for (step, &port) in KNOCKS.iter().enumerate() {
-            let mut entry = StepEntry::default();
-            set_bit(&mut entry.continues, SEQ_INDEX);
-            if step == KNOCKS.len() - 1 {
-                set_bit(&mut entry.finishes, SEQ_INDEX);
-            }
-            self.tables.set_step(StepKey { port, proto: PROTO_TCP, step: step as u8 }, entry)?;
-        }
         let now = clock::boot_ns();
-        self.tables.set_sequence(
+        let valid = (now.saturating_sub(1_000_000_000), now + 10 * HOUR_NS);
+        crate::testrun::install_tcp_sequence(
+            &mut self.maps,
+            &mut self.table,
             SEQ_INDEX,
-            SequenceInfo {
-                valid_from_ns: now.saturating_sub(1_000_000_000),
-                valid_until_ns: now + 10 * HOUR_NS,
-                slot: 7,
-                client: 42,
-                length: KNOCKS.len() as u32,
-            },
-        )?;
-        let ports = KNOCKS.iter().map(|&port| ProtoPort { port, proto: Proto::Tcp }).collect();
-        self.tables.set_knock_ports(&Default::default(), &ports)
+            42,
+            7,
+            &KNOCKS,
+            valid,
+        );
+        Ok(())
     }
 
     fn counter(&self, which: Counter) -> Result<u64> {
-        Ok(self.tables.counters()?.into_iter().find(|(c, _)| *c == which).map_or(0, |(_, n)| n))
+        Ok(self.maps.counters()?.into_iter().find(|(c, _)| *c == which).map_or(0, |(_, n)| n))
     }
 
     /// Empties the event ring buffer, as the daemon would.
@@ -363,17 +352,18 @@ impl Knock {
     }
 }
 
-fn config(idle_timeout_ns: u64) -> Config {
-    Config {
+fn config(idle_timeout_ns: u64) -> Kernel {
+    Kernel {
         open_window_ns: HOUR_NS,
         knock_timeout_ns: 10_000_000_000,
         idle_timeout_ns,
         close_grace_ns: 10_000_000_000,
+        ..Kernel::default()
     }
 }
 
 fn tcp(src: IpAddr, dst: IpAddr, port: u16, flags: u8) -> Vec<u8> {
-    Frame { tcp_flags: flags, ..Frame::new(src, dst, L4::Tcp, port) }.build()
+    Frame { tcp_flags: flags, ..Frame::new(src, dst, Proto::Tcp, port) }.build()
 }
 
 struct Family {
@@ -473,12 +463,12 @@ pub fn per_packet(settings: &Settings) -> Result<Vec<PathRow>> {
     let fams = families();
     let later = clock::boot_ns() + 10 * HOUR_NS;
     for fam in &fams {
-        knock.tables.allow(fam.allowed, later, allow_origin::MANUAL)?;
+        knock.maps.allow(fam.allowed, later)?;
         // Seeded like an established connection: source port 40000 (frames'
         // default) to 22.
         knock
-            .tables
-            .seed_flows(&[tables::tcp_flow(fam.flow, 40000, PROTECTED)], clock::boot_ns())?;
+            .maps
+            .seed_flows(&[kernel_maps::tcp_flow(fam.flow, 40000, PROTECTED)], clock::boot_ns())?;
     }
     // The sequence is installed from the start, so its knock-port flags are
     // live for every row; no knock happens until the knock rows, so "no
@@ -510,7 +500,7 @@ pub fn per_packet(settings: &Settings) -> Result<Vec<PathRow>> {
     }
 
     for fam in &fams {
-        knock.tables.set_config(config(0))?;
+        knock.maps.set_settings(config(0))?;
         rows.push(steady_row(
             &mut knock,
             noop,
@@ -545,7 +535,7 @@ pub fn per_packet(settings: &Settings) -> Result<Vec<PathRow>> {
             (XDP_PASS, Counter::PassedAllowed),
             Some(2.5),
         )?);
-        knock.tables.set_config(config(HOUR_NS))?;
+        knock.maps.set_settings(config(HOUR_NS))?;
         rows.push(steady_row(
             &mut knock,
             noop,
@@ -557,7 +547,7 @@ pub fn per_packet(settings: &Settings) -> Result<Vec<PathRow>> {
             (XDP_PASS, Counter::PassedFlow),
             Some(2.5),
         )?);
-        knock.tables.set_config(config(0))?;
+        knock.maps.set_settings(config(0))?;
     }
 
     // Knock steps: each packet changes the source's state, so a repeated
@@ -588,7 +578,7 @@ pub fn per_packet(settings: &Settings) -> Result<Vec<PathRow>> {
             fam.name,
             "the first knock's SYN again from a source that just sent it: state hit, recognised as a retransmission",
             &first,
-            (XDP_DROP, Counter::DroppedKnock),
+            (XDP_PASS, Counter::Knock),
             Some(3.0),
         )?);
     }
@@ -623,8 +613,8 @@ fn fresh_rows(
     let mut excess = vec![Vec::new(); steps];
     let mut raw = vec![Vec::new(); steps];
     let mut base = vec![Vec::new(); steps];
-    let dropped_before = knock.counter(Counter::DroppedKnock)?;
-    let allowed_before = knock.tables.allowed()?.len();
+    let knocks_before = knock.counter(Counter::Knock)?;
+    let allowed_before = knock.maps.allowed()?.len();
     for i in 0..settings.fresh_samples {
         let src = (fam.fresh)(source_base + i as u32);
         for (step, &port) in KNOCKS.iter().enumerate() {
@@ -637,20 +627,20 @@ fn fresh_rows(
                 let r = test_run(knock.prog()?, &frame, 1)?;
                 (test_run(noop, &frame, 1)?.1, r)
             };
-            ensure!(verdict == XDP_DROP, "a knock was not dropped");
+            ensure!(verdict == XDP_PASS, "a knock was not passed");
             excess[step].push(ns - b);
             raw[step].push(ns);
             base[step].push(b);
         }
-        knock.tables.prune_used(|_| false)?;
+        knock.maps.prune_used(|_| false)?;
         knock.drain_events();
     }
     let n = settings.fresh_samples;
     ensure!(
-        knock.counter(Counter::DroppedKnock)? - dropped_before == (n * steps) as u64,
+        knock.counter(Counter::Knock)? - knocks_before == (n * steps) as u64,
         "knock counter mismatch"
     );
-    let admitted = knock.tables.allowed()?.len() - allowed_before;
+    let admitted = knock.maps.allowed()?.len() - allowed_before;
     ensure!(
         admitted == n.min(ALLOW_MAX_ENTRIES as usize - allowed_before) || label.contains("full"),
         "only {admitted} of {n} completed sequences admitted their source"
@@ -669,7 +659,7 @@ fn fresh_rows(
                 name: format!("{}{label}", names[s]),
                 family: fam.name,
                 what: whats[s].into(),
-                verdict: XDP_DROP,
+                verdict: XDP_PASS,
                 ns: steady_base + ex,
                 baseline_ns: steady_base,
                 ratio: (steady_base + ex) / steady_base,
@@ -746,14 +736,14 @@ pub fn scale(settings: &Settings) -> Result<Scale> {
         // IPv4 source address: bytes 26..30 of an untagged frame.
         frame[26..30].copy_from_slice(&(0x0a00_0000_u32 + i).to_be_bytes());
         let (verdict, _) = test_run(knock.prog()?, &frame, 1)?;
-        ensure!(verdict == XDP_DROP, "a first knock passed");
+        ensure!(verdict == XDP_PASS, "a first knock was not passed");
         if i % 4096 == 0 {
             knock.drain_events();
         }
     }
     knock.drain_events();
     out.fill_knock_state_s = start.elapsed().as_secs_f64();
-    out.knock_state_entries = knock.tables.knock_states();
+    out.knock_state_entries = knock.maps.knock_states()?.len();
 
     // Fill the allow map from userspace (as `allow` would), deadlines in
     // the future; the allowed source of the rows goes in last.
@@ -761,11 +751,11 @@ pub fn scale(settings: &Settings) -> Result<Scale> {
     let later = clock::boot_ns() + HOUR_NS;
     for i in 0..settings.scale_sources {
         let addr = IpAddr::V4(Ipv4Addr::from(0x0b00_0000_u32 + i));
-        knock.tables.allow(addr, later, allow_origin::MANUAL)?;
+        knock.maps.allow(addr, later)?;
     }
-    knock.tables.allow(fam.allowed, later, allow_origin::MANUAL)?;
+    knock.maps.allow(fam.allowed, later)?;
     out.fill_allow_s = start.elapsed().as_secs_f64();
-    out.allow_entries = knock.tables.allowed()?.len();
+    out.allow_entries = knock.maps.allowed()?.len();
 
     let mut row = steady_row(
         &mut knock,
@@ -780,7 +770,7 @@ pub fn scale(settings: &Settings) -> Result<Scale> {
     )?;
     row.method.push_str(&format!(" (KNOCK_STATE {} entries)", out.knock_state_entries));
     out.rows.push(row);
-    knock.tables.set_config(config(0))?;
+    knock.maps.set_settings(config(0))?;
     out.rows.push(steady_row(
         &mut knock,
         noop,
@@ -806,11 +796,11 @@ pub fn scale(settings: &Settings) -> Result<Scale> {
     // The sweep over a full allow map: nothing expired (a scan), then
     // everything expired (a scan and a delete per entry).
     let start = Instant::now();
-    let none = knock.tables.sweep(0)?;
+    let none = knock.maps.remove_allowed(|_, e| !e.admits(0))?;
     out.sweep_scan_ms = start.elapsed().as_secs_f64() * 1e3;
     ensure!(none.is_empty(), "sweep(0) removed entries");
     let start = Instant::now();
-    out.sweep_deleted = knock.tables.sweep(u64::MAX)?.len();
+    out.sweep_deleted = knock.maps.remove_allowed(|_, e| !e.admits(u64::MAX))?.len();
     out.sweep_delete_ms = start.elapsed().as_secs_f64() * 1e3;
     Ok(out)
 }

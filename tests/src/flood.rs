@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    frames::{Frame, L4},
+    frames::{Frame, Proto},
     packet,
 };
 
@@ -29,7 +29,7 @@ pub fn spoofed_source(i: u64, v6: bool) -> IpAddr {
 
 /// A TCP SYN from `src` to `dst:port`, from a source port derived from `i`.
 pub fn syn(src: IpAddr, dst: IpAddr, port: u16, i: u64) -> Vec<u8> {
-    Frame::new(src, dst, L4::Tcp, port).build_with_sport(1024 + (i % 60_000) as u16)
+    Frame::new(src, dst, Proto::Tcp, port).build_with_sport(1024 + (i % 60_000) as u16)
 }
 
 /// Writes `count` frames onto `iface` (an interface of the calling thread's

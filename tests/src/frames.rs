@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+pub use knock_common::Proto;
+
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_ARP: u16 = 0x0806;
@@ -20,21 +22,6 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 pub const IPPROTO_DSTOPTS: u8 = 60;
 
 pub const UDP_PAYLOAD: &[u8] = b"ping";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum L4 {
-    Tcp,
-    Udp,
-}
-
-impl L4 {
-    pub fn proto(self) -> u8 {
-        match self {
-            L4::Tcp => IPPROTO_TCP,
-            L4::Udp => IPPROTO_UDP,
-        }
-    }
-}
 
 /// An IPv6 extension header to insert before the transport header.
 #[derive(Clone, Copy, Debug)]
@@ -54,7 +41,7 @@ pub struct Frame {
     pub vlans: Vec<u16>,
     pub src: IpAddr,
     pub dst: IpAddr,
-    pub l4: L4,
+    pub l4: Proto,
     pub dport: u16,
     /// IPv4 options length in 32-bit words (0..=10).
     pub ipv4_option_words: u8,
@@ -63,10 +50,13 @@ pub struct Frame {
     pub ipv6_ext: Vec<Ext>,
     /// TCP flags (SYN unless changed).
     pub tcp_flags: u8,
+    /// TCP sequence and acknowledgement numbers (1 and 0 unless changed).
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
 }
 
 impl Frame {
-    pub fn new(src: IpAddr, dst: IpAddr, l4: L4, dport: u16) -> Self {
+    pub fn new(src: IpAddr, dst: IpAddr, l4: Proto, dport: u16) -> Self {
         Self {
             vlans: vec![],
             src,
@@ -77,6 +67,8 @@ impl Frame {
             ipv4_frag_offset: 0,
             ipv6_ext: vec![],
             tcp_flags: 0x02,
+            tcp_seq: 1,
+            tcp_ack: 0,
         }
     }
 
@@ -103,7 +95,7 @@ impl Frame {
                 out.extend_from_slice(&[0x12, 0x34]);
                 out.extend_from_slice(&self.ipv4_frag_offset.to_be_bytes());
                 out.push(64);
-                out.push(self.l4.proto());
+                out.push(self.l4.number());
                 out.extend_from_slice(&[0, 0]);
                 out.extend_from_slice(&src.octets());
                 out.extend_from_slice(&dst.octets());
@@ -121,7 +113,7 @@ impl Frame {
                         Ext::DestOptions => IPPROTO_DSTOPTS,
                         Ext::Fragment { .. } => IPPROTO_FRAGMENT,
                     })
-                    .chain([self.l4.proto()])
+                    .chain([self.l4.number()])
                     .collect();
                 for (i, ext) in self.ipv6_ext.iter().enumerate() {
                     let next = kinds[i + 1];
@@ -157,8 +149,8 @@ impl Frame {
     /// Bytes after the transport header (a UDP datagram carries a payload).
     pub fn payload_len(&self) -> usize {
         match self.l4 {
-            L4::Tcp => 0,
-            L4::Udp => UDP_PAYLOAD.len(),
+            Proto::Tcp => 0,
+            Proto::Udp => UDP_PAYLOAD.len(),
         }
     }
 
@@ -167,13 +159,14 @@ impl Frame {
         t.extend_from_slice(&sport.to_be_bytes());
         t.extend_from_slice(&self.dport.to_be_bytes());
         match self.l4 {
-            L4::Tcp => {
-                t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
+            Proto::Tcp => {
+                t.extend_from_slice(&self.tcp_seq.to_be_bytes());
+                t.extend_from_slice(&self.tcp_ack.to_be_bytes());
                 t.push(5 << 4);
                 t.push(self.tcp_flags);
                 t.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
             }
-            L4::Udp => {
+            Proto::Udp => {
                 t.extend_from_slice(&(8 + UDP_PAYLOAD.len() as u16).to_be_bytes());
                 t.extend_from_slice(&[0, 0]);
                 t.extend_from_slice(UDP_PAYLOAD);

@@ -121,11 +121,7 @@ fn receive(socket: &OwnedFd, flags: libc::c_int) -> io::Result<Option<Vec<u8>>> 
     Ok(Some(buf))
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
+pub use knock_common::Proto;
 
 /// What a recorded frame is, as far as ports go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,20 +231,20 @@ fn be16(bytes: &[u8], at: usize) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frames::{self, Ext, Frame, L4};
+    use crate::frames::{self, Ext, Frame};
 
-    fn frame(l4: L4, v6: bool) -> Frame {
+    fn frame(l4: Proto, v6: bool) -> Frame {
         let (src, dst) = if v6 { ("fd00::2", "fd00::1") } else { ("10.0.0.2", "10.0.0.1") };
         Frame::new(src.parse().unwrap(), dst.parse().unwrap(), l4, 8022)
     }
 
     #[test]
     fn finds_ports_through_tags_options_and_extension_headers() {
-        let mut f = frame(L4::Tcp, false);
+        let mut f = frame(Proto::Tcp, false);
         f.vlans = vec![1, 2, 3];
         f.ipv4_option_words = 10;
         assert_eq!(classify(&f.build()), Seen::Ports { proto: Proto::Tcp, dport: 8022 });
-        let mut f = frame(L4::Udp, true);
+        let mut f = frame(Proto::Udp, true);
         f.ipv6_ext = vec![Ext::HopByHop, Ext::Fragment { offset: 0 }, Ext::DestOptions];
         f.ipv6_ext.extend([Ext::Routing; 12]);
         assert_eq!(classify(&f.build()), Seen::Ports { proto: Proto::Udp, dport: 8022 });
@@ -256,17 +252,17 @@ mod tests {
 
     #[test]
     fn later_fragments_carry_no_ports() {
-        let mut f = frame(L4::Tcp, false);
+        let mut f = frame(Proto::Tcp, false);
         f.ipv4_frag_offset = 3;
         assert_eq!(classify(&f.build()), Seen::LaterFragment);
-        let mut f = frame(L4::Udp, true);
+        let mut f = frame(Proto::Udp, true);
         f.ipv6_ext = vec![Ext::DestOptions, Ext::Fragment { offset: 1 }];
         assert_eq!(classify(&f.build()), Seen::LaterFragment);
     }
 
     #[test]
     fn a_port_out_of_reach_is_malformed() {
-        let whole = frame(L4::Tcp, false).build();
+        let whole = frame(Proto::Tcp, false).build();
         // Cut right before the destination port's last byte.
         assert_eq!(classify(&whole[..ETH_HLEN + 20 + 3]), Seen::Malformed);
         assert_eq!(
@@ -276,7 +272,7 @@ mod tests {
         let mut bad_ihl = whole.clone();
         bad_ihl[ETH_HLEN] = 0x44;
         assert_eq!(classify(&bad_ihl), Seen::Malformed);
-        let mut f = frame(L4::Udp, true);
+        let mut f = frame(Proto::Udp, true);
         f.ipv6_ext = vec![Ext::DestOptions];
         let whole = f.build();
         assert_eq!(classify(&whole[..ETH_HLEN + 40 + 10]), Seen::Malformed);

@@ -5,23 +5,20 @@ use aya::{
     programs::{TestRun as _, TestRunOptions},
 };
 use knock_common::{
-    knock::set_bit,
-    maps::{Counter, PROTO_TCP, SequenceInfo, StepEntry, StepKey},
+    Proto, ProtoPort,
+    maps::Counter,
+    trie::{KnockTable, SequenceInfo},
 };
-use knock_userspace::{
-    loader,
-    ports::{Proto, ProtoPort},
-    tables::Tables,
-};
+use knock_userspace::{loader, maps::KernelMaps};
 
 /// Runs one frame; returns the verdict and the one counter that moved.
-pub fn run_frame(ebpf: &mut Ebpf, tables: &Tables, frame: &[u8]) -> (u32, Counter) {
-    let before = tables.counters().unwrap();
+pub fn run_frame(ebpf: &mut Ebpf, maps: &KernelMaps, frame: &[u8]) -> (u32, Counter) {
+    let before = maps.counters().unwrap();
     let result = loader::xdp(ebpf)
         .unwrap()
         .test_run(TestRunOptions { data_in: Some(frame), ..Default::default() })
         .expect("BPF_PROG_TEST_RUN");
-    let after = tables.counters().unwrap();
+    let after = maps.counters().unwrap();
     let moved: Vec<(Counter, u64)> = before
         .iter()
         .zip(&after)
@@ -36,33 +33,29 @@ pub fn run_frame(ebpf: &mut Ebpf, tables: &Tables, frame: &[u8]) -> (u32, Counte
 }
 
 /// Installs TCP knocks `ports` as sequence `index` of `client` for `slot`,
-/// valid from `valid.0` to `valid.1` (boot ns), the way the daemon does.
+/// valid from `valid.0` to `valid.1` (boot ns), through the same builder
+/// the daemon uses, and puts the ports in the TCP knock space.
 pub fn install_tcp_sequence(
-    tables: &mut Tables,
+    maps: &mut KernelMaps,
+    table: &mut KnockTable,
     index: u32,
     client: u32,
     slot: u64,
     ports: &[u16],
     valid: (u64, u64),
-    steps: &mut std::collections::BTreeMap<StepKey, StepEntry>,
 ) {
-    for (step, &port) in ports.iter().enumerate() {
-        let key = StepKey { port, proto: PROTO_TCP, step: step as u8 };
-        let entry = steps.entry(key).or_default();
-        set_bit(&mut entry.continues, index);
-        if step == ports.len() - 1 {
-            set_bit(&mut entry.finishes, index);
-        }
-        tables.set_step(key, *entry).unwrap();
-    }
+    let steps: Vec<ProtoPort> = ports.iter().map(|&p| ProtoPort::new(Proto::Tcp, p)).collect();
     let info = SequenceInfo {
         valid_from_ns: valid.0,
         valid_until_ns: valid.1,
         slot,
         client,
-        length: ports.len() as u32,
+        length: steps.len() as u32,
     };
-    tables.set_sequence(index, info).unwrap();
-    let knock_ports = ports.iter().map(|&port| ProtoPort { port, proto: Proto::Tcp }).collect();
-    tables.set_knock_ports(&Default::default(), &knock_ports).unwrap();
+    table.install(index, info, &steps).expect("installable");
+    table.sync(maps).expect("written");
+    let before = maps.knock_space().unwrap();
+    let mut space = before.clone();
+    space.extend(steps);
+    maps.set_knock_space(&before, &space).unwrap();
 }

@@ -5,11 +5,10 @@ use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _, path::Path, time::D
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{ClientCommand, PortList, ProtoArg, StaticSequence};
+use super::{ClientCommand, PortList, StaticSequence};
 use crate::{
     clients::ClientStore,
     control::{self, Changed, Request, Unreachable},
-    ports::Proto,
     profile::{self, Key, Knock, Profile},
     qr,
     secrets::read_secret,
@@ -81,10 +80,6 @@ pub(super) fn run(state: &StateDir, command: ClientCommand) -> Result<()> {
                         }
                     } else {
                         Key::Random(profile::random_secret()?)
-                    };
-                    let proto = match proto {
-                        ProtoArg::Tcp => Proto::Tcp,
-                        ProtoArg::Udp => Proto::Udp,
                     };
                     let slot_secs = if totp { kdf::TOTP_STEP_SECS } else { slot.as_secs() as u32 };
                     let exclude = exclude.map(|PortList(ports)| ports).unwrap_or_default();
@@ -214,10 +209,6 @@ fn notify_daemon(state: &StateDir) -> Result<String> {
 pub(super) fn describe(profile: &Profile) -> String {
     match &profile.knock {
         Knock::Rotating { key, proto, length, slot_secs, ports, .. } => {
-            let proto = match proto {
-                Proto::Tcp => "tcp",
-                Proto::Udp => "udp",
-            };
             let how = match key {
                 Key::Random(_) => "rotating",
                 Key::Passphrase { .. } => "passphrase",

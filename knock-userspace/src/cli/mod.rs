@@ -14,7 +14,7 @@ mod system;
 
 use crate::{
     audit, check,
-    config::Config,
+    config::{Config, FailedKnocks},
     control::{self, Changed, Listing, Request, Status, Unreachable},
     daemon::{self, AttachOptions},
     knock,
@@ -89,6 +89,10 @@ pub enum Command {
         /// closed) the program stays attached until 'knock-xdp detach'.
         #[arg(long)]
         fail_open: bool,
+        /// Failed knocks a source address (an IPv6 /64) may make: a burst,
+        /// then one per interval (default 16/1m); `off` lifts the limit.
+        #[arg(long, value_name = "BURST/INTERVAL", env = "KNOCK_XDP_FAILED_KNOCKS")]
+        failed_knocks: Option<FailedKnocks>,
         /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9419); off by default.
         #[arg(long, value_name = "ADDR", env = "KNOCK_XDP_METRICS_LISTEN")]
         metrics_listen: Option<std::net::SocketAddr>,
@@ -285,8 +289,8 @@ pub enum ClientCommand {
         #[arg(long, value_name = "LO-HI", value_parser = profile::parse_range, default_value = "61000-65535")]
         ports: (u16, u16),
         /// Knock with TCP SYNs or UDP datagrams.
-        #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
-        proto: ProtoArg,
+        #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+        proto: Proto,
         /// Ports never to knock on (e.g. 62000,63000-63010).
         #[arg(long, value_name = "PORTS", value_parser = parse_port_list)]
         exclude: Option<PortList>,
@@ -349,12 +353,6 @@ fn parse_port_list(text: &str) -> Result<PortList, String> {
 
 fn parse_static(text: &str) -> Result<StaticSequence, String> {
     profile::parse_static(text).map(StaticSequence)
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum ProtoArg {
-    Tcp,
-    Udp,
 }
 
 fn parse_port_spec(text: &str) -> Result<PortSpec, String> {
@@ -421,6 +419,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             knock_timeout,
             idle_timeout,
             fail_open,
+            failed_knocks,
             metrics_listen,
         } => {
             // Flags and KNOCK_XDP_* variables win over the file, the file over the defaults.
@@ -443,6 +442,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     .or(config.idle_timeout)
                     .unwrap_or(Duration::from_secs(15 * 60)),
                 fail_open: fail_open || config.fail_open,
+                failed_knocks: failed_knocks
+                    .or(config.failed_knocks)
+                    .unwrap_or(daemon::FAILED_KNOCKS),
                 metrics_listen: metrics_listen.or(config.metrics_listen),
             };
             daemon::run(state, options, config)?
@@ -687,7 +689,7 @@ fn print_flows(listing: &Listing) {
     }
     println!("open flows:");
     for flow in &listing.flows {
-        let proto = if flow.proto == Proto::Udp { "udp" } else { "tcp" };
+        let proto = flow.proto;
         let source = std::net::SocketAddr::new(flow.source, flow.source_port);
         let idle = format_duration(Duration::from_millis(flow.idle_ms));
         let closing = if flow.closing { "  closing" } else { "" };
@@ -724,6 +726,12 @@ fn print_status(status: &Status) {
         "clients:    {} ({} sequences installed); allowed sources {}; open flows {}; knocks in progress {}",
         status.clients, status.sequences, status.allowed, status.flows, status.knocks_in_progress
     );
+    if !status.broken_clients.is_empty() {
+        println!(
+            "broken:     {} (skipped: their sequences cannot be derived)",
+            status.broken_clients.join(", ")
+        );
+    }
     if !status.current_slots.is_empty() {
         let slots: Vec<String> =
             status.current_slots.iter().map(|(c, s)| format!("{c} {s}")).collect();

@@ -3,7 +3,7 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{Result, anyhow, bail};
-use knock_common::maps::{PROTO_UDP, SourceKey, allow_origin};
+use knock_common::{allow::AllowOrigin, source::SourceKey};
 use serde::Serialize;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
@@ -17,7 +17,7 @@ use crate::{
     clock,
     control::{AllowedSource, Changed, Flow, InterfaceStatus, Listing, Reply, Request, Status},
     nets::Cidr,
-    ports::{self, Proto, ProtoPort},
+    ports::{self, ProtoPort},
     state::State,
     units::format_duration,
 };
@@ -61,7 +61,7 @@ impl Daemon {
             Request::Unprotect { ports } => self.change_protected(ports, false),
             Request::Allow { addr, for_ms } => {
                 let duration = Duration::from_millis(for_ms);
-                self.tables.allow(addr, clock::deadline_after(duration), allow_origin::MANUAL)?;
+                self.maps.allow(addr, clock::deadline_after(duration))?;
                 info!(source = %addr, window = %format_duration(duration), "allowed by hand");
                 changed(format!("allowed {addr} for {}", format_duration(duration)))
             }
@@ -133,10 +133,10 @@ impl Daemon {
 
         // Connections already established to newly protected ports survive.
         let added: BTreeSet<ProtoPort> = after.difference(&in_force).copied().collect();
-        super::keep_established(&mut self.tables, &added)?;
-        self.tables.set_protected(&in_force, &after)?;
+        super::keep_established(&mut self.maps, &added)?;
+        self.maps.set_protected(&in_force, &after)?;
         if let Err(err) = self.state_dir.save(&next) {
-            self.tables.set_protected(&after, &in_force)?;
+            self.maps.set_protected(&after, &in_force)?;
             return Err(err);
         }
         self.state = next;
@@ -175,9 +175,10 @@ impl Daemon {
         }
         if target.is_host() {
             let addr = target.addr;
-            let was_allowed = self.tables.revoke(addr)?;
             let key = SourceKey::from(addr);
-            let flows = self.tables.end_flows(|flow| flow.src == key)?;
+            let was_allowed = self.maps.revoke(&key)?;
+            // Every flow of the address, however long ago it was opened.
+            let flows = self.maps.end_flows(|flow, _| flow.src == key)?;
             if was_allowed || flows > 0 {
                 info!(source = %addr, flows, "revoked");
                 done.push(format!("revoked {addr} ({flows} open flows ended)"));
@@ -204,6 +205,7 @@ impl Daemon {
             .cloned()
             .collect();
         self.clients = clients;
+        self.knock_space = super::rotate::knock_space(&self.clients);
         self.rotate()?;
         for client in &self.clients {
             if !before.contains(&client.id) {
@@ -212,8 +214,14 @@ impl Daemon {
         }
         let mut notes = Vec::new();
         for client in removed {
-            info!(client = %client.profile.name, "client removed; its sequences no longer open the door");
-            notes.extend(self.revoke_admitted_by(client.id)?);
+            let (sources, flows) = self.revoke_admitted_by(client.id)?;
+            info!(client = %client.profile.name, sources, flows,
+                "client removed; its sequences no longer open the door and its sessions ended");
+            notes.push(format!(
+                "removed {}: its sequences are gone; sources it admitted revoked: {sources}; \
+                 its open flows ended: {flows}",
+                client.profile.name
+            ));
         }
         Ok(notes)
     }
@@ -230,9 +238,9 @@ impl Daemon {
             next.protected.union(&config.protected).copied().collect();
         let nets: BTreeSet<Cidr> = next.allow_nets.union(&config.allow).copied().collect();
         let added: BTreeSet<ProtoPort> = protected.difference(&protected_before).copied().collect();
-        super::keep_established(&mut self.tables, &added)?;
-        self.tables.set_protected(&protected_before, &protected)?;
-        self.tables.set_allowed_nets(&nets_before, &nets)?;
+        super::keep_established(&mut self.maps, &added)?;
+        self.maps.set_protected(&protected_before, &protected)?;
+        self.maps.set_allowed_nets(&nets_before, &nets)?;
         self.state = next;
         self.config = config;
         let notes = self.reload_clients()?;
@@ -253,20 +261,20 @@ impl Daemon {
         Ok(message)
     }
 
-    /// Revokes every source a client's knocks admitted, ending their flows.
-    fn revoke_admitted_by(&mut self, client: u32) -> Result<Vec<String>> {
-        let mut notes = Vec::new();
-        for (key, entry) in self.tables.allowed()? {
-            if entry.origin != allow_origin::KNOCK || entry.client != client {
-                continue;
+    /// Revokes every source a client's knocks admitted and ends every flow
+    /// they opened, whenever that was (a flow carries its client, so this
+    /// holds long after the open window). Returns (sources, flows).
+    fn revoke_admitted_by(&mut self, client: u32) -> Result<(usize, usize)> {
+        let sources = self.maps.remove_allowed(|_, entry| {
+            entry.origin == AllowOrigin::Knock as u32 && entry.client == client
+        })?;
+        for key in &sources {
+            if let Some(addr) = key.ip() {
+                info!(source = %addr, "revoked with its client");
             }
-            let Some(addr) = key.ip() else { continue };
-            self.tables.revoke(addr)?;
-            let flows = self.tables.end_flows(|flow| flow.src == key)?;
-            info!(source = %addr, flows, "revoked with its client");
-            notes.push(format!("revoked {addr} ({flows} open flows ended)"));
         }
-        Ok(notes)
+        let flows = self.maps.end_flows(|_, flow| flow.client == client)?;
+        Ok((sources.len(), flows))
     }
 
     /// Applies a new set of always-allowed networks, then persists it; if it
@@ -274,9 +282,9 @@ impl Daemon {
     fn apply_nets(&mut self, next: State) -> Result<()> {
         let in_force = self.allowed_nets();
         let after: BTreeSet<Cidr> = next.allow_nets.union(&self.config.allow).copied().collect();
-        self.tables.set_allowed_nets(&in_force, &after)?;
+        self.maps.set_allowed_nets(&in_force, &after)?;
         if let Err(err) = self.state_dir.save(&next) {
-            self.tables.set_allowed_nets(&after, &in_force)?;
+            self.maps.set_allowed_nets(&after, &in_force)?;
             return Err(err);
         }
         self.state = next;
@@ -286,7 +294,7 @@ impl Daemon {
     fn listing(&self) -> Result<Listing> {
         let now = clock::boot_ns();
         let mut allowed: Vec<AllowedSource> = self
-            .tables
+            .maps
             .allowed()?
             .into_iter()
             .filter(|(_, entry)| entry.deadline_ns > now)
@@ -294,30 +302,29 @@ impl Daemon {
                 Some(AllowedSource {
                     addr: key.ip()?,
                     expires_in_ms: (entry.deadline_ns - now) / 1_000_000,
-                    origin: match entry.origin {
-                        allow_origin::MANUAL => "manual".into(),
-                        allow_origin::KNOCK => {
+                    origin: match AllowOrigin::from_u32(entry.origin) {
+                        Some(AllowOrigin::Manual) => "manual".into(),
+                        Some(AllowOrigin::Knock) => {
                             format!("knock ({})", self.client_name(entry.client))
                         }
-                        other => format!("unknown ({other})"),
+                        None => format!("unknown ({})", entry.origin),
                     },
                 })
             })
             .collect();
         allowed.sort_by_key(|a| a.addr);
-        let idle = self.options.idle_timeout.as_nanos() as u64;
+        let settings = super::settings(&self.options);
         let mut flows: Vec<Flow> = self
-            .tables
+            .maps
             .flows()?
             .into_iter()
-            .filter(|(_, e)| now.saturating_sub(e.last_seen_ns) < idle)
-            .filter(|(_, e)| e.closing_until_ns == 0 || now < e.closing_until_ns)
+            .filter(|(_, e)| !e.is_dead(now, &settings))
             .filter_map(|(key, entry)| {
                 Some(Flow {
                     source: key.src.ip()?,
                     source_port: key.src_port,
                     port: key.dst_port,
-                    proto: if key.proto == PROTO_UDP { Proto::Udp } else { Proto::Tcp },
+                    proto: knock_common::Proto::from_number(key.proto)?,
                     idle_ms: now.saturating_sub(entry.last_seen_ns) / 1_000_000,
                     closing: entry.closing_until_ns != 0,
                 })
@@ -350,7 +357,7 @@ impl Daemon {
                 })
                 .collect(),
             counters: self
-                .tables
+                .maps
                 .counters()?
                 .into_iter()
                 .map(|(counter, value)| (counter.name().to_owned(), value))
@@ -359,8 +366,8 @@ impl Daemon {
             knock_timeout_secs: self.options.knock_timeout.as_secs(),
             idle_timeout_secs: self.options.idle_timeout.as_secs(),
             fail_open: self.options.fail_open,
-            allowed: self.tables.allowed()?.len(),
-            flows: self.tables.flows()?.len(),
+            allowed: self.maps.allowed()?.len(),
+            flows: self.maps.flows()?.len(),
             clients: self.clients.len(),
             sequences: self.installed.count(),
             current_slots: {
@@ -372,7 +379,8 @@ impl Daemon {
                     .filter_map(|c| Some((c.profile.name.clone(), c.profile.slot_at(now)?)))
                     .collect()
             },
-            knocks_in_progress: self.tables.knock_states(),
+            knocks_in_progress: self.maps.knock_states()?.len(),
+            broken_clients: self.installed.broken().map(|id| self.client_name(id)).collect(),
         })
     }
 }

@@ -8,7 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use knock_common::maps::{Event, STATIC_SLOT, event_kind};
+use knock_common::{
+    event::{Event, EventKind},
+    trie::STATIC_SLOT,
+};
 use tracing::{debug, info, warn};
 
 use super::Daemon;
@@ -20,11 +23,13 @@ impl Daemon {
         let Ok(event) = bytemuck::try_pod_read_unaligned::<Event>(bytes) else {
             return warn!(len = bytes.len(), "malformed event from the XDP program");
         };
-        if let Some(name) = outcome(event.kind) {
-            *self.knock_outcomes.entry(name).or_default() += 1;
+        let Some(kind) = EventKind::from_u32(event.kind) else {
+            return warn!(kind = event.kind, "unknown event from the XDP program");
+        };
+        if kind != EventKind::Progress {
+            *self.knock_outcomes.entry(kind.name()).or_default() += 1;
         }
-        let refusal = !matches!(event.kind, event_kind::PROGRESS | event_kind::OPENED);
-        if refusal && !self.refusals.admit(Instant::now()) {
+        if kind.is_refusal() && !self.refusals.admit(Instant::now()) {
             return;
         }
         let source = event.source.ip().map_or_else(|| "?".to_owned(), |ip| ip.to_string());
@@ -33,25 +38,26 @@ impl Daemon {
         let step = event.step;
         let slot =
             if event.slot == STATIC_SLOT { "static".to_owned() } else { event.slot.to_string() };
-        self.audit(&event, &source);
-        match event.kind {
-            event_kind::PROGRESS => debug!(%client, %source, step, "knock"),
-            event_kind::OPENED => {
+        self.audit(kind, &event, &source);
+        match kind {
+            EventKind::Progress => debug!(%client, %source, step, "knock"),
+            EventKind::Opened => {
                 let window = format_duration(self.options.open_window);
                 info!(%client, %source, %slot, %window, "door opened")
             }
-            event_kind::REPLAY => {
+            EventKind::Replay => {
                 warn!(%client, %source, %slot, "replayed sequence refused (already used)")
             }
-            event_kind::RESET => info!(%client, %source, step, "knock reset by a wrong packet"),
-            event_kind::TIMEOUT => info!(%client, %source, step, "knock timed out"),
-            event_kind::STALE => {
+            EventKind::Reset => info!(%client, %source, step, "knock reset by a wrong packet"),
+            EventKind::Timeout => info!(%client, %source, step, "knock timed out"),
+            EventKind::Stale => {
                 info!(%source, step, "sequence completed outside its slot's window")
             }
-            event_kind::ALLOW_FULL => {
+            EventKind::AllowFull => {
                 warn!(%client, %source, "sequence completed but the allow map is full")
             }
-            other => warn!(kind = other, "unknown event from the XDP program"),
+            EventKind::Limited => warn!(%source,
+                "failed knocks over the limit: knocks from this address (or /64) are ignored for a while"),
         }
     }
 
@@ -69,34 +75,21 @@ impl Daemon {
     }
 
     /// Records openings and refusals in the audit trail (not progress).
-    fn audit(&mut self, event: &Event, source: &str) {
-        let Some(name) = outcome(event.kind) else {
+    fn audit(&mut self, kind: EventKind, event: &Event, source: &str) {
+        if kind == EventKind::Progress {
             return;
-        };
-        let mut record = audit::Record::now(name, source.to_owned());
+        }
+        let mut record = audit::Record::now(kind.name(), source.to_owned());
         record.client = (event.client != 0).then(|| self.client_name(event.client));
         record.slot = (event.client != 0 && event.slot != STATIC_SLOT).then_some(event.slot);
         record.step = event.step;
-        if event.kind == event_kind::OPENED {
+        if kind == EventKind::Opened {
             record.open_secs = Some(self.options.open_window.as_secs());
         }
         if let Err(err) = audit::append(&self.state_dir, &record) {
             warn!("audit log: {err:#}");
         }
     }
-}
-
-/// The audit name of an event kind; `None` for progress (and unknown kinds).
-fn outcome(kind: u32) -> Option<&'static str> {
-    Some(match kind {
-        event_kind::OPENED => "opened",
-        event_kind::REPLAY => "replay",
-        event_kind::RESET => "reset",
-        event_kind::TIMEOUT => "timeout",
-        event_kind::STALE => "stale",
-        event_kind::ALLOW_FULL => "allow_full",
-        _ => return None,
-    })
 }
 
 /// Refusals logged and audited per second at most.

@@ -40,7 +40,7 @@ impl Daemon {
             }
         };
         let packets: Vec<(String, u64)> = self
-            .tables
+            .maps
             .counters()?
             .into_iter()
             .map(|(counter, value)| (format!("{{verdict=\"{}\"}}", counter.name()), value))
@@ -63,9 +63,9 @@ impl Daemon {
             &knocks,
         );
         let maps = [
-            ("allow", self.tables.allowed()?.len() as u64),
-            ("flows", self.tables.flows()?.len() as u64),
-            ("knock_state", self.tables.knock_states() as u64),
+            ("allow", self.maps.allowed()?.len() as u64),
+            ("flows", self.maps.flows()?.len() as u64),
+            ("knock_state", self.maps.knock_states()?.len() as u64),
         ];
         let maps: Vec<(String, u64)> =
             maps.iter().map(|(m, n)| (format!("{{map=\"{m}\"}}"), *n)).collect();
@@ -82,8 +82,9 @@ impl Daemon {
 
 /// Every outcome starts at zero, so the series exist before the first knock.
 pub(super) fn outcome_counters() -> BTreeMap<&'static str, u64> {
-    ["opened", "replay", "reset", "timeout", "stale", "allow_full"]
+    knock_common::event::EventKind::ALL
         .into_iter()
-        .map(|o| (o, 0))
+        .filter(|k| *k != knock_common::event::EventKind::Progress)
+        .map(|k| (k.name(), 0))
         .collect()
 }

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{MapData, RingBuf};
-use knock_common::maps::{Config as KernelConfig, MAP_EVENTS};
+use knock_common::maps::{MAP_EVENTS, Settings};
 use tokio::{
     net::UnixListener,
     signal::unix::{SignalKind, signal},
@@ -29,15 +29,13 @@ use tracing::{info, warn};
 use crate::{
     clients::{Client, ClientStore},
     clock,
-    config::Config,
+    config::{Config, FailedKnocks},
     loader::{self, Mode, Program},
+    maps::{self, KernelMaps},
     nets::Cidr,
-    ports,
-    ports::{Proto, ProtoPort},
+    ports::{self, Proto, ProtoPort},
     procnet,
     state::{State, StateDir},
-    tables,
-    tables::Tables,
 };
 
 /// How often expired allow entries are removed. The kernel checks deadlines
@@ -60,6 +58,8 @@ pub struct AttachOptions {
     pub idle_timeout: Duration,
     /// Pin nothing: protection ends with the process, even on `kill -9`.
     pub fail_open: bool,
+    /// Failed knocks a source prefix may make.
+    pub failed_knocks: FailedKnocks,
     /// Serve Prometheus metrics here.
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
@@ -89,8 +89,10 @@ pub(crate) struct Daemon {
     state: State,
     clients: Vec<Client>,
     installed: rotate::Installed,
+    /// Where an attempt may be a knock (from the clients; see `rotate`).
+    knock_space: BTreeSet<ProtoPort>,
     program: Program,
-    tables: Tables,
+    maps: KernelMaps,
     started: Instant,
     /// Knock outcomes seen in events, for the metrics.
     knock_outcomes: std::collections::BTreeMap<&'static str, u64>,
@@ -124,29 +126,25 @@ pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Resul
     let mut program = Program::load(pin_dir.clone(), options.fail_open)?;
 
     let started = (|| -> Result<(Daemon, RingBuf<MapData>)> {
-        let mut tables = Tables::take(&mut program.ebpf)?;
+        let mut maps = KernelMaps::take(&mut program.ebpf)?;
         let events = program
             .ebpf
             .take_map(MAP_EVENTS)
             .ok_or_else(|| anyhow!("the XDP object has no map named {MAP_EVENTS}"))?;
         let events = RingBuf::try_from(events)?;
-        tables.set_config(KernelConfig {
-            open_window_ns: options.open_window.as_nanos() as u64,
-            knock_timeout_ns: options.knock_timeout.as_nanos() as u64,
-            idle_timeout_ns: options.idle_timeout.as_nanos() as u64,
-            close_grace_ns: CLOSE_GRACE.as_nanos() as u64,
-        })?;
+        maps.set_settings(settings(&options))?;
         // Connections already established to protected ports keep working:
         // they are followed before the ports are protected.
         let protected: BTreeSet<ProtoPort> =
             state.protected.union(&config.protected).copied().collect();
         let nets: BTreeSet<Cidr> = state.allow_nets.union(&config.allow).copied().collect();
-        keep_established(&mut tables, &protected)?;
+        keep_established(&mut maps, &protected)?;
         // Ports are protected and sequences installed before the first packet.
         // Adopted maps already hold an earlier run's settings: start from those.
-        tables.set_protected(&tables.protected()?, &protected)?;
-        tables.set_allowed_nets(&tables.allowed_nets()?, &nets)?;
-        let installed = rotate::Installed::from_kernel(&tables, &clients)?;
+        maps.set_protected(&maps.protected()?, &protected)?;
+        maps.set_allowed_nets(&maps.allowed_nets()?, &nets)?;
+        let installed = rotate::Installed::from_kernel(&maps)?;
+        let knock_space = rotate::knock_space(&clients);
         let mut daemon = Daemon {
             state_dir: state_dir.clone(),
             options,
@@ -154,8 +152,9 @@ pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Resul
             state,
             clients,
             installed,
+            knock_space,
             program,
-            tables,
+            maps,
             started: Instant::now(),
             knock_outcomes: metrics::outcome_counters(),
             refusals: Default::default(),
@@ -294,9 +293,40 @@ impl Daemon {
     }
 }
 
+/// Failed knocks by default: a source prefix (an IPv4 address, an IPv6 /64)
+/// may make a burst of 16 (a wrong knock of four ports is four: a user may
+/// get it wrong four times in a row), then one a minute. A wrong guess
+/// costs three or four misses, so one address gets a guess every three or
+/// four minutes: an online search of a million candidates takes it about
+/// six years.
+pub const FAILED_KNOCKS: FailedKnocks =
+    FailedKnocks { burst: 16, interval: Duration::from_secs(60) };
+/// All sources together: beyond this rate (and burst), a failed knock costs
+/// its prefix the whole burst at once.
+pub const GLOBAL_MISS_RATE_PER_SEC: u64 = 100;
+pub const GLOBAL_MISS_BURST: u64 = 1000;
+
+/// The program's settings for these options.
+pub(crate) fn settings(options: &AttachOptions) -> Settings {
+    let limit = options.failed_knocks;
+    let rate = knock_common::limit::Rate::new(limit.interval.as_nanos() as u64, limit.burst);
+    let global =
+        knock_common::limit::Rate::new(1_000_000_000 / GLOBAL_MISS_RATE_PER_SEC, GLOBAL_MISS_BURST);
+    Settings {
+        open_window_ns: options.open_window.as_nanos() as u64,
+        knock_timeout_ns: options.knock_timeout.as_nanos() as u64,
+        idle_timeout_ns: options.idle_timeout.as_nanos() as u64,
+        close_grace_ns: CLOSE_GRACE.as_nanos() as u64,
+        miss_interval_ns: rate.interval_ns,
+        miss_burst_ns: rate.burst_ns,
+        global_miss_interval_ns: global.interval_ns,
+        global_miss_burst_ns: global.burst_ns,
+    }
+}
+
 /// Seeds the flow table with the TCP connections established to `ports`, so
 /// protecting a port never cuts the session it is protected from.
-pub(crate) fn keep_established(tables: &mut Tables, ports: &BTreeSet<ProtoPort>) -> Result<()> {
+pub(crate) fn keep_established(maps: &mut KernelMaps, ports: &BTreeSet<ProtoPort>) -> Result<()> {
     let tcp: BTreeSet<u16> =
         ports.iter().filter(|p| p.proto == Proto::Tcp).map(|p| p.port).collect();
     if tcp.is_empty() {
@@ -304,8 +334,8 @@ pub(crate) fn keep_established(tables: &mut Tables, ports: &BTreeSet<ProtoPort>)
     }
     let established = procnet::established_to(&tcp);
     let keys: Vec<_> =
-        established.iter().map(|&(ip, port, local)| tables::tcp_flow(ip, port, local)).collect();
-    tables.seed_flows(&keys, clock::boot_ns())?;
+        established.iter().map(|&(ip, port, local)| maps::tcp_flow(ip, port, local)).collect();
+    maps.seed_flows(&keys, clock::boot_ns())?;
     for (ip, port, local) in established {
         info!(source = %ip, source_port = port, port = local, "established connection kept open");
     }

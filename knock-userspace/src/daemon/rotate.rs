@@ -5,6 +5,10 @@
 //! boot-clock window in which it is valid. The kernel checks that window
 //! itself, so it never depends on this task waking up at a slot boundary:
 //! there is a whole slot to install the next one.
+//!
+//! Everything goes through knock-common's [`KnockTable`], which writes only
+//! what changed; a client whose sequences cannot be derived is logged once
+//! per slot and skipped, and every other client keeps working.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -13,69 +17,86 @@ use std::{
 
 use anyhow::Result;
 use knock_common::{
-    knock::set_bit,
-    maps::{SLOTS_PER_CLIENT, STATIC_SLOT, SequenceInfo, StepEntry, StepKey},
-    verdict::Transport,
+    ProtoPort,
+    maps::SLOTS_PER_CLIENT,
+    trie::{KnockTable, STATIC_SLOT, SequenceInfo},
 };
 use tracing::{debug, warn};
 
 use super::Daemon;
-use crate::{clients::Client, clock, ports::ProtoPort, procnet, profile::Knock, tables::Tables};
+use crate::{
+    clients::Client,
+    clock,
+    maps::KernelMaps,
+    procnet,
+    profile::{Knock, Profile},
+};
 
 /// What is installed, so each pass writes only what changed.
-#[derive(Default)]
 pub(crate) struct Installed {
-    sequences: BTreeMap<u32, Installation>,
-    steps: BTreeMap<StepKey, StepEntry>,
-    knock_ports: BTreeSet<ProtoPort>,
-    /// The steps and knock-port flags in the kernel are known to be exactly
-    /// those of `sequences`. Not so in maps taken over from a daemon that
-    /// may have been killed between its writes, until a first full pass.
-    consistent: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Installation {
-    client: u32,
-    slot: u64,
-    ports: Vec<ProtoPort>,
-    info: SequenceInfo,
+    table: KnockTable,
+    knock_space: BTreeSet<ProtoPort>,
+    /// Clients that could not be derived, with the slot last reported, so
+    /// each is logged once per slot rather than every pass.
+    broken: BTreeMap<u32, u64>,
 }
 
 impl Installed {
     /// What an earlier run left installed in adopted maps, so the first
-    /// rotation replaces exactly what changed (and retires what is gone).
-    pub(crate) fn from_kernel(tables: &Tables, clients: &[Client]) -> Result<Self> {
-        let steps = tables.steps()?;
-        // The flags as the kernel has them, not as the steps imply: a daemon
-        // killed after writing steps but before flagging their ports (or
-        // unflagging removed ones) left the two apart.
-        let knock_ports = tables.knock_ports()?;
-        let mut sequences = BTreeMap::new();
-        for (index, info) in tables.sequences()? {
-            if info.valid_until_ns == 0 {
-                continue;
-            }
-            // The ports of a client that still exists derive again; one that
-            // is gone keeps none, so the first rotation retires it.
-            let ports = clients
-                .iter()
-                .find(|c| c.id == info.client)
-                .and_then(|c| {
-                    c.profile
-                        .sequence_for_slot(if info.slot == STATIC_SLOT { 0 } else { info.slot })
-                        .ok()
-                })
-                .unwrap_or_default();
-            sequences
-                .insert(index, Installation { client: info.client, slot: info.slot, ports, info });
-        }
-        Ok(Self { sequences, steps, knock_ports, consistent: false })
+    /// rotation replaces exactly what changed, repairs what a killed daemon
+    /// left half written, and keeps the node ids of knocks in progress.
+    pub(crate) fn from_kernel(maps: &KernelMaps) -> Result<Self> {
+        Ok(Self {
+            table: KnockTable::adopt(maps.edges()?, maps.sequences()?),
+            knock_space: maps.knock_space()?,
+            broken: BTreeMap::new(),
+        })
     }
 
     pub(crate) fn count(&self) -> usize {
-        self.sequences.len()
+        self.table.sequences().count()
     }
+
+    /// Ids of the clients whose sequences cannot be derived.
+    pub(crate) fn broken(&self) -> impl Iterator<Item = u32> + '_ {
+        self.broken.keys().copied()
+    }
+}
+
+/// The ports where an attempt may be a knock, per protocol: the range of
+/// every rotating client (less its exclusions), and the span from the
+/// lowest to the highest port of every static sequence. Attempts anywhere
+/// else never touch knock state, so the web server on the same host spoils
+/// nobody's knock.
+pub(crate) fn knock_space(clients: &[Client]) -> BTreeSet<ProtoPort> {
+    let mut ranges: Vec<(ProtoPort, u16, &[u16])> = Vec::new();
+    for client in clients {
+        match &client.profile.knock {
+            Knock::Rotating { proto, ports, exclude, .. } => {
+                ranges.push((ProtoPort::new(*proto, ports.0), ports.1, exclude));
+            }
+            Knock::Static { steps } => {
+                for proto in knock_common::Proto::ALL {
+                    let ports = steps.iter().filter(|s| s.proto == proto).map(|s| s.port);
+                    if let (Some(lo), Some(hi)) = (ports.clone().min(), ports.max()) {
+                        ranges.push((ProtoPort::new(proto, lo), hi, &[]));
+                    }
+                }
+            }
+        }
+    }
+    // Many clients share one range: expand each distinct range once.
+    ranges.sort_unstable();
+    ranges.dedup();
+    let mut space = BTreeSet::new();
+    for (start, hi, exclude) in ranges {
+        space.extend(
+            (start.port..=hi)
+                .filter(|p| !exclude.contains(p))
+                .map(|port| ProtoPort::new(start.proto, port)),
+        );
+    }
+    space
 }
 
 /// Real time now, in nanoseconds since the epoch.
@@ -95,132 +116,95 @@ impl Daemon {
             (i128::from(boot_now) + delta).clamp(0, i128::from(u64::MAX)) as u64
         };
 
-        let mut wanted: BTreeMap<u32, (u32, u64)> = BTreeMap::new(); // index → (client, slot)
+        let mut wanted = BTreeSet::new();
+        let protected = self.protected();
+        let mut listening = None;
         for client in &self.clients {
-            // Each client's slots sit at its stable index.
-            let base = client.index * SLOTS_PER_CLIENT;
-            match &client.profile.knock {
-                Knock::Static { .. } => {
-                    wanted.insert(base, (client.id, STATIC_SLOT));
-                }
-                Knock::Rotating { slot_secs, .. } => {
-                    let now_slot = unix_now / 1_000_000_000 / u64::from(*slot_secs);
-                    for slot in now_slot.saturating_sub(1)..=now_slot + 2 {
-                        wanted.insert(
-                            base + (slot % u64::from(SLOTS_PER_CLIENT)) as u32,
-                            (client.id, slot),
-                        );
+            let slots = wanted_slots(&client.profile, unix_now / 1_000_000_000);
+            let derived: Result<Vec<(u32, SequenceInfo, Vec<ProtoPort>)>> = slots
+                .into_iter()
+                .map(|slot| {
+                    let index = client.index * SLOTS_PER_CLIENT
+                        + if slot == STATIC_SLOT { 0 } else { (slot % 4) as u32 };
+                    let (valid_from_ns, valid_until_ns) = match &client.profile.knock {
+                        Knock::Static { .. } => (0, u64::MAX),
+                        // Slot x is accepted during slots x-1, x and x+1.
+                        Knock::Rotating { slot_secs, .. } => {
+                            let len = u64::from(*slot_secs);
+                            (to_boot(slot.saturating_sub(1) * len), to_boot((slot + 2) * len))
+                        }
+                    };
+                    let info = SequenceInfo {
+                        valid_from_ns,
+                        valid_until_ns,
+                        slot,
+                        client: client.id,
+                        length: 0,
+                    };
+                    if let Some((old, steps)) = self.installed.table.sequence(index)
+                        && old.client == client.id
+                        && old.slot == slot
+                    {
+                        // Derived before: keep it (its window too).
+                        return Ok((index, *old, steps.to_vec()));
                     }
+                    let steps = client.profile.sequence_for_slot(slot_or_zero(slot))?;
+                    Ok((index, SequenceInfo { length: steps.len() as u32, ..info }, steps))
+                })
+                .collect();
+            let derived = match derived {
+                Ok(derived) => {
+                    self.installed.broken.remove(&client.id);
+                    derived
+                }
+                Err(err) => {
+                    let slot = client.profile.slot_at(unix_now / 1_000_000_000).unwrap_or(0);
+                    if self.installed.broken.insert(client.id, slot) != Some(slot) {
+                        warn!(client = %client.profile.name,
+                            "client skipped, its sequences cannot be derived: {err:#}");
+                    }
+                    continue;
+                }
+            };
+            for (index, info, steps) in derived {
+                let new = self.installed.table.sequence(index).is_none_or(|(old, _)| *old != info);
+                match self.installed.table.install(index, info, &steps) {
+                    Ok(()) => {
+                        wanted.insert(index);
+                        if new {
+                            debug!(client = %client.profile.name, slot = info.slot, index,
+                                "sequence installed");
+                            let listening = listening.get_or_insert_with(procnet::listening_ports);
+                            warn_collisions(&protected, listening, &client.profile.name, &steps);
+                        }
+                    }
+                    Err(err) => warn!(client = %client.profile.name, slot = info.slot,
+                        "sequence not installed: {err}"),
                 }
             }
         }
-        let unchanged = wanted.len() == self.installed.sequences.len()
-            && wanted.iter().all(|(index, (client, slot))| {
-                self.installed
-                    .sequences
-                    .get(index)
-                    .is_some_and(|i| i.client == *client && i.slot == *slot)
-            });
-        if unchanged && self.installed.consistent {
-            return Ok(());
-        }
-
-        // The new set: keep what is installed, derive only what is new.
-        let mut next: BTreeMap<u32, Installation> = BTreeMap::new();
-        for (&index, &(client_id, slot)) in &wanted {
-            if let Some(old) = self
-                .installed
-                .sequences
-                .get(&index)
-                .filter(|i| i.client == client_id && i.slot == slot)
-            {
-                next.insert(index, old.clone());
-                continue;
-            }
-            let client =
-                self.clients.iter().find(|c| c.id == client_id).expect("wanted from clients");
-            let ports =
-                client.profile.sequence_for_slot(if slot == STATIC_SLOT { 0 } else { slot })?;
-            let (valid_from_ns, valid_until_ns) = match &client.profile.knock {
-                Knock::Static { .. } => (0, u64::MAX),
-                // Slot x is accepted during slots x-1, x and x+1.
-                Knock::Rotating { slot_secs, .. } => {
-                    let len = u64::from(*slot_secs);
-                    (to_boot(slot.saturating_sub(1) * len), to_boot((slot + 2) * len))
-                }
-            };
-            let info = SequenceInfo {
-                valid_from_ns,
-                valid_until_ns,
-                slot,
-                client: client_id,
-                length: ports.len() as u32,
-            };
-            next.insert(index, Installation { client: client_id, slot, ports, info });
-        }
-
-        let steps = steps_of(&next);
-        let knock_ports: BTreeSet<ProtoPort> =
-            next.values().flat_map(|i| i.ports.iter().copied()).collect();
-
-        // Order matters for knocks in flight: retire changed indexes first,
-        // then rewrite the steps, then publish the new sequences.
-        let changed: Vec<u32> = self
+        let gone: Vec<u32> = self
             .installed
-            .sequences
-            .iter()
-            .filter(|(index, old)| next.get(index) != Some(old))
-            .map(|(index, _)| *index)
+            .table
+            .sequences()
+            .map(|(index, _, _)| index)
+            .filter(|index| !wanted.contains(index))
             .collect();
-        for &index in &changed {
-            self.tables.set_sequence(index, SequenceInfo::default())?;
+        for index in gone {
+            self.installed.table.retire(index);
         }
-        for (key, entry) in &steps {
-            if self.installed.steps.get(key) != Some(entry) {
-                self.tables.set_step(*key, *entry)?;
-            }
+        self.installed.table.sync(&mut self.maps)?;
+
+        if self.installed.knock_space != self.knock_space {
+            self.maps.set_knock_space(&self.installed.knock_space, &self.knock_space)?;
+            self.installed.knock_space = self.knock_space.clone();
         }
-        for key in self.installed.steps.keys().filter(|k| !steps.contains_key(k)) {
-            self.tables.remove_step(key)?;
-        }
-        for (index, installation) in &next {
-            if self.installed.sequences.get(index) != Some(installation) {
-                self.tables.set_sequence(*index, installation.info)?;
-                let name = self.client_name(installation.client);
-                debug!(client = %name, slot = installation.slot, index, "sequence installed");
-                self.warn_collisions(&name, installation);
-            }
-        }
-        self.tables.set_knock_ports(&self.installed.knock_ports, &knock_ports)?;
 
         // Single-use records matter only while their slot is accepted.
-        let live: BTreeSet<(u32, u64)> = next.values().map(|i| (i.client, i.slot)).collect();
-        self.tables.prune_used(|k| live.contains(&(k.client, k.slot)))?;
-
-        self.installed.sequences = next;
-        self.installed.steps = steps;
-        self.installed.knock_ports = knock_ports;
-        self.installed.consistent = true;
+        let live: BTreeSet<(u32, u64)> =
+            self.installed.table.sequences().map(|(_, info, _)| (info.client, info.slot)).collect();
+        self.maps.prune_used(|k| live.contains(&(k.client, k.slot)))?;
         Ok(())
-    }
-
-    /// Warns when a knock port would hide a service for as long as the
-    /// sequence is installed: knocks on it are dropped.
-    fn warn_collisions(&self, name: &str, installation: &Installation) {
-        let listening = procnet::listening_ports();
-        let slot = match installation.slot {
-            STATIC_SLOT => "static".to_owned(),
-            slot => slot.to_string(),
-        };
-        for port in &installation.ports {
-            if self.protected().contains(port) {
-                warn!(client = %name, port = %port, %slot,
-                    "knock port is also a protected port: new connections to it are dropped while this sequence is installed");
-            } else if listening.contains(port) {
-                warn!(client = %name, port = %port, %slot,
-                    "knock port has a listening socket on this host: that service is unreachable while this sequence is installed");
-            }
-        }
     }
 
     pub(super) fn client_name(&self, id: u32) -> String {
@@ -231,23 +215,73 @@ impl Daemon {
     }
 }
 
-/// The step bitmaps of a set of sequences.
-fn steps_of(sequences: &BTreeMap<u32, Installation>) -> BTreeMap<StepKey, StepEntry> {
-    let mut steps: BTreeMap<StepKey, StepEntry> = BTreeMap::new();
-    for (&index, installation) in sequences {
-        let last = installation.ports.len() - 1;
-        for (step, port) in installation.ports.iter().enumerate() {
-            let key = StepKey {
-                port: port.port,
-                proto: Transport::from(port.proto).number(),
-                step: step as u8,
-            };
-            let entry = steps.entry(key).or_default();
-            set_bit(&mut entry.continues, index);
-            if step == last {
-                set_bit(&mut entry.finishes, index);
-            }
+/// Warns when a knock port is a protected port or has a listening socket:
+/// the knock then goes to that service (or is dropped by protection).
+fn warn_collisions(
+    protected: &BTreeSet<ProtoPort>,
+    listening: &BTreeSet<ProtoPort>,
+    name: &str,
+    steps: &[ProtoPort],
+) {
+    for port in steps {
+        if protected.contains(port) {
+            warn!(client = %name, port = %port,
+                "knock port is also a protected port: knocks on it are dropped unless allowed");
+        } else if listening.contains(port) {
+            warn!(client = %name, port = %port,
+                "knock port has a listening socket on this host: the knock reaches that service");
         }
     }
-    steps
+}
+
+/// The slots a client has installed at UNIX second `now`: s-1..=s+2, or the
+/// one static sequence.
+fn wanted_slots(profile: &Profile, now: u64) -> Vec<u64> {
+    match profile.slot_at(now) {
+        None => vec![STATIC_SLOT],
+        Some(slot) => (slot.saturating_sub(1)..=slot + 2).collect(),
+    }
+}
+
+fn slot_or_zero(slot: u64) -> u64 {
+    if slot == STATIC_SLOT { 0 } else { slot }
+}
+
+#[cfg(test)]
+mod tests {
+    use knock_common::Proto;
+
+    use super::*;
+    use crate::profile::{Key, Profile};
+
+    fn client(index: u32, knock: Knock) -> Client {
+        Client { id: index + 1, index, profile: Profile { name: format!("c{index}"), knock } }
+    }
+
+    #[test]
+    fn the_knock_space_is_each_range_less_exclusions_and_each_static_span() {
+        let rotating = Knock::Rotating {
+            key: Key::Random([1; 32]),
+            proto: Proto::Udp,
+            length: 2,
+            slot_secs: 30,
+            ports: (100, 110),
+            exclude: vec![105],
+        };
+        let statik = Knock::Static {
+            steps: vec![
+                ProtoPort::new(Proto::Tcp, 7000),
+                ProtoPort::new(Proto::Udp, 8000),
+                ProtoPort::new(Proto::Tcp, 7005),
+            ],
+        };
+        let space =
+            knock_space(&[client(0, rotating.clone()), client(1, rotating), client(2, statik)]);
+        let udp: Vec<u16> =
+            space.iter().filter(|p| p.proto == Proto::Udp).map(|p| p.port).collect();
+        let tcp: Vec<u16> =
+            space.iter().filter(|p| p.proto == Proto::Tcp).map(|p| p.port).collect();
+        assert_eq!(udp, [100, 101, 102, 103, 104, 106, 107, 108, 109, 110, 8000]);
+        assert_eq!(tcp, (7000..=7005).collect::<Vec<_>>());
+    }
 }

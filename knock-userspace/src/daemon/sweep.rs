@@ -7,7 +7,9 @@ use crate::{clock, loader};
 
 impl Daemon {
     pub(super) fn sweep(&mut self) {
-        match self.tables.sweep(clock::boot_ns()) {
+        let now = clock::boot_ns();
+        // The kernel already ignores them; this only frees the slots.
+        match self.maps.remove_allowed(|_, entry| !entry.admits(now)) {
             Ok(expired) => {
                 for key in expired {
                     if let Some(addr) = key.ip() {
@@ -22,18 +24,8 @@ impl Daemon {
     /// Removes flows the kernel no longer admits, to free their slots.
     pub(super) fn sweep_flows(&mut self) {
         let now = clock::boot_ns();
-        let idle = self.options.idle_timeout.as_nanos() as u64;
-        let dead = |entry: &knock_common::maps::FlowEntry| {
-            now.saturating_sub(entry.last_seen_ns) >= idle
-                || (entry.closing_until_ns != 0 && now >= entry.closing_until_ns)
-        };
-        let flows = match self.tables.flows() {
-            Ok(flows) => flows,
-            Err(err) => return warn!("flow sweep: {err:#}"),
-        };
-        let doomed: std::collections::HashSet<_> =
-            flows.into_iter().filter(|(_, e)| dead(e)).map(|(k, _)| k).collect();
-        if let Err(err) = self.tables.end_flows(|k| doomed.contains(k)) {
+        let settings = super::settings(&self.options);
+        if let Err(err) = self.maps.end_flows(|_, entry| entry.is_dead(now, &settings)) {
             warn!("flow sweep: {err:#}");
         }
     }

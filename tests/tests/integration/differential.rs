@@ -1,32 +1,38 @@
 //! Differential testing: the same generated packet streams go through the
 //! real XDP program (BPF_PROG_TEST_RUN) and through the reference model
-//! (knock-common's decision and knock logic over plain collections). Their
-//! verdicts, counters and resulting allow, flow and knock-state maps must agree.
-//! On the same streams three properties are checked without the model: a
-//! source gets nothing through to a protected port unless it sent some
+//! (knock-common's decision and knock logic over plain collections). Both
+//! get their sequences from the same builder the daemon uses. Their verdicts
+//! and counters must agree packet by packet, and afterwards every map entry:
+//! allowed sources, flows (with their sequence tracking and client), knock
+//! states, used sequences and failed-knock records, deadlines within the few
+//! microseconds between the two clocks.
+//!
+//! On the same streams three properties are checked without the model, and
+//! counted, so a run that never exercised one fails: a source gets nothing
+//! through to a protected port unless it was allowed by hand or sent some
 //! client's knock ports in order; a clean knock of a sequence that has not
-//! opened the door yet always opens it; and one that has, never does again.
+//! opened the door yet always opens it (unless its source is over the
+//! failed-knock limit); and one that has, never does again.
 
 use std::{
     cell::RefCell,
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
 
 use knock_common::{
-    maps::{Config, Counter, SourceKey, event_kind, port_flags},
+    Proto,
+    allow::{AllowEntry, AllowOrigin},
+    decide::{Packet, Parsed, decide},
+    event::EventKind,
+    flow::Segment,
+    maps::{Counter, Settings, port_flags},
     model::Model,
-    verdict::{Parsed, Transport, decide},
+    source::SourceKey,
+    trie::KnockTable,
 };
-use knock_tests::{
-    frames::{Frame, L4},
-    privileged, testrun,
-};
-use knock_userspace::{
-    clock, loader,
-    ports::{Proto, ProtoPort},
-    tables::Tables,
-};
+use knock_tests::{frames::Frame, privileged, testrun};
+use knock_userspace::{clock, loader, maps::KernelMaps, ports::ProtoPort};
 use proptest::{prelude::*, test_runner::TestRunner};
 
 const SERVER_V4: &str = "198.51.100.1";
@@ -35,29 +41,42 @@ const SOURCES: [&str; 5] =
     ["198.51.100.10", "198.51.100.11", "198.51.100.12", "2001:db8:1::10", "2001:db8:1::11"];
 /// Knock ports are drawn from here, so streams hit them often.
 const POOL: [u16; 8] = [61000, 61001, 61002, 61003, 61004, 61005, 61006, 61007];
+/// In the knock space, but in no sequence: a SYN here ends any knock.
+const SPOILER: u16 = 61010;
 const PROTECTED_TCP: u16 = 22;
 const PROTECTED_UDP: u16 = 53;
 const OTHER: u16 = 80;
 
 const SYN: u8 = 0x02;
-const FLAGS: [u8; 6] = [SYN, SYN, 0x10, 0x12, 0x11, 0x04];
+const FLAGS: [u8; 7] = [SYN, SYN, 0x10, 0x12, 0x11, 0x04, 0x14];
+const HOUR: u64 = 3_600_000_000_000;
+/// The two clocks are read microseconds apart.
+const TOLERANCE_NS: u64 = 50_000_000;
 
 /// Long enough that nothing expires during a case: this test is about
-/// matching, replay and flows, not clocks.
-const CONFIG: Config = Config {
-    open_window_ns: 3_600_000_000_000,
-    knock_timeout_ns: 3_600_000_000_000,
-    idle_timeout_ns: 3_600_000_000_000,
-    close_grace_ns: 3_600_000_000_000,
+/// matching, replay, limits and flows, not clocks. Failed knocks are
+/// limited (a burst of 4, then one an hour) so the limiter runs too.
+const SETTINGS: Settings = Settings {
+    open_window_ns: HOUR,
+    knock_timeout_ns: HOUR,
+    idle_timeout_ns: HOUR,
+    close_grace_ns: HOUR,
+    miss_interval_ns: HOUR,
+    miss_burst_ns: 4 * HOUR,
+    global_miss_interval_ns: 1_000_000,
+    global_miss_burst_ns: 1_000_000_000,
 };
 
 #[derive(Clone, Debug)]
 enum Op {
-    /// One packet: source, UDP?, port (index into POOL, or 8 = 22, 9 = 53, 10 = 80), TCP flags, source port.
-    Packet { source: usize, udp: bool, port: usize, flags: u8, sport: u16 },
+    /// One packet: source, UDP?, port (index into POOL, or 8 = 22, 9 = 53,
+    /// 10 = 80, 11 = the spoiler), TCP flags, source port, sequence number.
+    Packet { source: usize, udp: bool, port: usize, flags: u8, sport: u16, seq: u32 },
     /// Source `source` sends client `client`'s whole sequence, after a
-    /// packet to an unrelated port that ends any attempt in progress.
+    /// SYN to the spoiler port that ends any knock in progress.
     Knock { source: usize, client: usize },
+    /// `allow SOURCE --for` 10 minutes or 2 hours (the knock's window is 1 h).
+    Allow { source: usize, long: bool },
 }
 
 fn port_of(index: usize) -> u16 {
@@ -65,28 +84,48 @@ fn port_of(index: usize) -> u16 {
         8 => PROTECTED_TCP,
         9 => PROTECTED_UDP,
         10 => OTHER,
+        11 => SPOILER,
         i => POOL[i],
     }
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0..SOURCES.len(), any::<bool>(), 0..11usize, prop::sample::select(FLAGS.to_vec()), 40000..40003u16)
-            .prop_map(|(source, udp, port, flags, sport)| Op::Packet { source, udp, port, flags, sport }),
-        1 => (0..SOURCES.len(), 0..3usize).prop_map(|(source, client)| Op::Knock { source, client }),
+        8 => (0..SOURCES.len(), any::<bool>(), 0..12usize, prop::sample::select(FLAGS.to_vec()),
+              40000..40003u16, prop::sample::select(vec![1u32, 2, 3, 77_777]))
+            .prop_map(|(source, udp, port, flags, sport, seq)| Op::Packet { source, udp, port, flags, sport, seq }),
+        3 => (0..SOURCES.len(), 0..3usize).prop_map(|(source, client)| Op::Knock { source, client }),
+        1 => (0..SOURCES.len(), any::<bool>()).prop_map(|(source, long)| Op::Allow { source, long }),
     ]
 }
 
 /// Three clients' sequences (1-3 TCP knocks from the pool, distinct ports
-/// within a sequence; clients may share ports) and a packet stream.
+/// within a sequence; clients may share ports, but no sequence is a prefix
+/// of another, or the shorter one would complete first, by design) and a
+/// packet stream.
 fn case() -> impl Strategy<Value = (Vec<Vec<u16>>, Vec<Op>)> {
     let sequence = prop::sample::subsequence(POOL.to_vec(), 1..=3).prop_shuffle();
-    (prop::collection::vec(sequence, 3), prop::collection::vec(op(), 1..40))
+    let sequences = prop::collection::vec(sequence, 3).prop_filter("prefix-free", |s| {
+        s.iter()
+            .enumerate()
+            .all(|(i, a)| s.iter().enumerate().all(|(j, b)| i == j || !b.starts_with(a)))
+    });
+    (sequences, prop::collection::vec(op(), 1..50))
 }
 
 struct Kernel {
     ebpf: aya::Ebpf,
-    tables: Tables,
+    maps: KernelMaps,
+}
+
+/// How often each property was checked, over the whole run.
+#[derive(Debug, Default)]
+struct Checked {
+    passes_from_knockers: u32,
+    clean_knocks_opened: u32,
+    clean_knocks_limited: u32,
+    replays_refused: u32,
+    longer_windows_kept: u32,
 }
 
 #[test]
@@ -95,152 +134,273 @@ fn the_program_and_the_model_agree_on_generated_streams() {
         return;
     }
     let mut ebpf = loader::load().unwrap();
-    let mut tables = Tables::take(&mut ebpf).unwrap();
-    tables.set_config(CONFIG).unwrap();
-    let protected: BTreeSet<ProtoPort> = [
-        ProtoPort { port: PROTECTED_TCP, proto: Proto::Tcp },
-        ProtoPort { port: PROTECTED_UDP, proto: Proto::Udp },
-    ]
-    .into();
-    tables.set_protected(&Default::default(), &protected).unwrap();
-    let kernel = RefCell::new(Kernel { ebpf, tables });
-    let pool: BTreeSet<ProtoPort> =
-        POOL.iter().map(|&port| ProtoPort { port, proto: Proto::Tcp }).collect();
+    let mut maps = KernelMaps::take(&mut ebpf).unwrap();
+    maps.set_settings(SETTINGS).unwrap();
+    let protected: BTreeSet<ProtoPort> =
+        [ProtoPort::new(Proto::Tcp, PROTECTED_TCP), ProtoPort::new(Proto::Udp, PROTECTED_UDP)]
+            .into();
+    maps.set_protected(&Default::default(), &protected).unwrap();
+    let space: BTreeSet<ProtoPort> =
+        POOL.iter().chain([&SPOILER]).map(|&port| ProtoPort::new(Proto::Tcp, port)).collect();
+    maps.set_knock_space(&Default::default(), &space).unwrap();
+    let kernel = RefCell::new(Kernel { ebpf, maps });
+    let checked = RefCell::new(Checked::default());
 
     let mut runner = TestRunner::new(ProptestConfig { cases: 96, ..ProptestConfig::default() });
     runner
         .run(&case(), |(sequences, ops)| {
-            run_case(&mut kernel.borrow_mut(), &pool, &sequences, &ops);
+            run_case(&mut kernel.borrow_mut(), &mut checked.borrow_mut(), &sequences, &ops);
             Ok(())
         })
         .unwrap();
+    let checked = checked.into_inner();
+    eprintln!("{checked:?}");
+    assert!(checked.passes_from_knockers >= 20, "{checked:?}");
+    assert!(checked.clean_knocks_opened >= 40, "{checked:?}");
+    assert!(checked.clean_knocks_limited >= 5, "{checked:?}");
+    assert!(checked.replays_refused >= 20, "{checked:?}");
+    assert!(checked.longer_windows_kept >= 3, "{checked:?}");
 }
 
-fn run_case(kernel: &mut Kernel, pool: &BTreeSet<ProtoPort>, sequences: &[Vec<u16>], ops: &[Op]) {
-    let tables = &mut kernel.tables;
-    tables.forget_runtime_state().unwrap();
-    tables.set_knock_ports(pool, &Default::default()).unwrap();
+fn source_key(source: usize) -> SourceKey {
+    SourceKey::from(SOURCES[source].parse::<IpAddr>().unwrap())
+}
 
+fn run_case(kernel: &mut Kernel, checked: &mut Checked, sequences: &[Vec<u16>], ops: &[Op]) {
+    kernel.maps.forget_runtime_state().unwrap();
     let mut model = Model::new();
-    model.config = CONFIG;
+    model.settings = SETTINGS;
     model.ports.insert(PROTECTED_TCP, port_flags::PROTECTED_TCP);
     model.ports.insert(PROTECTED_UDP, port_flags::PROTECTED_UDP);
+    model.knock_space(Proto::Tcp, POOL[0], POOL[7]);
+    model.knock_space(Proto::Tcp, SPOILER, SPOILER);
     let now = clock::boot_ns();
     // Checked: the boot clock may be younger than the hour subtracted.
-    let valid = (now.saturating_sub(3_600_000_000_000), now + 3_600_000_000_000);
-    let mut steps = BTreeMap::new();
+    let valid = (now.saturating_sub(HOUR), now + HOUR);
+    let mut table = KnockTable::new();
     for (client, ports) in sequences.iter().enumerate() {
         // Client c's sequence sits at index 4c, as the daemon places slot 0.
         let index = client as u32 * 4;
-        testrun::install_tcp_sequence(
-            tables,
-            index,
-            client as u32 + 1,
-            7,
-            ports,
-            valid,
-            &mut steps,
-        );
-        model.install(index, client as u32 + 1, 7, ports);
+        let id = client as u32 + 1;
+        testrun::install_tcp_sequence(&mut kernel.maps, &mut table, index, id, 7, ports, valid);
+        model.install(index, id, 7, ports);
         let info = model.sequences.get_mut(&index).unwrap();
         (info.valid_from_ns, info.valid_until_ns) = valid;
     }
+    let context = || format!("\nsequences {sequences:?}\nops {ops:?}");
 
     // What each source sent, for the properties below.
     let mut sent: Vec<Vec<(bool, u16)>> = vec![Vec::new(); SOURCES.len()];
+    let mut allowed_by_hand = [false; SOURCES.len()];
     for op in ops {
-        let packets: Vec<(usize, bool, u16, u8, u16)> = match *op {
-            Op::Packet { source, udp, port, flags, sport } => {
-                vec![(source, udp, port_of(port), flags, sport)]
+        let packets: Vec<(usize, bool, u16, u8, u16, u32)> = match *op {
+            Op::Packet { source, udp, port, flags, sport, seq } => {
+                vec![(source, udp, port_of(port), flags, sport, seq)]
             }
-            Op::Knock { source, client } => std::iter::once((source, false, OTHER, SYN, 40000))
-                .chain(sequences[client].iter().map(|&port| (source, false, port, SYN, 40000)))
-                .collect(),
+            Op::Knock { source, client } => {
+                std::iter::once((source, false, SPOILER, SYN, 40000, 1))
+                    .chain(
+                        sequences[client].iter().map(|&port| (source, false, port, SYN, 40000, 1)),
+                    )
+                    .collect()
+            }
+            Op::Allow { source, long } => {
+                let deadline = clock::boot_ns() + if long { 2 * HOUR } else { HOUR / 6 };
+                let entry = AllowEntry {
+                    deadline_ns: deadline,
+                    origin: AllowOrigin::Manual as u32,
+                    client: 0,
+                };
+                kernel.maps.allow(SOURCES[source].parse().unwrap(), deadline).unwrap();
+                model.allow.borrow_mut().insert(source_key(source), entry);
+                allowed_by_hand[source] = true;
+                continue;
+            }
         };
-        let allowed_before = match *op {
-            Op::Knock { source, .. } => is_allowed(&kernel.tables, source),
-            Op::Packet { .. } => false,
+        let (source, client) = match *op {
+            Op::Knock { source, client } => (source, Some(client)),
+            _ => (0, None),
         };
-        let opened_before = match *op {
-            Op::Knock { client, .. } => opened_for(&model, client),
-            Op::Packet { .. } => false,
-        };
-        for (source, udp, port, flags, sport) in packets {
+        let opened_before = client.is_some_and(|c| opened_for(&model, c));
+        let allowed_before = model.allowed_entry(source_key(source));
+        for (source, udp, port, flags, sport, seq) in packets {
             sent[source].push((udp, port));
             let src: IpAddr = SOURCES[source].parse().unwrap();
             let server: IpAddr = if src.is_ipv4() { SERVER_V4 } else { SERVER_V6 }.parse().unwrap();
-            let l4 = if udp { L4::Udp } else { L4::Tcp };
+            let proto = if udp { Proto::Udp } else { Proto::Tcp };
             let flags = if udp { 0 } else { flags };
-            let frame = Frame { tcp_flags: flags, ..Frame::new(src, server, l4, port) }
-                .build_with_sport(sport);
+            let frame =
+                Frame { tcp_flags: flags, tcp_seq: seq, ..Frame::new(src, server, proto, port) }
+                    .build_with_sport(sport);
+            let tcp = if udp { Segment::default() } else { Segment::new(flags, seq, 0, 0) };
+            let parsed = Parsed::Transport(Packet {
+                src: SourceKey::from(src),
+                proto,
+                sport,
+                dport: port,
+                tcp,
+            });
             let now = clock::boot_ns();
-            let proto = if udp { Transport::Udp } else { Transport::Tcp };
-            let parsed =
-                Parsed::Transport { src: SourceKey::from(src), proto, sport, dport: port, flags };
             let expected = decide(&model, parsed, || now);
-            let (action, counter) = testrun::run_frame(&mut kernel.ebpf, &kernel.tables, &frame);
+            let (action, counter) = testrun::run_frame(&mut kernel.ebpf, &kernel.maps, &frame);
             assert_eq!(
                 (action, counter),
                 (expected.action, expected.counter),
-                "packet {src} {l4:?} :{sport} -> {port} flags {flags:#x}\nsequences {sequences:?}\nops {ops:?}"
+                "packet {src} {proto:?} :{sport} -> {port} flags {flags:#x} seq {seq}{}",
+                context()
             );
             // Nothing through to a protected port without the knock ports in order.
-            if matches!(counter, Counter::PassedAllowed | Counter::PassedFlow) {
+            if matches!(counter, Counter::PassedAllowed | Counter::PassedFlow)
+                && !allowed_by_hand[source]
+            {
+                checked.passes_from_knockers += 1;
                 assert!(
                     sequences.iter().any(|seq| sent_in_order(&sent[source], seq)),
-                    "{src} got through without knocking\nsequences {sequences:?}\nops {ops:?}"
+                    "{src} got through without knocking{}",
+                    context()
                 );
             }
         }
-        // When no sequence is a prefix of another (else the shorter one
-        // completes first, by design), a clean knock opens the door exactly
-        // when its sequence has not opened it before.
-        if let Op::Knock { source, client } = *op
-            && prefix_free(sequences)
-        {
-            let allowed = is_allowed(&kernel.tables, source);
+        if let Some(client) = client {
+            let key = source_key(source);
+            // Over the limit after the knock means over it during the knock:
+            // a knock that opens costs no miss.
+            let limited = model
+                .misses
+                .borrow()
+                .get(&key.miss_prefix())
+                .is_some_and(|tat| SETTINGS.miss_rate().exhausted(*tat, clock::boot_ns()));
+            let after = model.allowed_entry(key);
             if opened_before {
+                checked.replays_refused += 1;
                 assert_eq!(
-                    allowed, allowed_before,
-                    "a replayed sequence opened the door\nsequences {sequences:?}\nops {ops:?}"
+                    after,
+                    allowed_before,
+                    "a replayed sequence changed the door{}",
+                    context()
                 );
+            } else if limited {
+                checked.clean_knocks_limited += 1;
             } else {
+                checked.clean_knocks_opened += 1;
                 assert!(
-                    allowed && opened_for(&model, client),
-                    "a valid knock did not open the door\nsequences {sequences:?}\nops {ops:?}"
+                    opened_for(&model, client),
+                    "a valid knock did not open the door{}",
+                    context()
                 );
+                let after = after.expect("admitted");
+                if allowed_before
+                    .is_some_and(|b| b.deadline_ns > after.deadline_ns.saturating_sub(TOLERANCE_NS))
+                    && allowed_before.is_some_and(|b| b.origin == AllowOrigin::Manual as u32)
+                {
+                    checked.longer_windows_kept += 1;
+                    assert_eq!(
+                        Some(after),
+                        allowed_before,
+                        "a knock shortened a longer window{}",
+                        context()
+                    );
+                }
             }
         }
     }
+    compare_maps(kernel, &model, &context());
+}
 
-    // The maps agree too.
-    let kernel_allowed: HashSet<SourceKey> =
-        kernel.tables.allowed().unwrap().into_iter().map(|(k, _)| k).collect();
-    let model_allowed: HashSet<SourceKey> = model.allow.borrow().keys().copied().collect();
+/// Every entry of every map the two sides write must agree.
+fn compare_maps(kernel: &Kernel, model: &Model, context: &str) {
+    let close = |a: u64, b: u64| a.abs_diff(b) <= TOLERANCE_NS;
+
+    let kernel_allowed: BTreeMap<SourceKey, AllowEntry> =
+        kernel.maps.allowed().unwrap().into_iter().collect();
+    let model_allowed: BTreeMap<SourceKey, AllowEntry> =
+        model.allow.borrow().iter().map(|(k, v)| (*k, *v)).collect();
     assert_eq!(
-        kernel_allowed, model_allowed,
-        "allowed sources\nsequences {sequences:?}\nops {ops:?}"
+        kernel_allowed.keys().collect::<Vec<_>>(),
+        model_allowed.keys().collect::<Vec<_>>(),
+        "allowed sources{context}"
     );
-    let kernel_flows: BTreeSet<_> =
-        kernel.tables.flows().unwrap().into_iter().map(|(k, _)| format!("{k:?}")).collect();
-    let model_flows: BTreeSet<_> = model.flows.borrow().keys().map(|k| format!("{k:?}")).collect();
-    assert_eq!(kernel_flows, model_flows, "flows\nsequences {sequences:?}\nops {ops:?}");
+    for (key, k) in &kernel_allowed {
+        let m = model_allowed[key];
+        assert!(
+            close(k.deadline_ns, m.deadline_ns) && (k.origin, k.client) == (m.origin, m.client),
+            "allow entry of {key:?}: kernel {k:?}, model {m:?}{context}"
+        );
+    }
+
+    let kernel_flows: BTreeMap<_, _> = kernel.maps.flows().unwrap().into_iter().collect();
+    let model_flows: BTreeMap<_, _> = model.flows.borrow().iter().map(|(k, v)| (*k, *v)).collect();
+    assert_eq!(
+        kernel_flows.keys().collect::<Vec<_>>(),
+        model_flows.keys().collect::<Vec<_>>(),
+        "flows{context}"
+    );
+    for (key, k) in &kernel_flows {
+        let m = model_flows[key];
+        assert!(
+            close(k.last_seen_ns, m.last_seen_ns)
+                && (k.closing_until_ns == 0) == (m.closing_until_ns == 0)
+                && close(k.closing_until_ns, m.closing_until_ns)
+                && (k.client, k.next_seq, k.last_ack, k.tracking)
+                    == (m.client, m.next_seq, m.last_ack, m.tracking),
+            "flow {key:?}: kernel {k:?}, model {m:?}{context}"
+        );
+    }
+
+    let kernel_states: BTreeMap<_, _> = kernel.maps.knock_states().unwrap().into_iter().collect();
+    let model_states: BTreeMap<_, _> =
+        model.states.borrow().iter().map(|(k, v)| (*k, *v)).collect();
+    assert_eq!(
+        kernel_states.keys().collect::<Vec<_>>(),
+        model_states.keys().collect::<Vec<_>>(),
+        "knock states{context}"
+    );
+    for (key, k) in &kernel_states {
+        let m = model_states[key];
+        assert!(
+            close(k.started_ns, m.started_ns)
+                && (k.node, k.step, k.last_port, k.last_proto, k.via)
+                    == (m.node, m.step, m.last_port, m.last_proto, m.via),
+            "knock state of {key:?}: kernel {k:?}, model {m:?}{context}"
+        );
+    }
+
+    let kernel_used: BTreeSet<_> =
+        kernel.maps.used().unwrap().into_iter().map(|(k, _)| k).collect();
+    let model_used: BTreeSet<_> = model.used.borrow().keys().copied().collect();
+    assert_eq!(kernel_used, model_used, "used sequences{context}");
+
+    let kernel_misses: BTreeMap<_, _> = kernel.maps.misses().unwrap().into_iter().collect();
+    let model_misses: BTreeMap<_, _> =
+        model.misses.borrow().iter().map(|(k, v)| (*k, *v)).collect();
+    assert_eq!(
+        kernel_misses.keys().collect::<Vec<_>>(),
+        model_misses.keys().collect::<Vec<_>>(),
+        "miss records{context}"
+    );
+    for (key, k) in &kernel_misses {
+        assert!(
+            close(*k, model_misses[key]),
+            "misses of {key:?}: kernel {k}, model {}{context}",
+            model_misses[key]
+        );
+    }
 
     // And the security property itself: a source is only ever allowed after
-    // completing a sequence that opened the door for it.
-    let opened: HashSet<SourceKey> = model
+    // completing a sequence that opened the door for it, or by hand.
+    let opened: BTreeSet<SourceKey> = model
         .events
         .borrow()
         .iter()
-        .filter(|e| e.kind == event_kind::OPENED)
+        .filter(|e| e.kind == EventKind::Opened as u32)
         .map(|e| e.source)
         .collect();
-    assert!(model_allowed.is_subset(&opened));
-}
-
-fn is_allowed(tables: &Tables, source: usize) -> bool {
-    let key = SourceKey::from(SOURCES[source].parse::<IpAddr>().unwrap());
-    tables.allowed().unwrap().iter().any(|(k, _)| *k == key)
+    for (key, entry) in &model_allowed {
+        assert!(
+            opened.contains(key) || entry.origin == AllowOrigin::Manual as u32,
+            "{key:?}{context}"
+        );
+    }
 }
 
 /// Has client `client` (index into the case's sequences) opened the door?
@@ -249,7 +409,7 @@ fn opened_for(model: &Model, client: usize) -> bool {
         .events
         .borrow()
         .iter()
-        .any(|e| e.kind == event_kind::OPENED && e.client == client as u32 + 1)
+        .any(|e| e.kind == EventKind::Opened as u32 && e.client == client as u32 + 1)
 }
 
 /// Did a source send `sequence`'s ports, over TCP, in order (not
@@ -262,12 +422,4 @@ fn sent_in_order(sent: &[(bool, u16)], sequence: &[u16]) -> bool {
         }
     }
     wanted.peek().is_none()
-}
-
-/// No sequence starts with another (or equals it).
-fn prefix_free(sequences: &[Vec<u16>]) -> bool {
-    sequences
-        .iter()
-        .enumerate()
-        .all(|(i, a)| sequences.iter().enumerate().all(|(j, b)| i == j || !b.starts_with(a)))
 }

@@ -256,10 +256,14 @@ fn removing_a_client_ends_its_connections_and_knocks_and_the_log_shows_it_all() 
 
     // A replay from the same source is refused and logged.
     let (_, _) = knock_with(&lab, &["--profile", profile]);
+    assert_eq!(knock.status()["sequences"], 4);
     let out = knock.ok(&["client", "remove", "temp"]);
-    assert!(out.contains("revoked 10.201.0.2"), "{out}");
+    assert!(out.contains("sources it admitted revoked: 1"), "{out}");
     assert!(!session.exchange(), "the client's connection survived its removal");
-    let (opened, _) = knock_with(&lab, &["--profile", profile]);
+    assert_eq!(knock.status()["sequences"], 0, "the client's sequences are still installed");
+    // The next slot's sequence was installed and unused: it no longer opens.
+    let next_slot = humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(30));
+    let (opened, _) = knock_with(&lab, &["--profile", profile, "--at", &next_slot.to_string()]);
     assert!(!opened, "a removed client's knock opened the door");
 
     let log = knock.ok(&["log", "--json", "--client", "temp"]);

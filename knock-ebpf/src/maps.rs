@@ -1,5 +1,5 @@
-//! The maps the program reads and writes, and the `Tables` / `KnockTables`
-//! views the shared decision and knock logic use.
+//! The program's maps, and the [`Maps`] / [`KnockMaps`] views the shared
+//! decision and knock logic read and write through: plain gets and inserts.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
@@ -8,14 +8,18 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use knock_common::{
-    knock::KnockTables,
+    allow::AllowEntry,
+    decide::Maps,
+    event::{Event, EventKind},
+    flow::{FlowEntry, FlowKey},
+    knock::KnockMaps,
     maps::{
-        ALLOW_MAX_ENTRIES, ALLOW_NETS_MAX_ENTRIES, AllowEntry, Config, Counter, EVENTS_BYTES,
-        Event, FLOWS_MAX_ENTRIES, FlowEntry, FlowKey, KNOCK_STATE_MAX_ENTRIES,
-        KNOCK_STEPS_MAX_ENTRIES, KnockState, MAX_SEQUENCES, NetKey, PORT_COUNT, SequenceInfo,
-        SourceKey, StepEntry, StepKey, USED_MAX_ENTRIES, UsedKey, event_kind,
+        ALLOW_MAX_ENTRIES, ALLOW_NETS_MAX_ENTRIES, Counter, EVENTS_BYTES, FLOWS_MAX_ENTRIES,
+        KNOCK_EDGES_MAX_ENTRIES, KNOCK_STATE_MAX_ENTRIES, MAX_SEQUENCES, MISSES_MAX_ENTRIES,
+        PORT_COUNT, Runtime, Settings, USED_MAX_ENTRIES,
     },
-    verdict::Tables,
+    source::{NetKey, PrefixKey, SourceKey},
+    trie::{Edge, EdgeKey, KnockState, SequenceInfo, UsedKey},
 };
 
 #[map]
@@ -26,17 +30,16 @@ static ALLOW: LruHashMap<SourceKey, AllowEntry> =
     LruHashMap::with_max_entries(ALLOW_MAX_ENTRIES, 0);
 
 #[map]
-static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
+static ALLOW_NETS: LpmTrie<NetKey, u32> = LpmTrie::with_max_entries(ALLOW_NETS_MAX_ENTRIES, 0);
 
 #[map]
-static ALLOW_NETS: LpmTrie<NetKey, u32> = LpmTrie::with_max_entries(ALLOW_NETS_MAX_ENTRIES, 0);
+static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
 #[map]
-static KNOCK_STEPS: HashMap<StepKey, StepEntry> =
-    HashMap::with_max_entries(KNOCK_STEPS_MAX_ENTRIES, 0);
+static KNOCK_EDGES: HashMap<EdgeKey, Edge> = HashMap::with_max_entries(KNOCK_EDGES_MAX_ENTRIES, 0);
 
 #[map]
 static SEQUENCES: Array<SequenceInfo> = Array::with_max_entries(MAX_SEQUENCES, 0);
@@ -49,27 +52,23 @@ static KNOCK_STATE: LruHashMap<SourceKey, KnockState> =
 static USED: HashMap<UsedKey, u64> = HashMap::with_max_entries(USED_MAX_ENTRIES, 0);
 
 #[map]
-static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+static MISSES: LruHashMap<PrefixKey, u64> = LruHashMap::with_max_entries(MISSES_MAX_ENTRIES, 0);
 
 #[map]
-static KNOCK_ACTIVE: Array<u64> = Array::with_max_entries(1, 0);
+static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+#[map]
+static RUNTIME: Array<u64> = Array::with_max_entries(Runtime::COUNT, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
-pub struct Maps;
+pub struct BpfMaps;
 
-impl Tables for Maps {
+impl Maps for BpfMaps {
     #[inline(always)]
     fn port_flags(&self, port: u16) -> u32 {
         PORT_FLAGS.get(u32::from(port)).copied().unwrap_or(0)
-    }
-
-    #[inline(always)]
-    fn allowed(&self, src: &SourceKey) -> Option<AllowEntry> {
-        // SAFETY: the value is copied out at once; a concurrent update from
-        // userspace can at worst give a torn deadline for one packet.
-        unsafe { ALLOW.get(src) }.copied()
     }
 
     #[inline(always)]
@@ -96,16 +95,16 @@ impl Tables for Maps {
     }
 }
 
-impl KnockTables for Maps {
+impl KnockMaps for BpfMaps {
     #[inline(always)]
-    fn knock_step(&self, key: &StepKey) -> Option<&StepEntry> {
-        // SAFETY: read-only use; userspace replaces whole entries.
-        unsafe { KNOCK_STEPS.get(key) }
+    fn edge(&self, key: &EdgeKey) -> Option<Edge> {
+        // SAFETY: copied out at once; userspace replaces whole entries.
+        unsafe { KNOCK_EDGES.get(key) }.copied()
     }
 
     #[inline(always)]
-    fn sequence(&self, index: u32) -> Option<&SequenceInfo> {
-        SEQUENCES.get(index)
+    fn sequence(&self, index: u32) -> Option<SequenceInfo> {
+        SEQUENCES.get(index).copied()
     }
 
     #[inline(always)]
@@ -127,53 +126,61 @@ impl KnockTables for Maps {
     }
 
     #[inline(always)]
-    fn claim(&self, key: &UsedKey, now_ns: u64) -> bool {
+    fn insert_used(&self, key: &UsedKey, now_ns: u64) -> bool {
         // BPF_NOEXIST makes the insert the atomic test-and-set: of two CPUs
         // completing the same sequence at once, exactly one succeeds.
         USED.insert(key, now_ns, u64::from(BPF_NOEXIST)).is_ok()
     }
 
     #[inline(always)]
-    fn admit(&self, src: &SourceKey, entry: &AllowEntry) -> bool {
-        // Never shorten a longer window (e.g. a manual allow for an hour).
-        // SAFETY: copied out at once.
-        if let Some(old) = unsafe { ALLOW.get(src) }
-            && old.deadline_ns >= entry.deadline_ns
-        {
-            return true;
-        }
+    fn allowed(&self, src: &SourceKey) -> Option<AllowEntry> {
+        // SAFETY: the value is copied out at once; a concurrent update from
+        // userspace can at worst give a torn deadline for one packet.
+        unsafe { ALLOW.get(src) }.copied()
+    }
+
+    #[inline(always)]
+    fn set_allowed(&self, src: &SourceKey, entry: &AllowEntry) -> bool {
         ALLOW.insert(src, entry, u64::from(BPF_ANY)).is_ok()
     }
 
     #[inline(always)]
-    fn config(&self) -> Config {
-        CONFIG.get(0).copied().unwrap_or_default()
+    fn misses(&self, prefix: &PrefixKey) -> Option<u64> {
+        // SAFETY: copied out at once.
+        unsafe { MISSES.get(prefix) }.copied()
     }
 
     #[inline(always)]
-    fn knock_active_until(&self) -> u64 {
-        KNOCK_ACTIVE.get(0).copied().unwrap_or(0)
+    fn set_misses(&self, prefix: &PrefixKey, tat_ns: u64) {
+        // Racing CPUs may lose one miss of a prefix: the limit is a rate,
+        // not an exact count.
+        let _ = MISSES.insert(prefix, tat_ns, u64::from(BPF_ANY));
     }
 
     #[inline(always)]
-    fn set_knock_active_until(&self, until_ns: u64) {
-        if let Some(slot) = KNOCK_ACTIVE.get_ptr_mut(0) {
-            // SAFETY: a plain store into an array slot; racing writers all
-            // store "now + timeout", so any of their values is right.
-            unsafe {
-                if *slot < until_ns {
-                    *slot = until_ns;
-                }
-            }
+    fn runtime(&self, word: Runtime) -> u64 {
+        RUNTIME.get(word as u32).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn set_runtime(&self, word: Runtime, value: u64) {
+        if let Some(slot) = RUNTIME.get_ptr_mut(word as u32) {
+            // SAFETY: a plain store into an array slot; racing writers store
+            // values a few nanoseconds apart, any of which is right.
+            unsafe { *slot = value };
         }
     }
 
     #[inline(always)]
+    fn settings(&self) -> Settings {
+        SETTINGS.get(0).copied().unwrap_or_default()
+    }
+
+    #[inline(always)]
     fn emit(&self, event: &Event) {
-        // Progress and refusals are what anybody can cause by the thousand
-        // (a spoofed first knock, then any packet): they may fill the ring
-        // only halfway, so an opening always finds room.
-        if event.kind != event_kind::OPENED
+        // Progress and refusals may fill the ring only halfway, so an
+        // opening always finds room.
+        if event.kind != EventKind::Opened as u32
             && EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(EVENTS_BYTES / 2)
         {
             return;

@@ -1,4 +1,6 @@
-//! Userspace's typed view of the program's maps.
+//! Userspace's typed handles on the program's maps: plain reads and writes.
+//! The rules of what to write live in knock-common (the knock table builder)
+//! and in the daemon's tasks.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -14,31 +16,44 @@ use aya::{
     },
 };
 use knock_common::{
+    Proto, ProtoPort,
+    allow::{AllowEntry, AllowOrigin},
+    flow::{FlowEntry, FlowKey},
     maps::{
-        ALLOW_MAX_ENTRIES, AllowEntry, Config, Counter, FlowEntry, FlowKey, KnockState, MAP_ALLOW,
-        MAP_ALLOW_NETS, MAP_CONFIG, MAP_COUNTERS, MAP_FLOWS, MAP_KNOCK_STATE, MAP_KNOCK_STEPS,
-        MAP_PORT_FLAGS, MAP_SEQUENCES, MAP_USED, NetKey, PROTO_TCP, SequenceInfo, SourceKey,
-        StepEntry, StepKey, UsedKey,
+        ALLOW_MAX_ENTRIES, Counter, MAP_ALLOW, MAP_ALLOW_NETS, MAP_COUNTERS, MAP_FLOWS,
+        MAP_KNOCK_EDGES, MAP_KNOCK_STATE, MAP_MISSES, MAP_PORT_FLAGS, MAP_SEQUENCES, MAP_SETTINGS,
+        MAP_USED, Settings,
     },
-    verdict::Transport,
+    source::{NetKey, PrefixKey, SourceKey},
+    trie::{Edge, EdgeKey, KnockSink, KnockState, SequenceInfo, UsedKey},
 };
 
-use crate::{nets::Cidr, ports::ProtoPort};
+use crate::nets::Cidr;
 
-pub struct Tables {
+pub struct KernelMaps {
     port_flags: Array<MapData, u32>,
     allow: HashMap<MapData, SourceKey, AllowEntry>,
     counters: PerCpuArray<MapData, u64>,
-    knock_steps: HashMap<MapData, StepKey, StepEntry>,
+    knock_edges: HashMap<MapData, EdgeKey, Edge>,
     sequences: Array<MapData, SequenceInfo>,
     knock_state: HashMap<MapData, SourceKey, KnockState>,
     used: HashMap<MapData, UsedKey, u64>,
-    config: Array<MapData, Config>,
+    misses: HashMap<MapData, PrefixKey, u64>,
+    settings: Array<MapData, Settings>,
     flows: HashMap<MapData, FlowKey, FlowEntry>,
     allow_nets: LpmTrie<MapData, NetKey, u32>,
 }
 
-impl Tables {
+/// Removal that treats "already gone" as done.
+fn removed(result: Result<(), MapError>, name: &str) -> Result<()> {
+    match result {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("cannot remove from {name}")),
+    }
+}
+
+impl KernelMaps {
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         let mut take = |name: &str| {
@@ -48,11 +63,12 @@ impl Tables {
             port_flags: Array::try_from(take(MAP_PORT_FLAGS)?)?,
             allow: HashMap::try_from(take(MAP_ALLOW)?)?,
             counters: PerCpuArray::try_from(take(MAP_COUNTERS)?)?,
-            knock_steps: HashMap::try_from(take(MAP_KNOCK_STEPS)?)?,
+            knock_edges: HashMap::try_from(take(MAP_KNOCK_EDGES)?)?,
             sequences: Array::try_from(take(MAP_SEQUENCES)?)?,
             knock_state: HashMap::try_from(take(MAP_KNOCK_STATE)?)?,
             used: HashMap::try_from(take(MAP_USED)?)?,
-            config: Array::try_from(take(MAP_CONFIG)?)?,
+            misses: HashMap::try_from(take(MAP_MISSES)?)?,
+            settings: Array::try_from(take(MAP_SETTINGS)?)?,
             flows: HashMap::try_from(take(MAP_FLOWS)?)?,
             allow_nets: LpmTrie::try_from(take(MAP_ALLOW_NETS)?)?,
         })
@@ -65,30 +81,30 @@ impl Tables {
         before: &BTreeSet<ProtoPort>,
         protected: &BTreeSet<ProtoPort>,
     ) -> Result<()> {
-        self.set_port_bits(before, protected, Transport::protected_flag)
+        self.set_port_bits(before, protected, Proto::protected_flag)
     }
 
-    /// Marks exactly `knock_ports` as knock ports.
-    pub fn set_knock_ports(
+    /// Makes exactly `space` the knock space.
+    pub fn set_knock_space(
         &mut self,
         before: &BTreeSet<ProtoPort>,
-        knock_ports: &BTreeSet<ProtoPort>,
+        space: &BTreeSet<ProtoPort>,
     ) -> Result<()> {
-        self.set_port_bits(before, knock_ports, Transport::knock_flag)
+        self.set_port_bits(before, space, Proto::knock_space_flag)
     }
 
     fn set_port_bits(
         &mut self,
         before: &BTreeSet<ProtoPort>,
         after: &BTreeSet<ProtoPort>,
-        bit_of: fn(Transport) -> u32,
+        bit_of: fn(Proto) -> u32,
     ) -> Result<()> {
         let ports: BTreeSet<u16> = before.symmetric_difference(after).map(|p| p.port).collect();
         for port in ports {
             let mut flags =
                 self.port_flags.get(&u32::from(port), 0).context("cannot read PORT_FLAGS")?;
-            for proto in [Transport::Tcp, Transport::Udp] {
-                if after.contains(&ProtoPort { port, proto: proto.into() }) {
+            for proto in Proto::ALL {
+                if after.contains(&ProtoPort::new(proto, port)) {
                     flags |= bit_of(proto);
                 } else {
                     flags &= !bit_of(proto);
@@ -101,30 +117,30 @@ impl Tables {
 
     /// The ports currently protected, read back from the kernel.
     pub fn protected(&self) -> Result<BTreeSet<ProtoPort>> {
-        self.ports_flagged(Transport::protected_flag)
+        self.ports_flagged(Proto::protected_flag)
     }
 
-    /// The ports currently flagged as knock ports, read back from the kernel.
-    pub fn knock_ports(&self) -> Result<BTreeSet<ProtoPort>> {
-        self.ports_flagged(Transport::knock_flag)
+    /// The knock space, read back from the kernel.
+    pub fn knock_space(&self) -> Result<BTreeSet<ProtoPort>> {
+        self.ports_flagged(Proto::knock_space_flag)
     }
 
-    fn ports_flagged(&self, bit_of: fn(Transport) -> u32) -> Result<BTreeSet<ProtoPort>> {
+    fn ports_flagged(&self, bit_of: fn(Proto) -> u32) -> Result<BTreeSet<ProtoPort>> {
         let mut out = BTreeSet::new();
         for (port, flags) in self.port_flags.iter().enumerate() {
             let flags = flags.context("cannot read PORT_FLAGS")?;
-            for proto in [Transport::Tcp, Transport::Udp] {
+            for proto in Proto::ALL {
                 if flags & bit_of(proto) != 0 {
-                    out.insert(ProtoPort { port: port as u16, proto: proto.into() });
+                    out.insert(ProtoPort::new(proto, port as u16));
                 }
             }
         }
         Ok(out)
     }
 
-    /// Admits `addr` until `deadline_ns` (boot clock).
-    pub fn allow(&mut self, addr: IpAddr, deadline_ns: u64, origin: u32) -> Result<()> {
-        let entry = AllowEntry { deadline_ns, origin, client: 0 };
+    /// Admits `addr` until `deadline_ns` (boot clock), by hand.
+    pub fn allow(&mut self, addr: IpAddr, deadline_ns: u64) -> Result<()> {
+        let entry = AllowEntry { deadline_ns, origin: AllowOrigin::Manual as u32, client: 0 };
         self.allow.insert(SourceKey::from(addr), entry, 0).map_err(|err| match err {
             MapError::SyscallError(ref e) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
                 anyhow!("the allow map is full ({ALLOW_MAX_ENTRIES} sources)")
@@ -133,9 +149,9 @@ impl Tables {
         })
     }
 
-    /// Removes `addr`; false when it was not there.
-    pub fn revoke(&mut self, addr: IpAddr) -> Result<bool> {
-        match self.allow.remove(&SourceKey::from(addr)) {
+    /// Removes `key`; false when it was not there.
+    pub fn revoke(&mut self, key: &SourceKey) -> Result<bool> {
+        match self.allow.remove(key) {
             Ok(()) => Ok(true),
             Err(MapError::KeyNotFound) => Ok(false),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
@@ -150,24 +166,6 @@ impl Tables {
         self.allow.iter().map(|entry| entry.context("cannot read ALLOW")).collect()
     }
 
-    /// Deletes the entries whose deadline has passed and returns their sources.
-    /// The kernel already ignores them; this only frees the slots.
-    pub fn sweep(&mut self, now_ns: u64) -> Result<Vec<SourceKey>> {
-        let expired: Vec<SourceKey> = self
-            .allowed()?
-            .into_iter()
-            .filter(|(_, entry)| entry.deadline_ns <= now_ns)
-            .map(|(key, _)| key)
-            .collect();
-        for key in &expired {
-            match self.allow.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(err) => return Err(err).context("cannot remove from ALLOW"),
-            }
-        }
-        Ok(expired)
-    }
-
     /// Each counter summed over all CPUs.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
         Counter::ALL
@@ -180,37 +178,25 @@ impl Tables {
             .collect()
     }
 
-    pub fn set_config(&mut self, config: Config) -> Result<()> {
-        self.config.set(0, config, 0).context("cannot write CONFIG")
+    pub fn set_settings(&mut self, settings: Settings) -> Result<()> {
+        self.settings.set(0, settings, 0).context("cannot write SETTINGS")
     }
 
-    pub fn set_sequence(&mut self, index: u32, info: SequenceInfo) -> Result<()> {
-        self.sequences.set(index, info, 0).context("cannot write SEQUENCES")
+    /// Every trie edge.
+    pub fn edges(&self) -> Result<BTreeMap<EdgeKey, Edge>> {
+        self.knock_edges.iter().map(|entry| entry.context("cannot read KNOCK_EDGES")).collect()
     }
 
-    pub fn set_step(&mut self, key: StepKey, entry: StepEntry) -> Result<()> {
-        self.knock_steps.insert(key, entry, 0).context("cannot write KNOCK_STEPS")
-    }
-
-    pub fn remove_step(&mut self, key: &StepKey) -> Result<()> {
-        match self.knock_steps.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(err) => Err(err).context("cannot remove from KNOCK_STEPS"),
-        }
-    }
-
-    /// Every installed step entry.
-    pub fn steps(&self) -> Result<BTreeMap<StepKey, StepEntry>> {
-        self.knock_steps.iter().map(|entry| entry.context("cannot read KNOCK_STEPS")).collect()
-    }
-
-    /// Every sequence slot, installed or free.
+    /// Every sequence slot that is in use.
     pub fn sequences(&self) -> Result<Vec<(u32, SequenceInfo)>> {
-        (0..knock_common::maps::MAX_SEQUENCES)
-            .map(|index| {
-                Ok((index, self.sequences.get(&index, 0).context("cannot read SEQUENCES")?))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for (index, info) in self.sequences.iter().enumerate() {
+            let info = info.context("cannot read SEQUENCES")?;
+            if info.valid_until_ns != 0 {
+                out.push((index as u32, info));
+            }
+        }
+        Ok(out)
     }
 
     /// The always-allowed networks in the kernel.
@@ -232,24 +218,32 @@ impl Tables {
         let stale: Vec<UsedKey> =
             self.used.keys().filter_map(|k| k.ok()).filter(|k| !keep(k)).collect();
         for key in stale {
-            match self.used.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(err) => return Err(err).context("cannot remove from USED"),
-            }
+            removed(self.used.remove(&key), MAP_USED)?;
         }
         Ok(())
     }
 
-    /// Knocks in progress (entries of the LRU state map, finished ones included).
-    pub fn knock_states(&self) -> usize {
-        self.knock_state.keys().filter(|k| k.is_ok()).count()
+    /// Entries of the knock-state map (finished knocks included).
+    pub fn knock_states(&self) -> Result<Vec<(SourceKey, KnockState)>> {
+        self.knock_state.iter().map(|entry| entry.context("cannot read KNOCK_STATE")).collect()
+    }
+
+    /// Every source prefix's failed-knock word.
+    pub fn misses(&self) -> Result<Vec<(PrefixKey, u64)>> {
+        self.misses.iter().map(|entry| entry.context("cannot read MISSES")).collect()
+    }
+
+    /// Every used-sequence record.
+    pub fn used(&self) -> Result<Vec<(UsedKey, u64)>> {
+        self.used.iter().map(|entry| entry.context("cannot read USED")).collect()
     }
 
     /// Follows already established TCP connections (to a port about to be
-    /// protected) as if they had been admitted now.
+    /// protected) as if they had been admitted now; their first packet
+    /// teaches the flow its sequence numbers.
     pub fn seed_flows(&mut self, keys: &[FlowKey], now_ns: u64) -> Result<()> {
         for key in keys {
-            let entry = FlowEntry { last_seen_ns: now_ns, closing_until_ns: 0 };
+            let entry = FlowEntry { last_seen_ns: now_ns, ..FlowEntry::default() };
             self.flows.insert(key, entry, 0).context("cannot write FLOWS")?;
         }
         Ok(())
@@ -259,17 +253,36 @@ impl Tables {
         self.flows.iter().map(|entry| entry.context("cannot read FLOWS")).collect()
     }
 
-    /// Ends every flow whose source matches; returns how many.
-    pub fn end_flows(&mut self, matches: impl Fn(&FlowKey) -> bool) -> Result<usize> {
-        let doomed: Vec<FlowKey> =
-            self.flows.keys().filter_map(|k| k.ok()).filter(|k| matches(k)).collect();
+    /// Ends every flow `matches` picks; returns how many.
+    pub fn end_flows(&mut self, matches: impl Fn(&FlowKey, &FlowEntry) -> bool) -> Result<usize> {
+        let doomed: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(key, entry)| matches(key, entry))
+            .map(|(key, _)| key)
+            .collect();
         for key in &doomed {
-            match self.flows.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(err) => return Err(err).context("cannot remove from FLOWS"),
-            }
+            removed(self.flows.remove(key), MAP_FLOWS)?;
         }
         Ok(doomed.len())
+    }
+
+    /// Deletes allow entries `doomed` picks; returns their sources.
+    pub fn remove_allowed(
+        &mut self,
+        doomed: impl Fn(&SourceKey, &AllowEntry) -> bool,
+    ) -> Result<Vec<SourceKey>> {
+        let keys: Vec<SourceKey> = self
+            .allowed()?
+            .into_iter()
+            .filter(|(key, entry)| doomed(key, entry))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &keys {
+            removed(self.allow.remove(key), MAP_ALLOW)?;
+        }
+        Ok(keys)
     }
 
     /// Makes exactly `nets` always allowed.
@@ -284,18 +297,15 @@ impl Tables {
                 .with_context(|| format!("cannot allow {net}"))?;
         }
         for net in before.difference(nets) {
-            match self.allow_nets.remove(&net_key(net)) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(err) => return Err(err).with_context(|| format!("cannot remove {net}")),
-            }
+            removed(self.allow_nets.remove(&net_key(net)), MAP_ALLOW_NETS)
+                .with_context(|| format!("cannot remove {net}"))?;
         }
         Ok(())
     }
-}
 
-impl Tables {
-    /// Forgets every source, flow, knock in progress and used sequence, and
-    /// every installed sequence; protected ports and settings stay.
+    /// Forgets every source, flow, knock in progress, failed-knock record
+    /// and used sequence, and every installed sequence; protected ports and
+    /// settings stay.
     pub fn forget_runtime_state(&mut self) -> Result<()> {
         fn clear<K: aya::Pod, V: aya::Pod>(
             map: &mut HashMap<MapData, K, V>,
@@ -303,10 +313,7 @@ impl Tables {
         ) -> Result<()> {
             let keys: Vec<K> = map.keys().filter_map(|k| k.ok()).collect();
             for key in keys {
-                match map.remove(&key) {
-                    Ok(()) | Err(MapError::KeyNotFound) => {}
-                    Err(err) => return Err(err).with_context(|| format!("cannot clear {name}")),
-                }
+                removed(map.remove(&key), name)?;
             }
             Ok(())
         }
@@ -314,11 +321,30 @@ impl Tables {
         clear(&mut self.flows, MAP_FLOWS)?;
         clear(&mut self.knock_state, MAP_KNOCK_STATE)?;
         clear(&mut self.used, MAP_USED)?;
-        clear(&mut self.knock_steps, MAP_KNOCK_STEPS)?;
-        for index in 0..knock_common::maps::MAX_SEQUENCES {
-            self.set_sequence(index, SequenceInfo::default())?;
+        clear(&mut self.misses, MAP_MISSES)?;
+        clear(&mut self.knock_edges, MAP_KNOCK_EDGES)?;
+        for (index, _) in self.sequences()? {
+            self.sequences
+                .set(index, SequenceInfo::default(), 0)
+                .context("cannot write SEQUENCES")?;
         }
         Ok(())
+    }
+}
+
+impl KnockSink for KernelMaps {
+    type Error = anyhow::Error;
+
+    fn set_edge(&mut self, key: &EdgeKey, edge: &Edge) -> Result<()> {
+        self.knock_edges.insert(key, edge, 0).context("cannot write KNOCK_EDGES")
+    }
+
+    fn remove_edge(&mut self, key: &EdgeKey) -> Result<()> {
+        removed(self.knock_edges.remove(key), MAP_KNOCK_EDGES)
+    }
+
+    fn set_sequence(&mut self, index: u32, info: &SequenceInfo) -> Result<()> {
+        self.sequences.set(index, info, 0).context("cannot write SEQUENCES")
     }
 }
 
@@ -329,5 +355,5 @@ fn net_key(net: &Cidr) -> Key<NetKey> {
 
 /// A TCP flow key, for seeding established connections.
 pub fn tcp_flow(src: IpAddr, src_port: u16, dst_port: u16) -> FlowKey {
-    FlowKey { src: SourceKey::from(src), src_port, dst_port, proto: PROTO_TCP, _pad: [0; 3] }
+    FlowKey::new(SourceKey::from(src), src_port, dst_port, Proto::Tcp)
 }

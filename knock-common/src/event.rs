@@ -1,0 +1,94 @@
+//! What the program tells the daemon through the ring buffer.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::source::SourceKey;
+
+/// What happened to a knock.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EventKind {
+    /// A knock matched; `step` knocks so far.
+    Progress = 1,
+    /// A sequence completed and the source was admitted.
+    Opened = 2,
+    /// A sequence completed but had been used already.
+    Replay = 3,
+    /// A packet that does not continue the sequence ended the attempt.
+    Reset = 4,
+    /// The attempt took longer than the knock timeout.
+    Timeout = 5,
+    /// The sequence completed outside the validity of its slot.
+    Stale = 6,
+    /// Completed, but the allow map was full.
+    AllowFull = 7,
+    /// The source's prefix used up its failed-knock budget: its knocks are
+    /// ignored for a while.
+    Limited = 8,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 8] = [
+        EventKind::Progress,
+        EventKind::Opened,
+        EventKind::Replay,
+        EventKind::Reset,
+        EventKind::Timeout,
+        EventKind::Stale,
+        EventKind::AllowFull,
+        EventKind::Limited,
+    ];
+
+    pub fn from_u32(value: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| *kind as u32 == value)
+    }
+
+    /// Stable name used in logs, the audit trail and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventKind::Progress => "progress",
+            EventKind::Opened => "opened",
+            EventKind::Replay => "replay",
+            EventKind::Reset => "reset",
+            EventKind::Timeout => "timeout",
+            EventKind::Stale => "stale",
+            EventKind::AllowFull => "allow_full",
+            EventKind::Limited => "limited",
+        }
+    }
+
+    /// Refusals are what anybody can cause at will (a spoofed first knock
+    /// followed by any packet is a reset): they are logged on a budget, and
+    /// may fill the ring buffer only halfway so an opening always finds room.
+    pub const fn is_refusal(self) -> bool {
+        !matches!(self, EventKind::Progress | EventKind::Opened)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Event {
+    /// An [`EventKind`].
+    pub kind: u32,
+    /// The client's id when known (0 otherwise).
+    pub client: u32,
+    /// The slot of the sequence when known.
+    pub slot: u64,
+    pub source: SourceKey,
+    /// Knocks matched when the event happened.
+    pub step: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_and_have_distinct_names() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::from_u32(kind as u32), Some(kind));
+            assert_eq!(EventKind::ALL.iter().filter(|k| k.name() == kind.name()).count(), 1);
+        }
+        assert_eq!(EventKind::from_u32(0), None);
+    }
+}
