@@ -96,8 +96,9 @@ impl KnockRecord {
         self.sent.iter().any(|(addr, slots)| *addr != server && slots.contains(&slot))
     }
 
-    /// Remembers that `slot` went to `server`, forgetting slots below
-    /// `oldest_live` (no server accepts them any more), and saves the record.
+    /// Remembers that `slot` went to `server` (for the rest of this run even
+    /// when there is no file), forgetting slots below `oldest_live` (no
+    /// server accepts them any more), and saves the record.
     /// The file is read again first, so a knock running at the same time
     /// loses nothing but what it wrote in the same instant.
     pub fn remember(&mut self, server: IpAddr, slot: u64, oldest_live: u64) {
