@@ -11,7 +11,7 @@ use std::{
 };
 
 use knock_tests::{
-    lab::{CLIENT_V4, Entry, Instance, Lab, SERVER_V4, parse_sequence},
+    lab::{CLIENT_V4, Entry, Instance, Lab, SERVER_V4, eventually, parse_sequence},
     privileged,
 };
 
@@ -259,6 +259,10 @@ fn removing_a_client_ends_its_connections_and_knocks_and_the_log_shows_it_all() 
     let knocked = out.lines().rev().find_map(|l| l.strip_prefix("knocked ")).expect(&out);
     let ports = knocked.split_once(": ").unwrap().1.split(" (").next().unwrap();
     lab.send_knocks(CLIENT_V4, SERVER_V4, &parse_sequence(ports), Duration::from_millis(20));
+    // The daemon names the client only while it exists.
+    eventually("the replay is never logged", || {
+        knock.daemon_log().contains("replayed sequence refused")
+    });
     let out = knock.ok(&["client", "remove", "temp"]);
     assert!(out.contains("revoked 10.201.0.2"), "{out}");
     assert!(!session.exchange(), "the client's connection survived its removal");
