@@ -139,10 +139,13 @@ pub struct Outcome {
 /// Knocks on `target` with `profile`, reporting each try (the line `knock`
 /// prints) to `on_try`.
 ///
-/// Every rotating sequence is sent at most once per server: the server
-/// admits a sequence once and refuses it afterwards as a replay. So a retry
-/// takes the next slot of [`slot_order`] that `record` has not seen sent to
-/// this server, in this run or an earlier one. A static sequence can be sent again. An
+/// A rotating sequence is sent at most once per server: the server admits a
+/// sequence once and refuses it afterwards as a replay. So a retry takes the
+/// next slot of [`slot_order`] that `record` has not seen sent to this
+/// server, in this run or an earlier one. A run that leaves the port
+/// filtered forgets its slots again: none of them let us in, and they most
+/// likely never counted (knocks lost on the way, a mistyped passphrase), so
+/// a later run may use them. A static sequence can be sent again. An
 /// authenticator profile has the code of one 30-second step; which one is
 /// not known, so its tries take the code as that of each accepted step in
 /// turn.
@@ -160,6 +163,7 @@ pub fn knock(
         Knock::Static { .. } => (None, false),
     };
     let started = Instant::now();
+    let mut sent: Vec<u64> = Vec::new();
     let mut outcome = Outcome { tries: 0, elapsed: Duration::ZERO, port: None, exhausted: false };
     loop {
         let now = options
@@ -199,6 +203,7 @@ pub fn knock(
         send(target, &steps, options.delay)?;
         outcome.tries += 1;
         if let (Some(slot), Some(slot_secs)) = (slot, slot_secs) {
+            sent.push(slot);
             let live = now.as_secs() / u64::from(slot_secs);
             let real = unix_secs(SystemTime::now())? / u64::from(slot_secs);
             record.remember(target, slot, live.min(real).saturating_sub(1));
@@ -215,6 +220,9 @@ pub fn knock(
         if state != PortState::Filtered || outcome.tries > options.retries {
             break;
         }
+    }
+    if matches!(outcome.port, Some((_, PortState::Filtered))) {
+        record.forget(target, &sent);
     }
     outcome.elapsed = started.elapsed();
     Ok(outcome)

@@ -99,10 +99,29 @@ impl KnockRecord {
     /// Remembers that `slot` went to `server` (for the rest of this run even
     /// when there is no file), forgetting slots below `oldest_live` (no
     /// server accepts them any more), and saves the record.
-    /// The file is read again first, so a knock running at the same time
-    /// loses nothing but what it wrote in the same instant.
     pub fn remember(&mut self, server: IpAddr, slot: u64, oldest_live: u64) {
-        self.sent.entry(server).or_default().insert(slot);
+        self.update(|sent| {
+            sent.entry(server).or_default().insert(slot);
+            for slots in sent.values_mut() {
+                slots.retain(|&s| s >= oldest_live);
+            }
+        });
+    }
+
+    /// Forgets that `slots` went to `server`, and saves the record.
+    pub fn forget(&mut self, server: IpAddr, slots: &[u64]) {
+        self.update(|sent| {
+            if let Some(sent) = sent.get_mut(&server) {
+                sent.retain(|s| !slots.contains(s));
+            }
+        });
+    }
+
+    /// Applies `change` to the record and saves it. The file is read again
+    /// first, so a knock running at the same time loses nothing but what it
+    /// wrote in the same instant.
+    fn update(&mut self, change: impl Fn(&mut BTreeMap<IpAddr, BTreeSet<u64>>)) {
+        change(&mut self.sent);
         let Some(path) = self.path.clone() else {
             return;
         };
@@ -110,9 +129,7 @@ impl KnockRecord {
             for (addr, slots) in on_disk {
                 self.sent.entry(addr).or_default().extend(slots);
             }
-        }
-        for slots in self.sent.values_mut() {
-            slots.retain(|&s| s >= oldest_live);
+            change(&mut self.sent);
         }
         self.sent.retain(|_, slots| !slots.is_empty());
         if let Err(err) = write(&path, &self.sent) {
@@ -272,8 +289,13 @@ mod tests {
         assert!(again.sent_elsewhere(b, 100) && !again.sent_elsewhere(a, 100));
         // Slots below the oldest live one go; a server with none left goes.
         again.remember(a, 103, 101);
-        let third = KnockRecord::open(Some(&dir), &profile);
+        let mut third = KnockRecord::open(Some(&dir), &profile);
         assert!(!third.sent_to(a, 100) && third.sent_to(a, 103) && third.sent_to(b, 101));
+        third.remember(a, 102, 101);
+        third.forget(a, &[102, 101]);
+        assert!(!third.sent_to(a, 102) && third.sent_to(a, 103) && third.sent_to(b, 101));
+        let fourth = KnockRecord::open(Some(&dir), &profile);
+        assert!(!fourth.sent_to(a, 102) && fourth.sent_to(a, 103) && fourth.sent_to(b, 101));
 
         // One file, private, and the secret is neither in its name nor in it.
         let files: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();

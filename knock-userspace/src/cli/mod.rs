@@ -154,8 +154,9 @@ pub enum Command {
     /// of the current slot and the slots either side, each of which opens the
     /// door once. Which slots went to which server is remembered per profile
     /// (in --slots-dir), so a second knock in the same slot, from a new
-    /// address, takes an unused one at once. A static sequence is simply sent
-    /// again.
+    /// address, takes an unused one at once; a run that left the port
+    /// filtered forgets its slots (a lost knock or a mistyped passphrase never
+    /// used them). A static sequence is simply sent again.
     ///
     /// Authenticator profiles: the code belongs to one 30-second step, so the
     /// retries take it as the code of the current, the previous and the next

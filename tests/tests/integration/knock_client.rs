@@ -101,6 +101,11 @@ fn check_knocks_again_with_the_next_slot_when_this_one_was_used_elsewhere() {
     assert_eq!(knocked_slots(&stdout), [slot], "{stdout}");
     assert_eq!(results(&stdout), [(format!("{SERVER_V4}:{SERVICE}"), "filtered".into(), 1)]);
     assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "a replay opened the door");
+    // A run that stayed filtered forgets its slots: they may never have arrived.
+    let files: Vec<_> = fs::read_dir(&lab.slots_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let record = fs::read_to_string(&files[0]).unwrap();
+    assert!(!record.contains(&slot.to_string()), "{record}");
 
     // With retries, and no record to learn from (its directory cannot be
     // created): refused first, then in with the next slot. The record
