@@ -143,6 +143,8 @@ daemon_said() {
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/knock-xdp-demo.XXXXXX")
 STATE=$WORK/state
+# Where the knock client remembers the slots it used: here, not in ~/.local/state.
+export KNOCK_XDP_SLOTS_DIR=$WORK/slots
 mkdir -m 0700 "$STATE" "$WORK/www"
 echo "hello from behind the knock-xdp door" >"$WORK/www/index.html"
 

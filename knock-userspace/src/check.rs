@@ -46,15 +46,19 @@ pub fn check(host: &str, port: u16, timeout: Duration) -> Result<(SocketAddr, Po
         .with_context(|| format!("cannot resolve '{host}'"))?
         .next()
         .with_context(|| format!("'{host}' has no address"))?;
-    let state = match TcpStream::connect_timeout(&addr, timeout) {
-        Ok(_) => PortState::Open,
+    Ok((addr, probe(addr, timeout)?))
+}
+
+/// Probes one address: a TCP handshake, abandoned once it has an answer.
+pub fn probe(addr: SocketAddr, timeout: Duration) -> Result<PortState> {
+    match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(_) => Ok(PortState::Open),
         Err(err) => match err.kind() {
-            ErrorKind::ConnectionRefused => PortState::Closed,
+            ErrorKind::ConnectionRefused => Ok(PortState::Closed),
             ErrorKind::TimedOut | ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
-                PortState::Filtered
+                Ok(PortState::Filtered)
             }
-            _ => return Err(err).with_context(|| format!("cannot probe {addr}")),
+            _ => Err(err).with_context(|| format!("cannot probe {addr}")),
         },
-    };
-    Ok((addr, state))
+    }
 }

@@ -1,17 +1,27 @@
-//! The knock client: sends a profile's current sequence to a host.
+//! The knock client: sends a profile's sequence to a host and, with
+//! `--check`, knocks again with the next sequence the server accepts while
+//! the port stays filtered.
 
 use std::{
     net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs as _, UdpSocket},
     thread,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::{
+    check::{self, PortState},
+    knock_record::KnockRecord,
     ports::{Proto, ProtoPort},
-    profile::{Profile, knock_syntax},
+    profile::{Key, Knock, Profile, knock_syntax},
 };
+
+/// How long `--check` waits for the protected port to answer.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The door opens with the last knock; the probe gives that packet this long.
+const SETTLE: Duration = Duration::from_millis(100);
 
 /// Parses `--at`: RFC 3339 in UTC (`2026-11-25T12:00:00Z`).
 pub fn parse_time(text: &str) -> Result<SystemTime, String> {
@@ -81,4 +91,157 @@ pub fn steps_at(
 ) -> Result<(Option<u64>, Vec<ProtoPort>)> {
     let unix = unix_secs(at.unwrap_or_else(SystemTime::now))?;
     Ok((profile.slot_at(unix), profile.sequence_at(unix)?))
+}
+
+/// The slots whose sequences the server accepts at `now` (since the epoch),
+/// best first.
+///
+/// The server accepts the slots s-1, s and s+1 around its own current slot s,
+/// so our current slot is the best guess whatever the skew between the two
+/// clocks. Of the neighbours, the one on the side of the nearer boundary comes
+/// next: early in a slot, a server whose clock is behind ours is still in s-1
+/// and does not accept s+1 yet; late in a slot, one whose clock is ahead is
+/// already in s+1 and no longer accepts s-1.
+pub fn slot_order(now: Duration, slot_secs: u32) -> [u64; 3] {
+    let len = u128::from(slot_secs) * 1000;
+    let ms = now.as_millis();
+    let slot = (ms / len) as u64;
+    let (before, after) = (slot.saturating_sub(1), slot + 1);
+    if ms % len < len / 2 { [slot, before, after] } else { [slot, after, before] }
+}
+
+/// How to knock on one server.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Between two knocks of a sequence.
+    pub delay: Duration,
+    /// Probe this TCP port after the knock, and knock again while it is filtered.
+    pub check: Option<u16>,
+    /// Knocks after the first, while the port stays filtered.
+    pub retries: u32,
+    /// Knock as at this time (the same for every try) instead of now.
+    pub at: Option<SystemTime>,
+}
+
+/// How a knock on one server went.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome {
+    pub tries: u32,
+    /// From the first knock to the last probe.
+    pub elapsed: Duration,
+    /// With `--check`: the port as the last probe found it.
+    pub port: Option<(SocketAddr, PortState)>,
+    /// The port stayed filtered and the server accepts no sequence that was
+    /// not tried yet.
+    pub exhausted: bool,
+}
+
+/// Knocks on `target` with `profile`, reporting each try (the line `knock`
+/// prints) to `on_try`.
+///
+/// A rotating sequence is sent at most once per server: the server admits a
+/// sequence once and refuses it afterwards as a replay. So a retry takes the
+/// next slot of [`slot_order`] that `record` has not seen sent to this
+/// server, in this run or an earlier one. A run that leaves the port
+/// filtered forgets its slots again: none of them let us in, and they most
+/// likely never counted (knocks lost on the way, a mistyped passphrase), so
+/// a later run may use them. A static sequence can be sent again. An
+/// authenticator profile has the code of one 30-second step; which one is
+/// not known, so its tries take the code as that of each accepted step in
+/// turn.
+pub fn knock(
+    profile: &Profile,
+    record: &mut KnockRecord,
+    target: IpAddr,
+    options: &Options,
+    mut on_try: impl FnMut(&str),
+) -> Result<Outcome> {
+    let (slot_secs, totp) = match &profile.knock {
+        Knock::Rotating { slot_secs, key, .. } => {
+            (Some(*slot_secs), matches!(key, Key::Totp { .. }))
+        }
+        Knock::Static { .. } => (None, false),
+    };
+    let started = Instant::now();
+    let mut sent: Vec<u64> = Vec::new();
+    let mut outcome = Outcome { tries: 0, elapsed: Duration::ZERO, port: None, exhausted: false };
+    loop {
+        let now = options
+            .at
+            .unwrap_or_else(SystemTime::now)
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| anyhow!("time before 1970"))?;
+        let slot = match slot_secs {
+            None => None,
+            Some(slot_secs) => {
+                let order = slot_order(now, slot_secs);
+                let fresh: Vec<u64> =
+                    order.into_iter().filter(|s| !record.sent_to(target, *s)).collect();
+                // A slot sent to another address may have gone to this very
+                // server (its IPv4 and IPv6 addresses, say), where it would
+                // be a replay: prefer one sent nowhere. Not for an
+                // authenticator code, which fits one step only.
+                let best = fresh
+                    .iter()
+                    .find(|s| totp || !record.sent_elsewhere(target, **s))
+                    .or(fresh.first());
+                match best {
+                    Some(&slot) => Some(slot),
+                    None if outcome.tries > 0 => {
+                        outcome.exhausted = true;
+                        break;
+                    }
+                    None => bail!(
+                        "every sequence {target} accepts now (slots {}) was sent from here already, and each opens the door once; the next one is accepted in {} s",
+                        order.map(|s| s.to_string()).join(", "),
+                        u64::from(slot_secs) - now.as_secs() % u64::from(slot_secs)
+                    ),
+                }
+            }
+        };
+        let steps = profile.sequence_for_slot(slot.unwrap_or(0))?;
+        send(target, &steps, options.delay)?;
+        outcome.tries += 1;
+        if let (Some(slot), Some(slot_secs)) = (slot, slot_secs) {
+            sent.push(slot);
+            let live = now.as_secs() / u64::from(slot_secs);
+            let real = unix_secs(SystemTime::now())? / u64::from(slot_secs);
+            record.remember(target, slot, live.min(real).saturating_sub(1));
+        }
+        let label = slot.map_or_else(|| "static".to_owned(), |s| format!("slot {s}"));
+        on_try(&format!("knocked {target}: {} ({label})", sequence_line(&steps)));
+        let Some(port) = options.check else {
+            break;
+        };
+        thread::sleep(SETTLE);
+        let addr = SocketAddr::new(target, port);
+        let state = check::probe(addr, CHECK_TIMEOUT)?;
+        outcome.port = Some((addr, state));
+        if state != PortState::Filtered || outcome.tries > options.retries {
+            break;
+        }
+    }
+    if matches!(outcome.port, Some((_, PortState::Filtered))) {
+        record.forget(target, &sent);
+    }
+    outcome.elapsed = started.elapsed();
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_current_slot_first_then_the_neighbour_across_the_nearer_boundary() {
+        let at = |secs: u64, ms: u64| Duration::from_secs(secs) + Duration::from_millis(ms);
+        assert_eq!(slot_order(at(300, 0), 30), [10, 9, 11]);
+        assert_eq!(slot_order(at(314, 999), 30), [10, 9, 11]);
+        assert_eq!(slot_order(at(315, 0), 30), [10, 11, 9]);
+        assert_eq!(slot_order(at(329, 999), 30), [10, 11, 9]);
+        assert_eq!(slot_order(at(330, 0), 30), [11, 10, 12]);
+        // One-second slots split at 500 ms.
+        assert_eq!(slot_order(at(7, 499), 1), [7, 6, 8]);
+        assert_eq!(slot_order(at(7, 500), 1), [7, 8, 6]);
+    }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod knock;
+pub mod knock_record;
 pub mod loader;
 pub mod maps;
 pub mod nets;

@@ -88,6 +88,16 @@ pub struct Lab {
     /// The server's end of the veth pair (inside `server`).
     pub server_if: String,
     pub client_if: String,
+    /// Where `knock` in the client namespace remembers the slots it used
+    /// (`--slots-dir`): one per lab, so tests never share one or write to
+    /// the home directory. Removed with the lab.
+    pub slots_dir: PathBuf,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.slots_dir);
+    }
 }
 
 impl Lab {
@@ -113,7 +123,9 @@ impl Lab {
             let _ = Command::new("ip").args(["link", "del", &server_if]).status();
             panic!("cannot move the veth pair into the namespaces");
         }
-        let lab = Self { id, server, client, server_if, client_if };
+        let slots_dir = std::env::temp_dir().join(format!("knock-slots-{id}"));
+        let _ = fs::remove_dir_all(&slots_dir);
+        let lab = Self { id, server, client, server_if, client_if, slots_dir };
         lab.server.ip(&["addr", "add", &format!("{SERVER_V4}/24"), "dev", &lab.server_if]);
         lab.server.ip(&["addr", "add", &format!("{SERVER_V6}/64"), "dev", &lab.server_if, "nodad"]);
         lab.client.ip(&["addr", "add", &format!("{CLIENT_V4}/24"), "dev", &lab.client_if]);
@@ -306,12 +318,14 @@ impl Lab {
         self.client_cli_env(args, &[])
     }
 
-    /// The same, with extra environment variables.
+    /// The same, with extra environment variables (which may replace
+    /// `KNOCK_XDP_SLOTS_DIR`).
     pub fn client_cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new("ip")
             .args(["netns", "exec", &self.client.name])
             .arg(binary())
             .args(args)
+            .env("KNOCK_XDP_SLOTS_DIR", &self.slots_dir)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()

@@ -13,11 +13,13 @@ mod client;
 mod system;
 
 use crate::{
-    audit, check,
+    audit,
+    check::{self, PortState},
     config::{Config, FailedKnocks},
     control::{self, Changed, Listing, Request, Status, Unreachable},
     daemon::{self, AttachOptions},
     knock,
+    knock_record::KnockRecord,
     loader::{self, Mode},
     nets::Cidr,
     ports::{self, PortSpec, Proto, ProtoPort},
@@ -148,20 +150,49 @@ pub enum Command {
     /// Manage the clients allowed to knock.
     #[command(subcommand)]
     Client(ClientCommand),
-    /// Send a profile's current knock sequence to HOST.
+    /// Send a profile's current knock sequence to each HOST, in turn.
     ///
-    /// Exit status: 0 when sent (with --check: 0 open, 3 closed, 4 filtered).
+    /// With --check PORT, knock again while PORT stays filtered (a knock lost
+    /// on the way, or this slot's sequence already used from another
+    /// address), each time with another sequence the server accepts: those
+    /// of the current slot and the slots either side, each of which opens the
+    /// door once. Which slots went to which server is remembered per profile
+    /// (in --slots-dir), so a second knock in the same slot, from a new
+    /// address, takes an unused one at once; a run that left the port
+    /// filtered forgets its slots (a lost knock or a mistyped passphrase never
+    /// used them). A static sequence is simply sent again.
+    ///
+    /// Authenticator profiles: the code belongs to one 30-second step, so the
+    /// retries take it as the code of the current, the previous and the next
+    /// step in turn (a code read just before the step changed). A code that
+    /// was already used, here or elsewhere, cannot be retried: knock again
+    /// with the next code.
+    ///
+    /// Exit status: 0 when sent; with --check, 0 open, 3 closed, 4 filtered;
+    /// 1 on errors. With several hosts, each is knocked (and checked) even
+    /// when another fails, and the status is the worst of them: errors, then
+    /// filtered, then closed.
     Knock {
-        /// Address or host name of the server.
-        host: String,
+        /// Addresses or host names of the servers.
+        #[arg(value_name = "HOST", required = true)]
+        hosts: Vec<String>,
         #[command(flatten)]
         profile: ProfileArgs,
         /// Milliseconds between knocks.
         #[arg(long, value_name = "MS", default_value_t = 50)]
         delay: u64,
-        /// Afterwards, report whether this TCP port is reachable.
+        /// Afterwards, report whether this TCP port is reachable (and knock
+        /// again while it is filtered).
         #[arg(long, value_name = "PORT", value_parser = parse_port_arg)]
         check: Option<u16>,
+        /// With --check: knock at most this many more times while the port
+        /// stays filtered.
+        #[arg(long, value_name = "N", default_value_t = 2, requires = "check")]
+        retries: u32,
+        /// Where the slots each profile used are remembered (default
+        /// $XDG_STATE_HOME/knock-xdp, or ~/.local/state/knock-xdp).
+        #[arg(long, value_name = "DIR", env = "KNOCK_XDP_SLOTS_DIR")]
+        slots_dir: Option<PathBuf>,
     },
     /// Recent door openings and refusals (replays, resets, timeouts), per client.
     Log {
@@ -458,22 +489,22 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Log { json, client, lines } => {
             audit::print(&state, json, client.as_deref(), lines)?
         }
-        Command::Knock { host, profile: args, delay, check } => {
+        Command::Knock { hosts, profile: args, delay, check, retries, slots_dir } => {
             let profile = load_profile(&args)?;
-            let at = args.at;
-            let target = knock::resolve(&host)?;
-            let (slot, steps) = knock::steps_at(&profile, at)?;
-            knock::send(target, &steps, Duration::from_millis(delay))?;
-            let slot = slot.map_or_else(|| "static".to_owned(), |s| format!("slot {s}"));
-            println!("knocked {target}: {} ({slot})", knock::sequence_line(&steps));
-            if let Some(port) = check {
-                // The door opens with the last knock; give the packet a moment.
-                std::thread::sleep(Duration::from_millis(100));
-                let (addr, port_state) =
-                    check::check(&target.to_string(), port, Duration::from_secs(2))?;
-                println!("{addr} {}", port_state.as_str());
-                return Ok(ExitCode::from(port_state.exit_code()));
+            let mut record = KnockRecord::open(slots_dir.as_deref(), &profile);
+            let options =
+                knock::Options { delay: Duration::from_millis(delay), check, retries, at: args.at };
+            let mut worst = Worst::default();
+            for host in &hosts {
+                match knock_host(&profile, &mut record, host, &options) {
+                    Ok(state) => worst.add(state),
+                    Err(err) => {
+                        eprintln!("knock-xdp: {err:#}");
+                        worst.error = true;
+                    }
+                }
             }
+            return Ok(worst.exit_code());
         }
         Command::Sequence { profile: args } => {
             let profile = load_profile(&args)?;
@@ -516,6 +547,66 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Knocks on one host; with `--check`, the state its port was left in.
+fn knock_host(
+    profile: &Profile,
+    record: &mut KnockRecord,
+    host: &str,
+    options: &knock::Options,
+) -> Result<Option<PortState>> {
+    let target = knock::resolve(host)?;
+    let outcome = knock::knock(profile, record, target, options, |line| println!("{line}"))?;
+    let Some((addr, state)) = outcome.port else {
+        return Ok(None);
+    };
+    let tries = if outcome.tries == 1 { "try" } else { "tries" };
+    println!(
+        "{addr} {} after {} {tries} ({:.1} s)",
+        state.as_str(),
+        outcome.tries,
+        outcome.elapsed.as_secs_f64()
+    );
+    if state == PortState::Filtered {
+        if outcome.exhausted {
+            eprintln!(
+                "knock-xdp: {addr} stayed filtered, and {target} accepts no other sequence now"
+            );
+        }
+        if profile.kind() == "totp" {
+            eprintln!(
+                "knock-xdp: an authenticator code opens the door once: knock again with the next code"
+            );
+        }
+    }
+    Ok(Some(state))
+}
+
+/// The worst outcome of several knocks, for the exit status.
+#[derive(Default)]
+struct Worst {
+    state: Option<PortState>,
+    error: bool,
+}
+
+impl Worst {
+    fn add(&mut self, state: Option<PortState>) {
+        // The exit codes rise with the harm: 0 open, 3 closed (the door
+        // opened, nothing listens), 4 filtered.
+        let rank = |s: Option<PortState>| s.map_or(0, PortState::exit_code);
+        if rank(state) > rank(self.state) {
+            self.state = state;
+        }
+    }
+
+    fn exit_code(&self) -> ExitCode {
+        if self.error {
+            ExitCode::FAILURE
+        } else {
+            self.state.map_or(ExitCode::SUCCESS, |s| ExitCode::from(s.exit_code()))
+        }
+    }
 }
 
 /// `allow CIDR --permanent`: through the daemon, or into the state file.

@@ -49,6 +49,11 @@ const MISTAKES: &[(&[&str], &str)] = &[
     (&["knock", "127.0.0.1"], "required"),
     (&["knock", "127.0.0.1", "--profile", "knock-xdp:profile?v=1&name=x&bogus=1"], "unknown field"),
     (&["knock", "127.0.0.1", "--profile", "x", "--code", "12345"], "6 digits"),
+    (&["knock", "127.0.0.1", "--profile", "x", "--retries", "1"], "--check"),
+    (
+        &["knock", "127.0.0.1", "--profile", "x", "--check", "22", "--retries", "many"],
+        "invalid value",
+    ),
     (&["client", "show", "nobody"], "no client named 'nobody'"),
     (&["client", "add", "a", "--totp", "--static", "1,2"], "cannot be used with"),
     (&["client", "add", "a", "--pin-file", "/nonexistent"], "--totp"),

@@ -8,6 +8,7 @@ mod crafted;
 mod differential;
 mod end_to_end;
 mod faults;
+mod knock_client;
 mod knocking;
 mod onboarding;
 mod program;

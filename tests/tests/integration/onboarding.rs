@@ -11,7 +11,7 @@ use std::{
 };
 
 use knock_tests::{
-    lab::{CLIENT_V4, Entry, Instance, Lab, SERVER_V4},
+    lab::{CLIENT_V4, Entry, Instance, Lab, SERVER_V4, eventually, parse_sequence},
     privileged,
 };
 
@@ -254,8 +254,15 @@ fn removing_a_client_ends_its_connections_and_knocks_and_the_log_shows_it_all() 
     let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).unwrap();
     assert!(session.exchange());
 
-    // A replay from the same source is refused and logged.
-    let (_, _) = knock_with(&lab, &["--profile", profile]);
+    // A replay from the same source is refused and logged. knock-xdp itself
+    // never sends a sequence twice, so the replay goes out from raw sockets.
+    let knocked = out.lines().rev().find_map(|l| l.strip_prefix("knocked ")).expect(&out);
+    let ports = knocked.split_once(": ").unwrap().1.split(" (").next().unwrap();
+    lab.send_knocks(CLIENT_V4, SERVER_V4, &parse_sequence(ports), Duration::from_millis(20));
+    // The daemon names the client only while it exists.
+    eventually("the replay is never logged", || {
+        knock.daemon_log().contains("replayed sequence refused")
+    });
     assert_eq!(knock.status()["sequences"], 4);
     let out = knock.ok(&["client", "remove", "temp"]);
     assert!(out.contains("sources it admitted revoked: 1"), "{out}");
