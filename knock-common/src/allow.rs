@@ -10,6 +10,8 @@ pub enum AllowOrigin {
     Manual = 1,
     /// Completed a knock sequence.
     Knock = 2,
+    /// Sent a valid single-packet authorization.
+    Spa = 3,
 }
 
 impl AllowOrigin {
@@ -17,6 +19,7 @@ impl AllowOrigin {
         match value {
             1 => Some(AllowOrigin::Manual),
             2 => Some(AllowOrigin::Knock),
+            3 => Some(AllowOrigin::Spa),
             _ => None,
         }
     }
@@ -26,6 +29,7 @@ impl AllowOrigin {
         match self {
             AllowOrigin::Manual => "manual",
             AllowOrigin::Knock => "knock",
+            AllowOrigin::Spa => "spa",
         }
     }
 }
@@ -40,7 +44,7 @@ pub struct AllowEntry {
     pub deadline_ns: u64,
     /// An [`AllowOrigin`].
     pub origin: u32,
-    /// The client whose knock admitted the source (0 for manual entries).
+    /// The client whose knock or datagram admitted the source (0 for manual entries).
     pub client: u32,
 }
 

@@ -25,10 +25,15 @@ pub enum EventKind {
     /// The source's prefix used up its failed-knock budget: its knocks are
     /// ignored for a while.
     Limited = 8,
+    /// A single-packet authorization verified; the source (or the address
+    /// it named) was admitted. `slot` holds the datagram's UNIX time.
+    SpaOpened = 9,
+    /// A verified datagram whose nonce was seen before.
+    SpaReplay = 10,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Progress,
         EventKind::Opened,
         EventKind::Replay,
@@ -37,6 +42,8 @@ impl EventKind {
         EventKind::Stale,
         EventKind::AllowFull,
         EventKind::Limited,
+        EventKind::SpaOpened,
+        EventKind::SpaReplay,
     ];
 
     pub fn from_u32(value: u32) -> Option<Self> {
@@ -54,6 +61,8 @@ impl EventKind {
             EventKind::Stale => "stale",
             EventKind::AllowFull => "allow_full",
             EventKind::Limited => "limited",
+            EventKind::SpaOpened => "spa_opened",
+            EventKind::SpaReplay => "spa_replay",
         }
     }
 
@@ -61,7 +70,7 @@ impl EventKind {
     /// followed by any packet is a reset): they are logged on a budget, and
     /// may fill the ring buffer only halfway so an opening always finds room.
     pub const fn is_refusal(self) -> bool {
-        !matches!(self, EventKind::Progress | EventKind::Opened)
+        !matches!(self, EventKind::Progress | EventKind::Opened | EventKind::SpaOpened)
     }
 }
 

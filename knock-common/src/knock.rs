@@ -34,7 +34,8 @@ pub trait KnockMaps {
     fn set_misses(&self, prefix: &PrefixKey, tat_ns: u64);
     fn runtime(&self, word: Runtime) -> u64;
     fn set_runtime(&self, word: Runtime, value: u64);
-    fn settings(&self) -> Settings;
+    /// `None` only before the daemon wrote any: then nothing is admitted.
+    fn settings(&self) -> Option<&Settings>;
     fn emit(&self, event: &Event);
 }
 
@@ -55,8 +56,10 @@ pub enum Attempt {
 }
 
 /// Handles a connection attempt (a bare TCP SYN, or a UDP datagram) from
-/// `src` to a port in the knock space of `proto`.
-#[inline(always)]
+/// `src` to a port in the knock space of `proto`. A function of its own in
+/// the program (see `decide`).
+#[cfg_attr(target_arch = "bpf", inline(never))]
+#[cfg_attr(not(target_arch = "bpf"), inline(always))]
 pub fn on_attempt<M: KnockMaps>(
     m: &M,
     src: &SourceKey,
@@ -64,7 +67,9 @@ pub fn on_attempt<M: KnockMaps>(
     port: u16,
     now_ns: u64,
 ) -> Attempt {
-    let settings = m.settings();
+    let Some(settings) = m.settings() else {
+        return Attempt::Ignored;
+    };
     let rate = settings.miss_rate();
     let prefix = src.miss_prefix();
     let misses = m.misses(&prefix);
@@ -73,9 +78,9 @@ pub fn on_attempt<M: KnockMaps>(
     {
         return Attempt::Ignored;
     }
-    let attempt = walk(m, src, proto, port, now_ns, &settings);
+    let attempt = walk(m, src, proto, port, now_ns, settings);
     if attempt == Attempt::Missed {
-        charge(m, src, &prefix, misses, now_ns, &settings);
+        charge(m, src, &prefix, misses, now_ns, settings);
     }
     attempt
 }

@@ -4,8 +4,9 @@
 //! Everything the program runs is `no_std` plain data and code, so the XDP
 //! program, the daemon, the reference model and host tests all use the very
 //! same definitions and rules. The data path reads top to bottom:
-//! `decide` (the verdict) → `knock` (knock spaces, the trie walk, failed-knock
-//! limits) and `flow` (admitted connections) → the map layouts in `maps`,
+//! `decide` (the verdict) → `spa` (single-packet authorization, over
+//! `sha256`), `knock` (knock spaces, the trie walk, failed-knock limits)
+//! and `flow` (admitted connections) → the map layouts in `maps`,
 //! `source`, `trie`, `allow` and `event`. Userspace-only parts (the
 //! sequence builder, `aya::Pod` impls, serde and clap derives) sit behind
 //! the `std` and `user` features.
@@ -30,7 +31,9 @@ pub mod proto;
 pub mod secret;
 #[cfg(feature = "sequence")]
 pub mod sequence;
+pub mod sha256;
 pub mod source;
+pub mod spa;
 pub mod trie;
 
 pub use proto::{Proto, ProtoPort};

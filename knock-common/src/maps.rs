@@ -28,13 +28,19 @@ pub const MAP_USED: &str = "USED";
 pub const MAP_MISSES: &str = "MISSES";
 /// One [`Settings`], written by userspace before attaching.
 pub const MAP_SETTINGS: &str = "SETTINGS";
+/// Clients' SPA keys, an array indexed by client index → [`SpaKey`](crate::spa::SpaKey).
+pub const MAP_SPA_KEYS: &str = "SPA_KEYS";
+/// SPA nonces seen (LRU): [`NonceKey`](crate::spa::NonceKey) → boot ns.
+pub const MAP_SPA_NONCES: &str = "SPA_NONCES";
+/// Per-CPU room for checking one SPA datagram: [`Scratch`](crate::spa::Scratch).
+pub const MAP_SPA_SCRATCH: &str = "SPA_SCRATCH";
 /// Words the program and the daemon keep between packets, by [`Runtime`].
 pub const MAP_RUNTIME: &str = "RUNTIME";
 /// Ring buffer of [`Event`](crate::event::Event)s for the daemon.
 pub const MAP_EVENTS: &str = "EVENTS";
 
 /// Every map the object must expose; a test checks the loaded object against it.
-pub const ALL_MAPS: [&str; 13] = [
+pub const ALL_MAPS: [&str; 16] = [
     MAP_PORT_FLAGS,
     MAP_ALLOW,
     MAP_ALLOW_NETS,
@@ -45,6 +51,9 @@ pub const ALL_MAPS: [&str; 13] = [
     MAP_KNOCK_STATE,
     MAP_USED,
     MAP_MISSES,
+    MAP_SPA_KEYS,
+    MAP_SPA_NONCES,
+    MAP_SPA_SCRATCH,
     MAP_SETTINGS,
     MAP_RUNTIME,
     MAP_EVENTS,
@@ -85,6 +94,10 @@ pub const USED_MAX_ENTRIES: u32 = MAX_SEQUENCES * 4;
 /// Source prefixes whose failed knocks are counted. An LRU, so it is never
 /// full; see `limit` for why eviction buys an attacker nothing.
 pub const MISSES_MAX_ENTRIES: u32 = 65_536;
+/// Nonces of verified SPA datagrams. Only a datagram with a valid MAC
+/// enters, and one must be remembered for the skew window (±30 s by
+/// default): room for more than a thousand valid datagrams a second.
+pub const SPA_NONCES_MAX_ENTRIES: u32 = 65_536;
 /// Bytes of the event ring buffer.
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
@@ -99,6 +112,9 @@ pub mod port_flags {
     pub const KNOCK_SPACE_TCP: u32 = 1 << 2;
     /// The same for UDP datagrams.
     pub const KNOCK_SPACE_UDP: u32 = 1 << 3;
+    /// The port lies in some client's SPA range: a UDP datagram of the
+    /// right size to it is checked as a single-packet authorization.
+    pub const SPA_UDP: u32 = 1 << 4;
 }
 
 /// The daemon's settings, one entry in [`MAP_SETTINGS`].
@@ -122,6 +138,8 @@ pub struct Settings {
     /// its prefix the whole burst.
     pub global_miss_interval_ns: u64,
     pub global_miss_burst_ns: u64,
+    /// How far an SPA datagram's time may be from the server's.
+    pub spa_skew_secs: u64,
 }
 
 /// The words of [`MAP_RUNTIME`].
@@ -130,10 +148,13 @@ pub struct Settings {
 pub enum Runtime {
     /// GCRA time of the global failed-knock limit.
     GlobalMisses = 0,
+    /// UNIX time minus boot time, in ns: the daemon keeps it current, so
+    /// the program can check an SPA datagram's clock.
+    UnixOffset = 1,
 }
 
 impl Runtime {
-    pub const COUNT: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 impl Settings {
@@ -176,10 +197,13 @@ pub enum Counter {
     /// An attempt in a knock space from a source prefix over its failed-knock
     /// limit: ignored, then passed like any other.
     KnockLimited = 7,
+    /// A datagram of SPA size to an SPA port: checked, then passed to the
+    /// host like any datagram to a closed port, valid or not.
+    Spa = 8,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 9] = [
         Counter::Passed,
         Counter::DroppedProtected,
         Counter::PassedAllowed,
@@ -188,6 +212,7 @@ impl Counter {
         Counter::PassedFlow,
         Counter::PassedNetwork,
         Counter::KnockLimited,
+        Counter::Spa,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -202,6 +227,7 @@ impl Counter {
             Counter::PassedFlow => "passed_flow",
             Counter::PassedNetwork => "passed_network",
             Counter::KnockLimited => "knock_limited",
+            Counter::Spa => "spa",
         }
     }
 }

@@ -8,13 +8,14 @@ use std::{cell::RefCell, collections::HashMap, vec::Vec};
 
 use crate::{
     allow::AllowEntry,
-    decide::{Decision, Maps, Packet, Parsed, decide},
+    decide::{Decision, FrameBytes, Maps, Packet, Parsed, decide},
     event::{Event, EventKind},
     flow::{FlowEntry, FlowKey, Segment},
     knock::KnockMaps,
     maps::{Runtime, Settings},
     proto::{Proto, ProtoPort, tcp_flags},
     source::{PrefixKey, SourceKey},
+    spa::{NonceKey, Scratch, SpaKey, SpaMaps},
     trie::{Edge, EdgeKey, KnockSink, KnockState, KnockTable, SequenceInfo, UsedKey},
 };
 
@@ -29,6 +30,9 @@ pub struct Model {
     pub states: RefCell<HashMap<SourceKey, KnockState>>,
     pub used: RefCell<HashMap<UsedKey, u64>>,
     pub misses: RefCell<HashMap<PrefixKey, u64>>,
+    pub spa_keys: HashMap<u32, SpaKey>,
+    pub nonces: RefCell<HashMap<NonceKey, u64>>,
+    pub scratch: RefCell<Option<Scratch>>,
     pub runtime: RefCell<[u64; Runtime::COUNT as usize]>,
     pub events: RefCell<Vec<Event>>,
     pub flows: RefCell<HashMap<FlowKey, FlowEntry>>,
@@ -114,8 +118,40 @@ impl Model {
             Proto::Tcp => Segment::new(flags, 0, 0, 0),
             Proto::Udp => Segment::default(),
         };
-        let parsed = Parsed::Transport(Packet { src, proto, sport, dport, tcp });
-        decide(self, parsed, || now_ns)
+        let parsed = Parsed::Transport(Packet {
+            src,
+            proto,
+            sport,
+            dport,
+            tcp,
+            payload_len: 0,
+            ip_at: 0,
+            l4_at: 0,
+        });
+        decide(self, parsed, &Bytes::default(), || now_ns)
+    }
+
+    /// A UDP datagram from `src` to `server:dport` carrying `payload`.
+    pub fn datagram(
+        &self,
+        src: SourceKey,
+        server: SourceKey,
+        dport: u16,
+        payload: &[u8],
+        now_ns: u64,
+    ) -> Decision {
+        let pkt = Packet {
+            src,
+            proto: Proto::Udp,
+            sport: 40000,
+            dport,
+            tcp: Segment::default(),
+            payload_len: payload.len() as u16,
+            ip_at: 0,
+            l4_at: 0,
+        };
+        let bytes = Bytes { payload: payload.to_vec(), destination: Some(server) };
+        decide(self, Parsed::Transport(pkt), &bytes, || now_ns)
     }
 
     pub fn knock(&self, src: SourceKey, ports: &[u16], now_s: u64) {
@@ -135,6 +171,42 @@ impl Model {
 
     pub fn saw(&self, kind: EventKind) -> bool {
         self.events.borrow().iter().any(|e| e.kind == kind as u32)
+    }
+}
+
+/// The bytes of a frame as the model's callers give them.
+#[derive(Clone, Debug, Default)]
+pub struct Bytes {
+    pub payload: Vec<u8>,
+    pub destination: Option<SourceKey>,
+}
+
+impl FrameBytes for Bytes {
+    fn read_spa(&self, _: &Packet, scratch: &mut Scratch) -> bool {
+        let Ok(datagram) = self.payload.as_slice().try_into() else {
+            return false;
+        };
+        scratch.datagram = datagram;
+        scratch.server = self.destination.expect("the test gives the destination of SPA datagrams");
+        true
+    }
+}
+
+impl SpaMaps for Model {
+    fn spa_key(&self, index: u32) -> Option<&SpaKey> {
+        self.spa_keys.get(&index)
+    }
+    fn with_scratch<R>(&self, f: impl FnOnce(&mut Scratch) -> R) -> Option<R> {
+        let mut scratch = self.scratch.borrow_mut();
+        Some(f(scratch.get_or_insert_with(bytemuck::Zeroable::zeroed)))
+    }
+    fn insert_nonce(&self, key: &NonceKey, now_ns: u64) -> bool {
+        let mut nonces = self.nonces.borrow_mut();
+        if nonces.contains_key(key) {
+            return false;
+        }
+        nonces.insert(*key, now_ns);
+        true
     }
 }
 
@@ -218,8 +290,8 @@ impl KnockMaps for Model {
     fn set_runtime(&self, word: Runtime, value: u64) {
         self.runtime.borrow_mut()[word as usize] = value;
     }
-    fn settings(&self) -> Settings {
-        self.settings
+    fn settings(&self) -> Option<&Settings> {
+        Some(&self.settings)
     }
     fn emit(&self, event: &Event) {
         self.events.borrow_mut().push(*event);

@@ -14,3 +14,6 @@ unsafe impl aya::Pod for crate::trie::SequenceInfo {}
 unsafe impl aya::Pod for crate::trie::KnockState {}
 unsafe impl aya::Pod for crate::trie::UsedKey {}
 unsafe impl aya::Pod for crate::maps::Settings {}
+unsafe impl aya::Pod for crate::spa::SpaKey {}
+unsafe impl aya::Pod for crate::spa::NonceKey {}
+unsafe impl aya::Pod for crate::spa::Scratch {}

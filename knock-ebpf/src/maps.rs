@@ -15,10 +15,12 @@ use knock_common::{
     knock::KnockMaps,
     maps::{
         ALLOW_MAX_ENTRIES, ALLOW_NETS_MAX_ENTRIES, Counter, EVENTS_BYTES, FLOWS_MAX_ENTRIES,
-        KNOCK_EDGES_MAX_ENTRIES, KNOCK_STATE_MAX_ENTRIES, MAX_SEQUENCES, MISSES_MAX_ENTRIES,
-        PORT_COUNT, Runtime, Settings, USED_MAX_ENTRIES,
+        KNOCK_EDGES_MAX_ENTRIES, KNOCK_STATE_MAX_ENTRIES, MAX_CLIENTS, MAX_SEQUENCES,
+        MISSES_MAX_ENTRIES, PORT_COUNT, Runtime, SPA_NONCES_MAX_ENTRIES, Settings,
+        USED_MAX_ENTRIES,
     },
     source::{NetKey, PrefixKey, SourceKey},
+    spa::{NonceKey, Scratch, SpaKey, SpaMaps},
     trie::{Edge, EdgeKey, KnockState, SequenceInfo, UsedKey},
 };
 
@@ -53,6 +55,16 @@ static USED: HashMap<UsedKey, u64> = HashMap::with_max_entries(USED_MAX_ENTRIES,
 
 #[map]
 static MISSES: LruHashMap<PrefixKey, u64> = LruHashMap::with_max_entries(MISSES_MAX_ENTRIES, 0);
+
+#[map]
+static SPA_KEYS: Array<SpaKey> = Array::with_max_entries(MAX_CLIENTS, 0);
+
+#[map]
+static SPA_NONCES: LruHashMap<NonceKey, u64> =
+    LruHashMap::with_max_entries(SPA_NONCES_MAX_ENTRIES, 0);
+
+#[map]
+static SPA_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
@@ -92,6 +104,27 @@ impl Maps for BpfMaps {
         } else {
             let _ = FLOWS.insert(key, entry, u64::from(BPF_ANY));
         }
+    }
+}
+
+impl SpaMaps for BpfMaps {
+    #[inline(always)]
+    fn spa_key(&self, index: u32) -> Option<&SpaKey> {
+        SPA_KEYS.get(index)
+    }
+
+    #[inline(always)]
+    fn with_scratch<R>(&self, f: impl FnOnce(&mut Scratch) -> R) -> Option<R> {
+        let scratch = SPA_SCRATCH.get_ptr_mut(0)?;
+        // SAFETY: this CPU's slot; the program runs to completion on it
+        // before anything else can use the slot.
+        Some(f(unsafe { &mut *scratch }))
+    }
+
+    #[inline(always)]
+    fn insert_nonce(&self, key: &NonceKey, now_ns: u64) -> bool {
+        // BPF_NOEXIST: of two CPUs verifying the same datagram, one wins.
+        SPA_NONCES.insert(key, now_ns, u64::from(BPF_NOEXIST)).is_ok()
     }
 }
 
@@ -172,8 +205,8 @@ impl KnockMaps for BpfMaps {
     }
 
     #[inline(always)]
-    fn settings(&self) -> Settings {
-        SETTINGS.get(0).copied().unwrap_or_default()
+    fn settings(&self) -> Option<&Settings> {
+        SETTINGS.get(0)
     }
 
     #[inline(always)]

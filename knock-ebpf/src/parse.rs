@@ -10,9 +10,10 @@ use core::mem::size_of;
 use aya_ebpf::programs::XdpContext;
 use knock_common::{
     Proto,
-    decide::{Packet, Parsed},
+    decide::{FrameBytes, Packet, Parsed},
     flow::Segment,
-    source::SourceKey,
+    source::{FAMILY_V6, SourceKey},
+    spa,
 };
 
 /// 802.1Q and 802.1ad: one customer tag and one service tag (QinQ) is as deep
@@ -200,7 +201,7 @@ fn ipv4(ctx: &XdpContext, offset: usize) -> Parsed {
     }
     // IHL is 5..=15 words here, so the options are honoured, never assumed away.
     let ip_end = offset + usize::from(u16::from_be_bytes(total_len));
-    transport(ctx, offset + ihl * 4, ip_end, transport_proto, SourceKey::v4(src))
+    transport(ctx, (offset, offset + ihl * 4), ip_end, transport_proto, SourceKey::v4(src))
 }
 
 #[inline(always)]
@@ -216,13 +217,14 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
         return Parsed::Malformed;
     }
     let src = SourceKey::v6(src);
+    let ip = offset;
     let mut offset = offset + IPV6_HLEN;
     let ip_end = offset + usize::from(u16::from_be_bytes(payload_len));
 
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
-            IPPROTO_TCP => return transport(ctx, offset, ip_end, Proto::Tcp, src),
-            IPPROTO_UDP => return transport(ctx, offset, ip_end, Proto::Udp, src),
+            IPPROTO_TCP => return transport(ctx, (ip, offset), ip_end, Proto::Tcp, src),
+            IPPROTO_UDP => return transport(ctx, (ip, offset), ip_end, Proto::Udp, src),
             IPPROTO_FRAGMENT => {
                 let Some(frag) = read::<Ipv6FragHdr>(ctx, offset) else {
                     return Parsed::Malformed;
@@ -254,8 +256,8 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
     }
     match next {
         // The chain ended exactly at the limit on a transport header.
-        IPPROTO_TCP => transport(ctx, offset, ip_end, Proto::Tcp, src),
-        IPPROTO_UDP => transport(ctx, offset, ip_end, Proto::Udp, src),
+        IPPROTO_TCP => transport(ctx, (ip, offset), ip_end, Proto::Tcp, src),
+        IPPROTO_UDP => transport(ctx, (ip, offset), ip_end, Proto::Udp, src),
         // Still inside the chain: TCP/UDP may follow, so we cannot tell.
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
             Parsed::Malformed
@@ -273,26 +275,30 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
 #[inline(always)]
 fn transport(
     ctx: &XdpContext,
-    offset: usize,
+    (ip, offset): (usize, usize),
     ip_end: usize,
     proto: Proto,
     src: SourceKey,
 ) -> Parsed {
     // One bounds-checked read per header: the verifier tracks the range of
     // that one pointer, not of a second one derived from the same offset.
-    let (src_port, dst_port, tcp) = match proto {
+    let (src_port, dst_port, tcp, payload_len) = match proto {
         Proto::Tcp => match read::<TcpHdr>(ctx, offset) {
             Some(tcp) => {
                 let header_len = usize::from(tcp.data_offset >> 4) * 4;
                 let payload = ip_end.saturating_sub(offset).saturating_sub(header_len);
                 let seq = u32::from_be_bytes(tcp.seq);
                 let ack = u32::from_be_bytes(tcp.ack);
-                (tcp.src_port, tcp.dst_port, Segment::new(tcp.flags, seq, ack, payload as u32))
+                (tcp.src_port, tcp.dst_port, Segment::new(tcp.flags, seq, ack, payload as u32), 0)
             }
             None => return Parsed::Malformed,
         },
         Proto::Udp => match read::<UdpHdr>(ctx, offset) {
-            Some(udp) => (udp.src_port, udp.dst_port, Segment::default()),
+            Some(udp) => {
+                let payload =
+                    u16::from_be_bytes(udp.len).saturating_sub(size_of::<UdpHdr>() as u16);
+                (udp.src_port, udp.dst_port, Segment::default(), payload)
+            }
             None => return Parsed::Malformed,
         },
     };
@@ -302,5 +308,46 @@ fn transport(
         sport: u16::from_be_bytes(src_port),
         dport: u16::from_be_bytes(dst_port),
         tcp,
+        payload_len,
+        // Offsets stay far below 64 KiB: the walks above are bounded.
+        ip_at: ip as u16,
+        l4_at: offset as u16,
     })
+}
+
+/// The bytes only single-packet authorization reads, read on demand.
+pub struct Bytes<'a>(pub &'a XdpContext);
+
+impl FrameBytes for Bytes<'_> {
+    #[inline(always)]
+    fn read_spa(&self, pkt: &Packet, scratch: &mut spa::Scratch) -> bool {
+        let payload = usize::from(pkt.l4_at) + size_of::<UdpHdr>();
+        let Some(datagram) = ptr_at::<[u8; spa::DATAGRAM_LEN]>(self.0, payload) else {
+            return false;
+        };
+        // SAFETY: bounds checked by `ptr_at`; plain bytes, copied straight
+        // from the frame into the scratch map (no stack on the way).
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                datagram.cast::<u8>(),
+                scratch.datagram.as_mut_ptr(),
+                spa::DATAGRAM_LEN,
+            )
+        };
+        let ip = usize::from(pkt.ip_at);
+        scratch.server = if pkt.src.family == FAMILY_V6 {
+            match ptr_at::<Ipv6Hdr>(self.0, ip) {
+                // SAFETY: bounds checked by `ptr_at`.
+                Some(h) => SourceKey::v6(unsafe { (*h).dst }),
+                None => return false,
+            }
+        } else {
+            match ptr_at::<Ipv4Hdr>(self.0, ip) {
+                // SAFETY: bounds checked by `ptr_at`.
+                Some(h) => SourceKey::v4(unsafe { (*h).dst }),
+                None => return false,
+            }
+        };
+        true
+    }
 }

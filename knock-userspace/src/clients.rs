@@ -20,8 +20,8 @@ use crate::{
 pub struct Client {
     /// Stable for the client's life; keys single-use records in the kernel.
     pub id: u32,
-    /// Its place in the kernel's sequence bitmaps (0..MAX_CLIENTS), stable
-    /// for the client's life too.
+    /// Its place in the kernel's tables (0..MAX_CLIENTS), stable for the
+    /// client's life too.
     pub index: u32,
     pub profile: Profile,
 }
@@ -95,6 +95,11 @@ impl ClientStore {
         let index = (0..MAX_CLIENTS)
             .find(|i| !existing.iter().any(|c| c.index == *i))
             .expect("fewer than MAX_CLIENTS clients");
+        let mut profile = profile;
+        // An SPA client's datagrams name its index.
+        if let crate::profile::Knock::Spa { index: named, .. } = &mut profile.knock {
+            *named = index;
+        }
         let client = Client { id, index, profile };
         let mut file = client.profile.to_file();
         file.id = Some(id);

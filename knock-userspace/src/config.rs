@@ -12,7 +12,7 @@
 //! knock_timeout = "10s"
 //! idle_timeout = "15m"
 //! fail_open = false
-//! failed_knocks = "16/1m"        # burst/interval per address or IPv6 /64; "off"
+//! failed_knocks = "32/1m"        # burst/interval per address or IPv6 /64; "off"
 //! metrics_listen = "127.0.0.1:9419"
 //! log_level = "info"             # error | warn | info | debug | trace
 //! log_format = "human"           # human | json
@@ -101,7 +101,7 @@ impl std::str::FromStr for FailedKnocks {
             return Ok(Self::OFF);
         }
         let bad =
-            || format!("invalid failed-knock limit '{text}' (BURST/INTERVAL, e.g. 16/1m, or off)");
+            || format!("invalid failed-knock limit '{text}' (BURST/INTERVAL, e.g. 32/1m, or off)");
         let (burst, interval) = text.split_once('/').ok_or_else(bad)?;
         let burst: u64 =
             burst.parse().ok().filter(|b| (1..=1_000_000).contains(b)).ok_or_else(bad)?;

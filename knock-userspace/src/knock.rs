@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use knock_common::spa;
 
 use crate::{
     check::{self, PortState},
@@ -121,6 +122,8 @@ pub struct Options {
     pub retries: u32,
     /// Knock as at this time (the same for every try) instead of now.
     pub at: Option<SystemTime>,
+    /// SPA: the address to admit instead of the datagram's source.
+    pub admit: Option<IpAddr>,
 }
 
 /// How a knock on one server went.
@@ -161,6 +164,7 @@ pub fn knock(
             (Some(*slot_secs), matches!(key, Key::Totp { .. }))
         }
         Knock::Static { .. } => (None, false),
+        Knock::Spa { .. } => return knock_spa(profile, target, options, on_try),
     };
     let started = Instant::now();
     let mut sent: Vec<u64> = Vec::new();
@@ -223,6 +227,56 @@ pub fn knock(
     }
     if matches!(outcome.port, Some((_, PortState::Filtered))) {
         record.forget(target, &sent);
+    }
+    outcome.elapsed = started.elapsed();
+    Ok(outcome)
+}
+
+/// Sends single-packet authorizations to `target`: one datagram a try,
+/// each with a fresh nonce and the time of sending (a datagram works once).
+fn knock_spa(
+    profile: &Profile,
+    target: IpAddr,
+    options: &Options,
+    mut on_try: impl FnMut(&str),
+) -> Result<Outcome> {
+    let Knock::Spa { index, ports, .. } = &profile.knock else {
+        bail!("not an SPA profile");
+    };
+    let key = profile.spa_key()?;
+    let started = Instant::now();
+    let mut outcome = Outcome { tries: 0, elapsed: Duration::ZERO, port: None, exhausted: false };
+    loop {
+        let unix = unix_secs(options.at.unwrap_or_else(SystemTime::now))?;
+        let request = spa::Request {
+            index: u16::try_from(*index).context("the profile's index does not fit a datagram")?,
+            unix_secs: u32::try_from(unix).context("the time does not fit a datagram")?,
+            nonce: crate::profile::random_bytes()?,
+            admit: options.admit,
+        };
+        let datagram = spa::datagram(&key, &request, target);
+        // Any port of the range: each one looks like every other.
+        let [a, b] = crate::profile::random_bytes::<2>()?;
+        let span = u32::from(ports.1 - ports.0) + 1;
+        let port = ports.0 + (u32::from(u16::from_be_bytes([a, b])) % span) as u16;
+        let bind: SocketAddr =
+            if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("valid");
+        let socket = UdpSocket::bind(bind).context("cannot open a UDP socket")?;
+        let addr = SocketAddr::new(target, port);
+        socket.send_to(&datagram, addr).with_context(|| format!("cannot send to {addr}"))?;
+        outcome.tries += 1;
+        let admit = options.admit.map_or_else(String::new, |a| format!(", admit {a}"));
+        on_try(&format!("sent a single-packet authorization to {addr}{admit}"));
+        let Some(check) = options.check else {
+            break;
+        };
+        thread::sleep(SETTLE);
+        let probe = SocketAddr::new(target, check);
+        let state = check::probe(probe, CHECK_TIMEOUT)?;
+        outcome.port = Some((probe, state));
+        if state != PortState::Filtered || outcome.tries > options.retries {
+            break;
+        }
     }
     outcome.elapsed = started.elapsed();
     Ok(outcome)

@@ -21,10 +21,11 @@ use knock_common::{
     flow::{FlowEntry, FlowKey},
     maps::{
         ALLOW_MAX_ENTRIES, Counter, MAP_ALLOW, MAP_ALLOW_NETS, MAP_COUNTERS, MAP_FLOWS,
-        MAP_KNOCK_EDGES, MAP_KNOCK_STATE, MAP_MISSES, MAP_PORT_FLAGS, MAP_SEQUENCES, MAP_SETTINGS,
-        MAP_USED, Settings,
+        MAP_KNOCK_EDGES, MAP_KNOCK_STATE, MAP_MISSES, MAP_PORT_FLAGS, MAP_RUNTIME, MAP_SEQUENCES,
+        MAP_SETTINGS, MAP_SPA_KEYS, MAP_SPA_NONCES, MAP_USED, Runtime, Settings, port_flags,
     },
     source::{NetKey, PrefixKey, SourceKey},
+    spa::{NonceKey, SpaKey},
     trie::{Edge, EdgeKey, KnockSink, KnockState, SequenceInfo, UsedKey},
 };
 
@@ -40,6 +41,9 @@ pub struct KernelMaps {
     used: HashMap<MapData, UsedKey, u64>,
     misses: HashMap<MapData, PrefixKey, u64>,
     settings: Array<MapData, Settings>,
+    runtime: Array<MapData, u64>,
+    spa_keys: Array<MapData, SpaKey>,
+    spa_nonces: HashMap<MapData, NonceKey, u64>,
     flows: HashMap<MapData, FlowKey, FlowEntry>,
     allow_nets: LpmTrie<MapData, NetKey, u32>,
 }
@@ -69,6 +73,9 @@ impl KernelMaps {
             used: HashMap::try_from(take(MAP_USED)?)?,
             misses: HashMap::try_from(take(MAP_MISSES)?)?,
             settings: Array::try_from(take(MAP_SETTINGS)?)?,
+            runtime: Array::try_from(take(MAP_RUNTIME)?)?,
+            spa_keys: Array::try_from(take(MAP_SPA_KEYS)?)?,
+            spa_nonces: HashMap::try_from(take(MAP_SPA_NONCES)?)?,
             flows: HashMap::try_from(take(MAP_FLOWS)?)?,
             allow_nets: LpmTrie::try_from(take(MAP_ALLOW_NETS)?)?,
         })
@@ -93,6 +100,26 @@ impl KernelMaps {
         self.set_port_bits(before, space, Proto::knock_space_flag)
     }
 
+    /// Makes exactly `ports` the SPA ports (UDP).
+    pub fn set_spa_ports(
+        &mut self,
+        before: &BTreeSet<ProtoPort>,
+        ports: &BTreeSet<ProtoPort>,
+    ) -> Result<()> {
+        self.set_port_bits(before, ports, |proto| match proto {
+            Proto::Udp => port_flags::SPA_UDP,
+            Proto::Tcp => 0,
+        })
+    }
+
+    /// The SPA ports, read back from the kernel.
+    pub fn spa_ports(&self) -> Result<BTreeSet<ProtoPort>> {
+        self.ports_flagged(|proto| match proto {
+            Proto::Udp => port_flags::SPA_UDP,
+            Proto::Tcp => 0,
+        })
+    }
+
     fn set_port_bits(
         &mut self,
         before: &BTreeSet<ProtoPort>,
@@ -103,7 +130,7 @@ impl KernelMaps {
         for port in ports {
             let mut flags =
                 self.port_flags.get(&u32::from(port), 0).context("cannot read PORT_FLAGS")?;
-            for proto in Proto::ALL {
+            for proto in Proto::ALL.into_iter().filter(|p| bit_of(*p) != 0) {
                 if after.contains(&ProtoPort::new(proto, port)) {
                     flags |= bit_of(proto);
                 } else {
@@ -130,7 +157,7 @@ impl KernelMaps {
         for (port, flags) in self.port_flags.iter().enumerate() {
             let flags = flags.context("cannot read PORT_FLAGS")?;
             for proto in Proto::ALL {
-                if flags & bit_of(proto) != 0 {
+                if bit_of(proto) != 0 && flags & bit_of(proto) != 0 {
                     out.insert(ProtoPort::new(proto, port as u16));
                 }
             }
@@ -180,6 +207,33 @@ impl KernelMaps {
 
     pub fn set_settings(&mut self, settings: Settings) -> Result<()> {
         self.settings.set(0, settings, 0).context("cannot write SETTINGS")
+    }
+
+    /// Writes a word of the runtime map (see [`Runtime`]).
+    pub fn set_runtime(&mut self, word: Runtime, value: u64) -> Result<()> {
+        self.runtime.set(word as u32, value, 0).context("cannot write RUNTIME")
+    }
+
+    /// Every client index's SPA key (free ones have client 0).
+    pub fn spa_keys(&self) -> Result<BTreeMap<u32, SpaKey>> {
+        let mut out = BTreeMap::new();
+        for (index, key) in self.spa_keys.iter().enumerate() {
+            let key = key.context("cannot read SPA_KEYS")?;
+            if key.client != 0 {
+                out.insert(index as u32, key);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a client index's SPA key; [`SpaKey::default`] frees it.
+    pub fn set_spa_key(&mut self, index: u32, key: &SpaKey) -> Result<()> {
+        self.spa_keys.set(index, key, 0).context("cannot write SPA_KEYS")
+    }
+
+    /// Every SPA nonce remembered.
+    pub fn spa_nonces(&self) -> Result<Vec<(NonceKey, u64)>> {
+        self.spa_nonces.iter().map(|entry| entry.context("cannot read SPA_NONCES")).collect()
     }
 
     /// Every trie edge.
@@ -322,6 +376,7 @@ impl KernelMaps {
         clear(&mut self.knock_state, MAP_KNOCK_STATE)?;
         clear(&mut self.used, MAP_USED)?;
         clear(&mut self.misses, MAP_MISSES)?;
+        clear(&mut self.spa_nonces, MAP_SPA_NONCES)?;
         clear(&mut self.knock_edges, MAP_KNOCK_EDGES)?;
         for (index, _) in self.sequences()? {
             self.sequences

@@ -59,6 +59,19 @@ pub enum Knock {
     /// The same ports every time: works with any knock client, but a
     /// sniffed sequence can be replayed at will.
     Static { steps: Vec<ProtoPort> },
+    /// Single-packet authorization (docs/spa-v1.md): one UDP datagram,
+    /// authenticated with a key derived from the secret, sent to a random
+    /// port of `ports` and verified in the kernel.
+    Spa {
+        /// A random secret or a passphrase (authenticator codes change every
+        /// 30 s, which the kernel's key table does not).
+        key: Key,
+        /// The client's index on the server, named in every datagram.
+        index: u32,
+        ports: (u16, u16),
+        /// The client may name the address to admit (behind NAT).
+        may_name_address: bool,
+    },
 }
 
 /// Where a rotating client's secret comes from.
@@ -106,8 +119,9 @@ pub struct ProfileFile {
     /// Server side only: the client's stable id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<u32>,
-    /// Server side only: the client's place in the kernel's sequence bitmaps,
-    /// kept across restarts so knocks in progress survive them.
+    /// The client's place in the kernel's tables, kept across restarts so
+    /// knocks in progress survive them. Server side only, except for SPA
+    /// clients, whose datagrams name it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,6 +139,12 @@ pub struct ProfileFile {
     /// `random` (default), `passphrase` or `totp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// Single-packet authorization instead of a knock sequence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spa: Option<bool>,
+    /// SPA: the client may name the address to admit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_address: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub salt: Option<String>,
     /// PBKDF2 iterations of a passphrase or PIN.
@@ -261,7 +281,31 @@ impl Profile {
             );
         }
         check_name(&file.name)?;
-        let knock = if let Some(text) = &file.static_sequence {
+        let knock = if file.spa == Some(true) {
+            let not_for_spa = [
+                file.static_sequence.is_some(),
+                file.length.is_some(),
+                file.slot.is_some(),
+                file.proto.is_some_and(|p| p != Proto::Udp),
+                file.exclude.as_ref().is_some_and(|e| !e.is_empty()),
+            ];
+            if not_for_spa.contains(&true) {
+                bail!("an SPA profile has no static sequence, length, slot, exclusions or TCP");
+            }
+            let key = key_from_file(file)?;
+            if matches!(key, Key::Totp { .. }) {
+                bail!("an SPA profile has a random secret or a passphrase, not an authenticator");
+            }
+            let index = file.index.context("an SPA profile names its index on the server")?;
+            if index > u32::from(u16::MAX) {
+                bail!("SPA index {index} does not fit a datagram");
+            }
+            let ports = match &file.ports {
+                Some(text) => parse_range(text).map_err(|e| anyhow!(e))?,
+                None => DEFAULT_PORTS,
+            };
+            Knock::Spa { key, index, ports, may_name_address: file.name_address.unwrap_or(false) }
+        } else if let Some(text) = &file.static_sequence {
             let rotating_only = [
                 file.secret.is_some(),
                 file.length.is_some(),
@@ -324,27 +368,17 @@ impl Profile {
                 file.slot = Some(format_duration(Duration::from_secs(u64::from(*slot_secs))));
                 file.ports = Some(format!("{}-{}", ports.0, ports.1));
                 file.exclude = Some(exclude.clone());
-                match key {
-                    Key::Random(secret) => file.secret = Some(to_hex(secret)),
-                    Key::Passphrase { salt, cost, secret } => {
-                        file.mode = Some(key.mode().into());
-                        file.salt = Some(to_hex(salt));
-                        file.cost = Some(*cost);
-                        file.secret = secret.filter(|_| server).map(|s| to_hex(&s));
-                    }
-                    Key::Totp { salt, cost, pin_key, totp_secret, .. } => {
-                        file.mode = Some(key.mode().into());
-                        file.slot = None;
-                        file.salt = Some(to_hex(salt));
-                        file.cost = Some(*cost);
-                        file.secret = pin_key.filter(|_| server).map(|k| to_hex(&k));
-                        file.totp_secret =
-                            totp_secret.as_ref().filter(|_| server).map(|t| base32(t));
-                    }
-                }
+                write_key(&mut file, key, server);
             }
             Knock::Static { steps } => {
                 file.static_sequence = Some(join_static(steps));
+            }
+            Knock::Spa { key, index, ports, may_name_address } => {
+                file.spa = Some(true);
+                file.index = Some(*index);
+                file.ports = Some(format!("{}-{}", ports.0, ports.1));
+                file.name_address = may_name_address.then_some(true);
+                write_key(&mut file, key, server);
             }
         }
         file
@@ -360,6 +394,8 @@ impl Profile {
                 "holds no secret; knocking needs the passphrase or the code and PIN"
             }
             Knock::Static { .. } => "a static sequence: anyone who sees it can knock",
+            Knock::Spa { key: Key::Random(_), .. } => "it opens the door, keep it secret",
+            Knock::Spa { .. } => "holds no secret; knocking needs the passphrase",
         };
         Ok(format!("# knock-xdp client profile \"{}\": {warning}\n{body}", self.name))
     }
@@ -373,6 +409,7 @@ impl Profile {
             let text = match value {
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
                 serde_json::Value::Array(items) => {
                     items.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
                 }
@@ -412,6 +449,9 @@ impl Profile {
                         Some(parse_port_list(&value).map_err(|e| anyhow!("profile URI: {e}"))?)
                 }
                 "static" => file.static_sequence = Some(value),
+                "spa" => file.spa = Some(flag("spa", &value)?),
+                "index" => file.index = Some(number("index", &value)?),
+                "name_address" => file.name_address = Some(flag("name_address", &value)?),
                 "mode" => file.mode = Some(value),
                 "salt" => file.salt = Some(value),
                 "cost" => file.cost = Some(number("cost", &value)?),
@@ -442,15 +482,20 @@ impl Profile {
     pub fn slot_at(&self, unix_secs: u64) -> Option<u64> {
         match &self.knock {
             Knock::Rotating { slot_secs, .. } => Some(sequence::slot_at(unix_secs, *slot_secs)),
-            Knock::Static { .. } => None,
+            Knock::Static { .. } | Knock::Spa { .. } => None,
         }
     }
 
     /// The knocks of time slot `slot` (ignored for static sequences).
     pub fn sequence_for_slot(&self, slot: u64) -> Result<Vec<ProtoPort>> {
-        let Knock::Rotating { key, proto, length, ports, exclude, .. } = &self.knock else {
-            let Knock::Static { steps } = &self.knock else { unreachable!() };
-            return Ok(steps.clone());
+        let (key, proto, length, ports, exclude) = match &self.knock {
+            Knock::Rotating { key, proto, length, ports, exclude, .. } => {
+                (key, proto, length, ports, exclude)
+            }
+            Knock::Static { steps } => return Ok(steps.clone()),
+            Knock::Spa { .. } => {
+                bail!("an SPA profile sends one datagram, not a sequence: use 'knock-xdp knock'")
+            }
         };
         let secret = match key {
             Key::Random(secret) | Key::Passphrase { secret: Some(secret), .. } => *secret,
@@ -479,9 +524,24 @@ impl Profile {
 
     /// Unlocks a passphrase profile with its passphrase.
     pub fn unlock_passphrase(&mut self, passphrase: &[u8]) {
-        if let Knock::Rotating { key: Key::Passphrase { salt, cost, secret }, .. } = &mut self.knock
+        if let Knock::Rotating { key: Key::Passphrase { salt, cost, secret }, .. }
+        | Knock::Spa { key: Key::Passphrase { salt, cost, secret }, .. } = &mut self.knock
         {
             *secret = Some(secret::passphrase_secret(passphrase, salt, *cost));
+        }
+    }
+
+    /// The SPA key of an SPA profile (unlocked, for a passphrase).
+    pub fn spa_key(&self) -> Result<[u8; 32]> {
+        match &self.knock {
+            Knock::Spa { key: Key::Random(secret), .. }
+            | Knock::Spa { key: Key::Passphrase { secret: Some(secret), .. }, .. } => {
+                Ok(knock_common::spa::key_from_secret(secret))
+            }
+            Knock::Spa { .. } => bail!(
+                "this profile needs its passphrase (--passphrase-file FILE, or type it when asked)"
+            ),
+            _ => bail!("not an SPA profile"),
         }
     }
 
@@ -499,7 +559,8 @@ impl Profile {
     /// What the profile needs before it can knock: nothing, a passphrase, or a code and PIN.
     pub fn needs(&self) -> Option<&'static str> {
         match &self.knock {
-            Knock::Rotating { key: Key::Passphrase { secret: None, .. }, .. } => Some("passphrase"),
+            Knock::Rotating { key: Key::Passphrase { secret: None, .. }, .. }
+            | Knock::Spa { key: Key::Passphrase { secret: None, .. }, .. } => Some("passphrase"),
             Knock::Rotating { key: Key::Totp { pin_key: None, .. }, .. } => Some("totp"),
             _ => None,
         }
@@ -516,11 +577,34 @@ impl Profile {
             Knock::Rotating { key: Key::Random(_), .. } => "rotating",
             Knock::Rotating { key, .. } => key.mode(),
             Knock::Static { .. } => "static",
+            Knock::Spa { .. } => "spa",
         }
     }
 }
 
-/// The secret part of a rotating profile.
+/// The key fields of a profile; `server` adds what only the server (or the
+/// owner of a random secret) may hold: derived keys and the TOTP secret.
+fn write_key(file: &mut ProfileFile, key: &Key, server: bool) {
+    match key {
+        Key::Random(secret) => file.secret = Some(to_hex(secret)),
+        Key::Passphrase { salt, cost, secret } => {
+            file.mode = Some(key.mode().into());
+            file.salt = Some(to_hex(salt));
+            file.cost = Some(*cost);
+            file.secret = secret.filter(|_| server).map(|s| to_hex(&s));
+        }
+        Key::Totp { salt, cost, pin_key, totp_secret, .. } => {
+            file.mode = Some(key.mode().into());
+            file.slot = None;
+            file.salt = Some(to_hex(salt));
+            file.cost = Some(*cost);
+            file.secret = pin_key.filter(|_| server).map(|k| to_hex(&k));
+            file.totp_secret = totp_secret.as_ref().filter(|_| server).map(|t| base32(t));
+        }
+    }
+}
+
+/// The secret part of a rotating or SPA profile.
 fn key_from_file(file: &ProfileFile) -> Result<Key> {
     let salt_and_cost = || -> Result<([u8; SALT_LEN], u32)> {
         let salt = from_hex("salt", file.salt.as_deref().context("the profile has no salt")?)?;
@@ -547,6 +631,10 @@ fn key_from_file(file: &ProfileFile) -> Result<Key> {
         }
         other => bail!("unknown profile mode '{other}' (random, passphrase or totp)"),
     }
+}
+
+fn flag(what: &str, value: &str) -> Result<bool> {
+    value.parse().map_err(|_| anyhow!("profile URI: {what} '{value}' is not true or false"))
 }
 
 fn number<T: std::str::FromStr>(what: &str, value: &str) -> Result<T> {

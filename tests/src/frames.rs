@@ -53,6 +53,8 @@ pub struct Frame {
     /// TCP sequence and acknowledgement numbers (1 and 0 unless changed).
     pub tcp_seq: u32,
     pub tcp_ack: u32,
+    /// The UDP payload (`UDP_PAYLOAD` unless changed).
+    pub udp_payload: Vec<u8>,
 }
 
 impl Frame {
@@ -69,6 +71,7 @@ impl Frame {
             tcp_flags: 0x02,
             tcp_seq: 1,
             tcp_ack: 0,
+            udp_payload: UDP_PAYLOAD.to_vec(),
         }
     }
 
@@ -150,7 +153,7 @@ impl Frame {
     pub fn payload_len(&self) -> usize {
         match self.l4 {
             Proto::Tcp => 0,
-            Proto::Udp => UDP_PAYLOAD.len(),
+            Proto::Udp => self.udp_payload.len(),
         }
     }
 
@@ -167,9 +170,9 @@ impl Frame {
                 t.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
             }
             Proto::Udp => {
-                t.extend_from_slice(&(8 + UDP_PAYLOAD.len() as u16).to_be_bytes());
+                t.extend_from_slice(&(8 + self.udp_payload.len() as u16).to_be_bytes());
                 t.extend_from_slice(&[0, 0]);
-                t.extend_from_slice(UDP_PAYLOAD);
+                t.extend_from_slice(&self.udp_payload);
             }
         }
         t

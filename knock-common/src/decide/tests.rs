@@ -7,11 +7,16 @@ use crate::{
     allow::AllowOrigin,
     event::EventKind,
     maps::port_flags,
-    model::{Model, SEC},
+    model::{Bytes, Model, SEC},
     proto::tcp_flags,
 };
 
 const CLIENT: SourceKey = SourceKey::v4([10, 0, 0, 2]);
+
+/// The decision for packets whose bytes SPA never reads.
+fn decide(m: &Model, parsed: Parsed, clock: impl Fn() -> u64) -> Decision {
+    super::decide(m, parsed, &Bytes::default(), clock)
+}
 
 fn packet(proto: Proto, dport: u16, flags: u8) -> Parsed {
     packet_from(40000, proto, dport, flags)
@@ -20,7 +25,16 @@ fn packet(proto: Proto, dport: u16, flags: u8) -> Parsed {
 /// A packet with sequence number 0 and no data.
 fn packet_from(sport: u16, proto: Proto, dport: u16, flags: u8) -> Parsed {
     let tcp = if proto == Proto::Tcp { Segment::new(flags, 0, 0, 0) } else { Segment::default() };
-    Parsed::Transport(Packet { src: CLIENT, proto, sport, dport, tcp })
+    Parsed::Transport(Packet {
+        src: CLIENT,
+        proto,
+        sport,
+        dport,
+        tcp,
+        payload_len: 0,
+        ip_at: 0,
+        l4_at: 0,
+    })
 }
 
 fn syn(dport: u16) -> Parsed {
@@ -30,7 +44,16 @@ fn syn(dport: u16) -> Parsed {
 /// A TCP segment of the connection a SYN with ISN 0 opened: seq 1.
 fn ack(dport: u16) -> Parsed {
     let tcp = Segment::new(tcp_flags::ACK, 1, 1, 0);
-    Parsed::Transport(Packet { src: CLIENT, proto: Proto::Tcp, sport: 40000, dport, tcp })
+    Parsed::Transport(Packet {
+        src: CLIENT,
+        proto: Proto::Tcp,
+        sport: 40000,
+        dport,
+        tcp,
+        payload_len: 0,
+        ip_at: 0,
+        l4_at: 0,
+    })
 }
 
 fn model() -> Model {
@@ -97,6 +120,9 @@ fn an_ipv4_entry_does_not_admit_the_mapped_ipv6_source() {
         sport: 40000,
         dport: 22,
         tcp,
+        payload_len: 0,
+        ip_at: 0,
+        l4_at: 0,
     });
     assert_eq!(decide(&m, pkt, || 0).action, XDP_DROP);
 }
@@ -218,6 +244,9 @@ fn an_exact_fin_or_rst_closes_a_flow_after_the_grace() {
             sport: 40000,
             dport: 22,
             tcp: Segment::new(end, 1, 1, 0),
+            payload_len: 0,
+            ip_at: 0,
+            l4_at: 0,
         });
         assert_eq!(decide(&m, fin, || 20 * SEC).counter, Counter::PassedFlow);
         // The closing handshake still passes...
@@ -241,6 +270,9 @@ fn a_spoofed_syn_on_a_live_flow_never_replaces_it() {
         sport: 40000,
         dport: 22,
         tcp: Segment::new(tcp_flags::SYN, 123_456, 0, 0),
+        payload_len: 0,
+        ip_at: 0,
+        l4_at: 0,
     });
     // Within the open window it passes as a new attempt, but the flow stays.
     assert_eq!(decide(&m, spoofed, || 2 * SEC).counter, Counter::PassedAllowed);

@@ -30,6 +30,8 @@ pub(super) fn run(state: &StateDir, command: ClientCommand) -> Result<()> {
             proto,
             exclude,
             static_sequence,
+            spa,
+            allow_named_address,
             totp,
             pin_file,
             passphrase_file,
@@ -83,14 +85,19 @@ pub(super) fn run(state: &StateDir, command: ClientCommand) -> Result<()> {
                     };
                     let slot_secs = if totp { kdf::TOTP_STEP_SECS } else { slot.as_secs() as u32 };
                     let exclude = exclude.map(|PortList(ports)| ports).unwrap_or_default();
-                    Knock::Rotating { key, proto, length, slot_secs, ports, exclude }
+                    if spa {
+                        // The store gives the index.
+                        Knock::Spa { key, index: 0, ports, may_name_address: allow_named_address }
+                    } else {
+                        Knock::Rotating { key, proto, length, slot_secs, ports, exclude }
+                    }
                 }
             };
             // Round-trip through the file form: the same validation as a read.
             let profile = Profile::from_file(&Profile { name, knock }.to_file())?;
-            let text = profile.to_toml()?;
             state.create()?;
             let client = store.add(profile)?;
+            let text = client.profile.to_toml()?;
             match &profile_out {
                 Some(path) => {
                     if let Err(err) = write_private(path, &text) {
@@ -222,6 +229,13 @@ pub(super) fn describe(profile: &Profile) -> String {
             )
         }
         Knock::Static { steps } => format!("static: {}", profile::join_static(steps)),
+        Knock::Spa { key, index, ports, may_name_address } => format!(
+            "spa ({}), index {index}, UDP {}-{}{}",
+            key.mode(),
+            ports.0,
+            ports.1,
+            if *may_name_address { ", may name the address to admit" } else { "" }
+        ),
     }
 }
 

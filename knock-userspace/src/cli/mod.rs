@@ -92,7 +92,7 @@ pub enum Command {
         #[arg(long)]
         fail_open: bool,
         /// Failed knocks a source address (an IPv6 /64) may make: a burst,
-        /// then one per interval (default 16/1m); `off` lifts the limit.
+        /// then one per interval (default 32/1m); `off` lifts the limit.
         #[arg(long, value_name = "BURST/INTERVAL", env = "KNOCK_XDP_FAILED_KNOCKS")]
         failed_knocks: Option<FailedKnocks>,
         /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9419); off by default.
@@ -193,6 +193,10 @@ pub enum Command {
         /// $XDG_STATE_HOME/knock-xdp, or ~/.local/state/knock-xdp).
         #[arg(long, value_name = "DIR", env = "KNOCK_XDP_SLOTS_DIR")]
         slots_dir: Option<PathBuf>,
+        /// SPA profiles: ask the server to admit this address instead of the
+        /// datagram's source (behind NAT; the client must be allowed to).
+        #[arg(long, value_name = "ADDR")]
+        admit: Option<std::net::IpAddr>,
     },
     /// Recent door openings and refusals (replays, resets, timeouts), per client.
     Log {
@@ -335,6 +339,15 @@ pub enum ClientCommand {
         /// The PIN of an authenticator client, from FILE (asked for when missing).
         #[arg(long, value_name = "FILE", requires = "totp")]
         pin_file: Option<PathBuf>,
+        /// Single-packet authorization: the client opens the door with one
+        /// UDP datagram, authenticated with HMAC-SHA256 and verified in the
+        /// kernel, sent to a random port of --ports (docs/spa-v1.md).
+        #[arg(long, conflicts_with_all = ["static_sequence", "totp", "length", "slot", "proto", "exclude"])]
+        spa: bool,
+        /// SPA: the client may name the address to admit (knock --admit), for
+        /// a client behind NAT that knows its public address.
+        #[arg(long, requires = "spa")]
+        allow_named_address: bool,
         /// Derive the secret from a passphrase (first line of FILE); the profile
         /// then holds no secret.
         #[arg(long, value_name = "FILE", conflicts_with = "static_sequence")]
@@ -489,11 +502,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Log { json, client, lines } => {
             audit::print(&state, json, client.as_deref(), lines)?
         }
-        Command::Knock { hosts, profile: args, delay, check, retries, slots_dir } => {
+        Command::Knock { hosts, profile: args, delay, check, retries, slots_dir, admit } => {
             let profile = load_profile(&args)?;
             let mut record = KnockRecord::open(slots_dir.as_deref(), &profile);
-            let options =
-                knock::Options { delay: Duration::from_millis(delay), check, retries, at: args.at };
+            let options = knock::Options {
+                delay: Duration::from_millis(delay),
+                check,
+                retries,
+                at: args.at,
+                admit,
+            };
             let mut worst = Worst::default();
             for host in &hosts {
                 match knock_host(&profile, &mut record, host, &options) {

@@ -266,7 +266,7 @@ impl Daemon {
     /// holds long after the open window). Returns (sources, flows).
     fn revoke_admitted_by(&mut self, client: u32) -> Result<(usize, usize)> {
         let sources = self.maps.remove_allowed(|_, entry| {
-            entry.origin == AllowOrigin::Knock as u32 && entry.client == client
+            entry.origin != AllowOrigin::Manual as u32 && entry.client == client
         })?;
         for key in &sources {
             if let Some(addr) = key.ip() {
@@ -306,6 +306,9 @@ impl Daemon {
                         Some(AllowOrigin::Manual) => "manual".into(),
                         Some(AllowOrigin::Knock) => {
                             format!("knock ({})", self.client_name(entry.client))
+                        }
+                        Some(AllowOrigin::Spa) => {
+                            format!("spa ({})", self.client_name(entry.client))
                         }
                         None => format!("unknown ({})", entry.origin),
                     },

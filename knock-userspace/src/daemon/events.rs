@@ -56,6 +56,13 @@ impl Daemon {
             EventKind::AllowFull => {
                 warn!(%client, %source, "sequence completed but the allow map is full")
             }
+            EventKind::SpaOpened => {
+                let window = format_duration(self.options.open_window);
+                info!(%client, %source, %window, "door opened by a single-packet authorization")
+            }
+            EventKind::SpaReplay => {
+                warn!(%client, %source, "replayed single-packet authorization refused")
+            }
             EventKind::Limited => warn!(%source,
                 "failed knocks over the limit: knocks from this address (or /64) are ignored for a while"),
         }
@@ -83,7 +90,7 @@ impl Daemon {
         record.client = (event.client != 0).then(|| self.client_name(event.client));
         record.slot = (event.client != 0 && event.slot != STATIC_SLOT).then_some(event.slot);
         record.step = event.step;
-        if kind == EventKind::Opened {
+        if matches!(kind, EventKind::Opened | EventKind::SpaOpened) {
             record.open_secs = Some(self.options.open_window.as_secs());
         }
         if let Err(err) = audit::append(&self.state_dir, &record) {

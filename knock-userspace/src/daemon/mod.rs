@@ -294,17 +294,21 @@ impl Daemon {
 }
 
 /// Failed knocks by default: a source prefix (an IPv4 address, an IPv6 /64)
-/// may make a burst of 16 (a wrong knock of four ports is four: a user may
-/// get it wrong four times in a row), then one a minute. A wrong guess
-/// costs three or four misses, so one address gets a guess every three or
-/// four minutes: an online search of a million candidates takes it about
-/// six years.
+/// may make a burst of 32, then one a minute. A wrong knock of four ports
+/// is four misses, and `knock --check` tries up to three slots: a user may
+/// get a PIN wrong twice and still get in at the third attempt. A wrong
+/// guess costs three or four misses, so after its burst one address gets a
+/// guess every three or four minutes: an online search of a million
+/// candidates takes it about six years.
 pub const FAILED_KNOCKS: FailedKnocks =
-    FailedKnocks { burst: 16, interval: Duration::from_secs(60) };
+    FailedKnocks { burst: 32, interval: Duration::from_secs(60) };
 /// All sources together: beyond this rate (and burst), a failed knock costs
 /// its prefix the whole burst at once.
 pub const GLOBAL_MISS_RATE_PER_SEC: u64 = 100;
 pub const GLOBAL_MISS_BURST: u64 = 1000;
+
+/// How far an SPA datagram's clock may be from ours.
+pub const SPA_SKEW: Duration = Duration::from_secs(30);
 
 /// The program's settings for these options.
 pub(crate) fn settings(options: &AttachOptions) -> Settings {
@@ -321,6 +325,7 @@ pub(crate) fn settings(options: &AttachOptions) -> Settings {
         miss_burst_ns: rate.burst_ns,
         global_miss_interval_ns: global.interval_ns,
         global_miss_burst_ns: global.burst_ns,
+        spa_skew_secs: SPA_SKEW.as_secs(),
     }
 }
 

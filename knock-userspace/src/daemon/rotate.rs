@@ -17,8 +17,9 @@ use std::{
 
 use anyhow::Result;
 use knock_common::{
-    ProtoPort,
-    maps::SLOTS_PER_CLIENT,
+    Proto, ProtoPort,
+    maps::{Runtime, SLOTS_PER_CLIENT},
+    spa::{SpaKey, policy, spa_key},
     trie::{KnockTable, STATIC_SLOT, SequenceInfo},
 };
 use tracing::{debug, warn};
@@ -36,6 +37,8 @@ use crate::{
 pub(crate) struct Installed {
     table: KnockTable,
     knock_space: BTreeSet<ProtoPort>,
+    spa_ports: BTreeSet<ProtoPort>,
+    spa_keys: BTreeMap<u32, SpaKey>,
     /// Clients that could not be derived, with the slot last reported, so
     /// each is logged once per slot rather than every pass.
     broken: BTreeMap<u32, u64>,
@@ -49,6 +52,8 @@ impl Installed {
         Ok(Self {
             table: KnockTable::adopt(maps.edges()?, maps.sequences()?),
             knock_space: maps.knock_space()?,
+            spa_ports: maps.spa_ports()?,
+            spa_keys: maps.spa_keys()?,
             broken: BTreeMap::new(),
         })
     }
@@ -75,8 +80,9 @@ pub(crate) fn knock_space(clients: &[Client]) -> BTreeSet<ProtoPort> {
             Knock::Rotating { proto, ports, exclude, .. } => {
                 ranges.push((ProtoPort::new(*proto, ports.0), ports.1, exclude));
             }
+            Knock::Spa { .. } => {}
             Knock::Static { steps } => {
-                for proto in knock_common::Proto::ALL {
+                for proto in Proto::ALL {
                     let ports = steps.iter().filter(|s| s.proto == proto).map(|s| s.port);
                     if let (Some(lo), Some(hi)) = (ports.clone().min(), ports.max()) {
                         ranges.push((ProtoPort::new(proto, lo), hi, &[]));
@@ -99,6 +105,23 @@ pub(crate) fn knock_space(clients: &[Client]) -> BTreeSet<ProtoPort> {
     space
 }
 
+/// The UDP ports where a datagram may be a single-packet authorization.
+pub(crate) fn spa_ports(clients: &[Client]) -> BTreeSet<ProtoPort> {
+    let mut ranges: Vec<(u16, u16)> = clients
+        .iter()
+        .filter_map(|c| match &c.profile.knock {
+            Knock::Spa { ports, .. } => Some(*ports),
+            _ => None,
+        })
+        .collect();
+    ranges.sort_unstable();
+    ranges.dedup();
+    ranges
+        .into_iter()
+        .flat_map(|(lo, hi)| (lo..=hi).map(|p| ProtoPort::new(Proto::Udp, p)))
+        .collect()
+}
+
 /// Real time now, in nanoseconds since the epoch.
 fn unix_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
@@ -116,10 +139,29 @@ impl Daemon {
             (i128::from(boot_now) + delta).clamp(0, i128::from(u64::MAX)) as u64
         };
 
+        // The program checks SPA datagrams' clocks against this.
+        self.maps.set_runtime(Runtime::UnixOffset, unix_now.wrapping_sub(boot_now))?;
+
         let mut wanted = BTreeSet::new();
+        let mut wanted_keys = BTreeMap::new();
         let protected = self.protected();
         let mut listening = None;
         for client in &self.clients {
+            if let Knock::Spa { may_name_address, .. } = &client.profile.knock {
+                match client.profile.spa_key() {
+                    Ok(key) => {
+                        let bits = if *may_name_address { policy::MAY_ADMIT_OTHER } else { 0 };
+                        wanted_keys.insert(client.index, spa_key(&key, client.id, bits));
+                        self.installed.broken.remove(&client.id);
+                    }
+                    Err(err) => {
+                        if self.installed.broken.insert(client.id, 0).is_none() {
+                            warn!(client = %client.profile.name, "client skipped, its key cannot be derived: {err:#}");
+                        }
+                    }
+                }
+                continue;
+            }
             let slots = wanted_slots(&client.profile, unix_now / 1_000_000_000);
             let derived: Result<Vec<(u32, SequenceInfo, Vec<ProtoPort>)>> = slots
                 .into_iter()
@@ -127,7 +169,7 @@ impl Daemon {
                     let index = client.index * SLOTS_PER_CLIENT
                         + if slot == STATIC_SLOT { 0 } else { (slot % 4) as u32 };
                     let (valid_from_ns, valid_until_ns) = match &client.profile.knock {
-                        Knock::Static { .. } => (0, u64::MAX),
+                        Knock::Static { .. } | Knock::Spa { .. } => (0, u64::MAX),
                         // Slot x is accepted during slots x-1, x and x+1.
                         Knock::Rotating { slot_secs, .. } => {
                             let len = u64::from(*slot_secs);
@@ -199,11 +241,35 @@ impl Daemon {
             self.maps.set_knock_space(&self.installed.knock_space, &self.knock_space)?;
             self.installed.knock_space = self.knock_space.clone();
         }
+        self.install_spa(wanted_keys)?;
 
         // Single-use records matter only while their slot is accepted.
         let live: BTreeSet<(u32, u64)> =
             self.installed.table.sequences().map(|(_, info, _)| (info.client, info.slot)).collect();
         self.maps.prune_used(|k| live.contains(&(k.client, k.slot)))?;
+        Ok(())
+    }
+
+    /// Writes the SPA keys and ports that changed. A removed client's key
+    /// is zeroed, so its datagrams stop verifying at once.
+    fn install_spa(&mut self, wanted: BTreeMap<u32, SpaKey>) -> Result<()> {
+        for index in self.installed.spa_keys.keys().copied().collect::<Vec<_>>() {
+            if !wanted.contains_key(&index) {
+                self.maps.set_spa_key(index, &SpaKey::default())?;
+                self.installed.spa_keys.remove(&index);
+            }
+        }
+        for (index, key) in wanted {
+            if self.installed.spa_keys.get(&index) != Some(&key) {
+                self.maps.set_spa_key(index, &key)?;
+                self.installed.spa_keys.insert(index, key);
+            }
+        }
+        let ports = spa_ports(&self.clients);
+        if self.installed.spa_ports != ports {
+            self.maps.set_spa_ports(&self.installed.spa_ports, &ports)?;
+            self.installed.spa_ports = ports;
+        }
         Ok(())
     }
 

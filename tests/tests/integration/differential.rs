@@ -26,9 +26,11 @@ use knock_common::{
     decide::{Packet, Parsed, decide},
     event::EventKind,
     flow::Segment,
-    maps::{Counter, Settings, port_flags},
-    model::Model,
+    knock::KnockMaps as _,
+    maps::{Counter, Runtime, Settings, port_flags},
+    model::{Bytes, Model},
     source::SourceKey,
+    spa::{self, key_from_secret, spa_key},
     trie::KnockTable,
 };
 use knock_tests::{frames::Frame, privileged, testrun};
@@ -65,7 +67,13 @@ const SETTINGS: Settings = Settings {
     miss_burst_ns: 4 * HOUR,
     global_miss_interval_ns: 1_000_000,
     global_miss_burst_ns: 1_000_000_000,
+    spa_skew_secs: 30,
 };
+/// The SPA client: its index, id and port.
+const SPA_INDEX: u32 = 9;
+const SPA_CLIENT: u32 = 99;
+const SPA_PORT: u16 = 62_000;
+const SPA_SECRET: [u8; 32] = [5; 32];
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -73,10 +81,14 @@ enum Op {
     /// 10 = 80, 11 = the spoiler), TCP flags, source port, sequence number.
     Packet { source: usize, udp: bool, port: usize, flags: u8, sport: u16, seq: u32 },
     /// Source `source` sends client `client`'s whole sequence, after a
-    /// SYN to the spoiler port that ends any knock in progress.
+    /// SYN to the spoiler port that ends any knock in progress, then
+    /// connects to the protected TCP port.
     Knock { source: usize, client: usize },
     /// `allow SOURCE --for` 10 minutes or 2 hours (the knock's window is 1 h).
     Allow { source: usize, long: bool },
+    /// An SPA datagram from `source`: 0 valid and fresh, 1 a replay of the
+    /// last valid one, 2 a flipped byte, 3 a minute old, 4 for another server.
+    Spa { source: usize, kind: u8 },
 }
 
 fn port_of(index: usize) -> u16 {
@@ -96,6 +108,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(source, udp, port, flags, sport, seq)| Op::Packet { source, udp, port, flags, sport, seq }),
         3 => (0..SOURCES.len(), 0..3usize).prop_map(|(source, client)| Op::Knock { source, client }),
         1 => (0..SOURCES.len(), any::<bool>()).prop_map(|(source, long)| Op::Allow { source, long }),
+        2 => (0..SOURCES.len(), 0..5u8).prop_map(|(source, kind)| Op::Spa { source, kind }),
     ]
 }
 
@@ -126,6 +139,8 @@ struct Checked {
     clean_knocks_limited: u32,
     replays_refused: u32,
     longer_windows_kept: u32,
+    spa_opened: u32,
+    spa_refused: u32,
 }
 
 #[test]
@@ -143,6 +158,9 @@ fn the_program_and_the_model_agree_on_generated_streams() {
     let space: BTreeSet<ProtoPort> =
         POOL.iter().chain([&SPOILER]).map(|&port| ProtoPort::new(Proto::Tcp, port)).collect();
     maps.set_knock_space(&Default::default(), &space).unwrap();
+    let spa_ports = [ProtoPort::new(Proto::Udp, SPA_PORT)].into();
+    maps.set_spa_ports(&Default::default(), &spa_ports).unwrap();
+    maps.set_spa_key(SPA_INDEX, &spa_key(&key_from_secret(&SPA_SECRET), SPA_CLIENT, 0)).unwrap();
     let kernel = RefCell::new(Kernel { ebpf, maps });
     let checked = RefCell::new(Checked::default());
 
@@ -160,6 +178,11 @@ fn the_program_and_the_model_agree_on_generated_streams() {
     assert!(checked.clean_knocks_limited >= 5, "{checked:?}");
     assert!(checked.replays_refused >= 20, "{checked:?}");
     assert!(checked.longer_windows_kept >= 3, "{checked:?}");
+    assert!(checked.spa_opened >= 20 && checked.spa_refused >= 40, "{checked:?}");
+}
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
 fn source_key(source: usize) -> SourceKey {
@@ -174,6 +197,14 @@ fn run_case(kernel: &mut Kernel, checked: &mut Checked, sequences: &[Vec<u16>], 
     model.ports.insert(PROTECTED_UDP, port_flags::PROTECTED_UDP);
     model.knock_space(Proto::Tcp, POOL[0], POOL[7]);
     model.knock_space(Proto::Tcp, SPOILER, SPOILER);
+    model.ports.insert(SPA_PORT, port_flags::SPA_UDP);
+    model.spa_keys.insert(SPA_INDEX, spa_key(&key_from_secret(&SPA_SECRET), SPA_CLIENT, 0));
+    // The same offset between UNIX and boot time on both sides.
+    let unix_offset = unix_ns().wrapping_sub(clock::boot_ns());
+    kernel.maps.set_runtime(Runtime::UnixOffset, unix_offset).unwrap();
+    model.set_runtime(Runtime::UnixOffset, unix_offset);
+    let mut last_spa: Option<[u8; spa::DATAGRAM_LEN]> = None;
+    let mut nonce = 0u64;
     let now = clock::boot_ns();
     // Checked: the boot clock may be younger than the hour subtracted.
     let valid = (now.saturating_sub(HOUR), now + HOUR);
@@ -191,17 +222,109 @@ fn run_case(kernel: &mut Kernel, checked: &mut Checked, sequences: &[Vec<u16>], 
 
     // What each source sent, for the properties below.
     let mut sent: Vec<Vec<(bool, u16)>> = vec![Vec::new(); SOURCES.len()];
+    // Sources allowed by hand or by a single-packet authorization.
     let mut allowed_by_hand = [false; SOURCES.len()];
     for op in ops {
+        if let Op::Spa { source, kind } = *op {
+            let src: IpAddr = SOURCES[source].parse().unwrap();
+            let server: IpAddr = if src.is_ipv4() { SERVER_V4 } else { SERVER_V6 }.parse().unwrap();
+            let now_unix = (clock::boot_ns().wrapping_add(unix_offset) / 1_000_000_000) as u32;
+            nonce += 1;
+            let mut request = spa::Request {
+                index: SPA_INDEX as u16,
+                unix_secs: now_unix,
+                nonce: [0; spa::NONCE_LEN],
+                admit: None,
+            };
+            request.nonce[..8].copy_from_slice(&nonce.to_be_bytes());
+            let key = key_from_secret(&SPA_SECRET);
+            let datagram = match kind {
+                1 => last_spa.unwrap_or_else(|| spa::datagram(&key, &request, server)),
+                2 => {
+                    let mut bytes = spa::datagram(&key, &request, server);
+                    bytes[(nonce % spa::DATAGRAM_LEN as u64) as usize] ^= 0x10;
+                    bytes
+                }
+                3 => spa::datagram(
+                    &key,
+                    &spa::Request { unix_secs: now_unix - 60, ..request },
+                    server,
+                ),
+                4 => {
+                    let other: IpAddr =
+                        if src.is_ipv4() { "198.51.100.2" } else { "2001:db8:1::2" }
+                            .parse()
+                            .unwrap();
+                    spa::datagram(&key, &request, other)
+                }
+                _ => spa::datagram(&key, &request, server),
+            };
+            if kind == 0 {
+                last_spa = Some(datagram);
+            }
+            let frame = Frame {
+                udp_payload: datagram.to_vec(),
+                ..Frame::new(src, server, Proto::Udp, SPA_PORT)
+            }
+            .build_with_sport(40000);
+            let bytes =
+                Bytes { payload: datagram.to_vec(), destination: Some(SourceKey::from(server)) };
+            let pkt = Packet {
+                src: SourceKey::from(src),
+                proto: Proto::Udp,
+                sport: 40000,
+                dport: SPA_PORT,
+                tcp: Segment::default(),
+                payload_len: spa::DATAGRAM_LEN as u16,
+                ip_at: 0,
+                l4_at: 0,
+            };
+            let opened_before = model
+                .events
+                .borrow()
+                .iter()
+                .filter(|e| e.kind == EventKind::SpaOpened as u32)
+                .count();
+            let now = clock::boot_ns();
+            let expected = decide(&model, Parsed::Transport(pkt), &bytes, || now);
+            let (action, counter) = testrun::run_frame(&mut kernel.ebpf, &kernel.maps, &frame);
+            assert_eq!(
+                (action, counter),
+                (expected.action, expected.counter),
+                "SPA kind {kind} from {src}{}",
+                context()
+            );
+            let opened = model
+                .events
+                .borrow()
+                .iter()
+                .filter(|e| e.kind == EventKind::SpaOpened as u32)
+                .count()
+                > opened_before;
+            if opened {
+                // Its source may pass from now on without knocking.
+                allowed_by_hand[source] = true;
+            }
+            if kind == 0 {
+                checked.spa_opened += 1;
+                assert!(opened, "a valid datagram did not open{}", context());
+            } else if kind != 1 || last_spa.is_some() {
+                checked.spa_refused += 1;
+                assert!(!opened, "an SPA datagram of kind {kind} opened{}", context());
+            }
+            continue;
+        }
         let packets: Vec<(usize, bool, u16, u8, u16, u32)> = match *op {
             Op::Packet { source, udp, port, flags, sport, seq } => {
                 vec![(source, udp, port_of(port), flags, sport, seq)]
             }
+            // The client then connects, as a real one would.
             Op::Knock { source, client } => {
                 std::iter::once((source, false, SPOILER, SYN, 40000, 1))
                     .chain(
                         sequences[client].iter().map(|&port| (source, false, port, SYN, 40000, 1)),
                     )
+                    .chain([(source, false, PROTECTED_TCP, SYN, 40003, 1)])
                     .collect()
             }
             Op::Allow { source, long } => {
@@ -216,6 +339,7 @@ fn run_case(kernel: &mut Kernel, checked: &mut Checked, sequences: &[Vec<u16>], 
                 allowed_by_hand[source] = true;
                 continue;
             }
+            Op::Spa { .. } => unreachable!("sent above"),
         };
         let (source, client) = match *op {
             Op::Knock { source, client } => (source, Some(client)),
@@ -239,9 +363,12 @@ fn run_case(kernel: &mut Kernel, checked: &mut Checked, sequences: &[Vec<u16>], 
                 sport,
                 dport: port,
                 tcp,
+                payload_len: if udp { 4 } else { 0 },
+                ip_at: 0,
+                l4_at: 0,
             });
             let now = clock::boot_ns();
-            let expected = decide(&model, parsed, || now);
+            let expected = decide(&model, parsed, &Bytes::default(), || now);
             let (action, counter) = testrun::run_frame(&mut kernel.ebpf, &kernel.maps, &frame);
             assert_eq!(
                 (action, counter),
@@ -386,6 +513,11 @@ fn compare_maps(kernel: &Kernel, model: &Model, context: &str) {
         );
     }
 
+    let kernel_nonces: BTreeSet<_> =
+        kernel.maps.spa_nonces().unwrap().into_iter().map(|(k, _)| k).collect();
+    let model_nonces: BTreeSet<_> = model.nonces.borrow().keys().copied().collect();
+    assert_eq!(kernel_nonces, model_nonces, "SPA nonces{context}");
+
     // And the security property itself: a source is only ever allowed after
     // completing a sequence that opened the door for it, or by hand.
     let opened: BTreeSet<SourceKey> = model
@@ -397,7 +529,7 @@ fn compare_maps(kernel: &Kernel, model: &Model, context: &str) {
         .collect();
     for (key, entry) in &model_allowed {
         assert!(
-            opened.contains(key) || entry.origin == AllowOrigin::Manual as u32,
+            opened.contains(key) || entry.origin != AllowOrigin::Knock as u32,
             "{key:?}{context}"
         );
     }

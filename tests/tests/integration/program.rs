@@ -146,7 +146,10 @@ fn object_exposes_the_expected_maps() {
         return;
     }
     let ebpf = loader::load().unwrap();
-    let mut names: Vec<&str> = ebpf.maps().map(|(name, _)| name).collect();
+    // `.rodata` holds constants (SHA-256's round constants): loaded with the
+    // object each time, never pinned.
+    let mut names: Vec<&str> =
+        ebpf.maps().map(|(name, _)| name).filter(|name| *name != ".rodata").collect();
     names.sort();
     let mut expected = ALL_MAPS.to_vec();
     expected.sort();
