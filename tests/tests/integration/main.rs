@@ -13,4 +13,5 @@ mod knocking;
 mod onboarding;
 mod program;
 mod sessions;
+mod spa;
 mod system;
