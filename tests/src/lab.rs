@@ -218,6 +218,16 @@ pub struct TcpSession {
 }
 
 impl TcpSession {
+    /// The client's port: with the addresses, the flow's 4-tuple.
+    pub fn local_port(&self) -> u16 {
+        self.stream.local_addr().unwrap().port()
+    }
+
+    /// Ends the client's side of the connection: its FIN goes out.
+    pub fn finish(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+    }
+
     /// Sends a line and waits (1.5 s at most) for its echo.
     pub fn exchange(&mut self) -> bool {
         let mut buf = [0u8; 5];

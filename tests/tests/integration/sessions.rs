@@ -2,10 +2,18 @@
 //! active, idle ones end, established sessions survive `protect`,
 //! always-allowed networks need no knock, and `revoke` ends flows at once.
 
-use std::{thread, time::Duration};
+use std::{
+    net::IpAddr,
+    thread,
+    time::{Duration, Instant},
+};
 
 use knock_tests::{
-    lab::{CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6},
+    flood,
+    frames::{Frame, Proto},
+    lab::{
+        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6, eventually,
+    },
     privileged,
 };
 
@@ -171,4 +179,102 @@ fn revoking_an_address_ends_its_flows_at_once() {
     assert!(!tcp.exchange(), "the tcp connection survived revoke");
     assert!(!udp.exchange(), "the udp flow survived revoke");
     assert!(flows(&knock).is_empty());
+}
+
+/// Spoofs `count` TCP segments from the client's address and port onto the
+/// flow, each with a random sequence (and acknowledgement) number.
+fn spoof(lab: &Lab, sport: u16, flags: &'static [u8], count: u64) {
+    let iface = lab.client_if.clone();
+    let seed = Instant::now().elapsed().as_nanos() as u64 | 1;
+    let sent = lab.client.enter(move || {
+        let (src, dst): (IpAddr, IpAddr) = (CLIENT_V4.parse().unwrap(), SERVER_V4.parse().unwrap());
+        let mut x = seed ^ 0x9e37_79b9_7f4a_7c15;
+        flood::send(&iface, count, |i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let frame = Frame {
+                tcp_flags: flags[(i % flags.len() as u64) as usize],
+                tcp_seq: x as u32,
+                tcp_ack: (x >> 32) as u32,
+                ..Frame::new(src, dst, Proto::Tcp, TCP_PORT)
+            };
+            frame.build_with_sport(sport)
+        })
+        .expect("spoof")
+    });
+    assert_eq!(sent, count);
+}
+
+#[test]
+fn spoofed_rsts_and_fins_neither_cut_a_session_nor_keep_a_dead_one_alive() {
+    if !privileged("spoofed_rsts_and_fins_neither_cut_a_session_nor_keep_a_dead_one_alive") {
+        return;
+    }
+    let lab = lab();
+    let knock = daemon(&lab, &["--idle-timeout", "3s"]);
+    knock.ok(&["allow", CLIENT_V4, "--for", "1s"]);
+    let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).expect("admitted");
+    assert!(session.exchange());
+    thread::sleep(Duration::from_millis(1200));
+    // After the open window: a few hundred RSTs and FINs with random
+    // sequence numbers from the client's own address and port.
+    const ENDS: &[u8] = &[0x04, 0x14, 0x11, 0x01];
+    spoof(&lab, session.local_port(), ENDS, 400);
+    assert!(flows(&knock).iter().all(|f| f["closing"] == false), "{:?}", flows(&knock));
+    // Past the 10 s close grace a counted one would have started, the
+    // session still talks (keeping itself alive within the idle timeout).
+    let until = Instant::now() + Duration::from_secs(11);
+    while Instant::now() < until {
+        assert!(session.exchange(), "the session was cut by spoofed packets");
+        thread::sleep(Duration::from_secs(1));
+    }
+
+    // Spoofed ACKs with random numbers do not refresh an idle flow: it ends
+    // after the idle timeout although they keep coming.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(3500) {
+        spoof(&lab, session.local_port(), &[0x10], 50);
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!session.exchange(), "spoofed packets kept an idle flow alive");
+
+    // The client's own FIN, exact, does start the close grace.
+    knock.ok(&["allow", CLIENT_V4, "--for", "1s"]);
+    let session = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).expect("admitted");
+    session.finish();
+    eventually("the client's FIN did not start the close grace", || {
+        flows(&knock).iter().any(|f| f["closing"] == true)
+    });
+}
+
+#[test]
+fn removing_a_client_or_revoking_its_address_ends_sessions_after_the_window() {
+    if !privileged("removing_a_client_or_revoking_its_address_ends_sessions_after_the_window") {
+        return;
+    }
+    let lab = lab();
+    let knock = daemon(&lab, &["--open-window", "2s"]);
+    let check = TCP_PORT.to_string();
+    for how in ["client remove", "revoke"] {
+        let profile = knock.add_client("laptop", &["--slot", "60s"]).display().to_string();
+        let out = lab.client_cli(&["knock", SERVER_V4, "--profile", &profile, "--check", &check]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+        let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).expect("knocked");
+        assert!(session.exchange());
+        // Well past the open window, the session is alive...
+        thread::sleep(Duration::from_secs(3));
+        assert!(session.exchange(), "{how}: the session died on its own");
+        assert_eq!(knock.list()["allowed"].as_array().unwrap().len(), 0, "the window is over");
+        // ...until its client goes, or its address is revoked.
+        let said = match how {
+            "revoke" => knock.ok(&["revoke", CLIENT_V4]),
+            _ => knock.ok(&["client", "remove", "laptop"]),
+        };
+        assert!(said.contains("flows ended"), "{how}: {said}");
+        assert!(!session.exchange(), "{how}: the session survived ({said})");
+        if how == "revoke" {
+            knock.ok(&["client", "remove", "laptop"]);
+        }
+    }
 }
