@@ -210,6 +210,36 @@ pub struct Report {
 
 /// Runs every part.
 pub fn run(settings: &Settings) -> Result<Report> {
+    run_parts(settings, &Part::ALL)
+}
+
+/// The parts of the benchmark, to run some alone (`bench --only PART`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    PerPacket,
+    Throughput,
+    Scale,
+    Footprint,
+    Latency,
+}
+
+impl Part {
+    pub const ALL: [Part; 5] =
+        [Part::PerPacket, Part::Scale, Part::Throughput, Part::Footprint, Part::Latency];
+
+    pub fn parse(name: &str) -> Option<Part> {
+        Some(match name {
+            "per-packet" => Part::PerPacket,
+            "throughput" => Part::Throughput,
+            "scale" => Part::Scale,
+            "footprint" => Part::Footprint,
+            "latency" => Part::Latency,
+            _ => return None,
+        })
+    }
+}
+
+pub fn run_parts(settings: &Settings, parts: &[Part]) -> Result<Report> {
     loader::ensure_bpffs()?;
     let mut report = Report {
         machine: machine(),
@@ -217,16 +247,26 @@ pub fn run(settings: &Settings) -> Result<Report> {
         live_frames: settings.live_frames,
         ..Default::default()
     };
-    eprintln!("bench: 1/5 per-packet cost (BPF_PROG_TEST_RUN)");
-    report.paths = per_packet(settings).context("part 1, per-packet cost")?;
-    eprintln!("bench: 3/5 scale");
-    report.scale = scale(settings).context("part 3, scale")?;
-    eprintln!("bench: 2/5 throughput (live frames on a veth)");
-    report.throughput = throughput(settings).context("part 2, throughput")?;
-    eprintln!("bench: 4/5 daemon footprint");
-    report.footprint = footprint(settings).context("part 4, daemon footprint")?;
-    eprintln!("bench: 5/5 knock-to-open latency");
-    report.latency = latency(settings).context("part 5, latency")?;
+    if parts.contains(&Part::PerPacket) {
+        eprintln!("bench: per-packet cost (BPF_PROG_TEST_RUN)");
+        report.paths = per_packet(settings).context("part 1, per-packet cost")?;
+    }
+    if parts.contains(&Part::Scale) {
+        eprintln!("bench: scale");
+        report.scale = scale(settings).context("part 3, scale")?;
+    }
+    if parts.contains(&Part::Throughput) {
+        eprintln!("bench: throughput (live frames on a veth)");
+        report.throughput = throughput(settings).context("part 2, throughput")?;
+    }
+    if parts.contains(&Part::Footprint) {
+        eprintln!("bench: daemon footprint");
+        report.footprint = footprint(settings).context("part 4, daemon footprint")?;
+    }
+    if parts.contains(&Part::Latency) {
+        eprintln!("bench: knock-to-open latency");
+        report.latency = latency(settings).context("part 5, latency")?;
+    }
     report.notes = notes(&report);
     Ok(report)
 }

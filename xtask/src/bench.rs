@@ -11,6 +11,9 @@ pub struct Args {
     /// Fewer runs, frames and sources (about a minute; the numbers are noisier).
     #[arg(long)]
     quick: bool,
+    /// Only this part (per-packet, throughput, scale, footprint, latency); repeatable.
+    #[arg(long, value_name = "PART")]
+    only: Vec<String>,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -28,6 +31,9 @@ pub fn run(args: &Args) -> Result<()> {
         .env("KNOCK_XDP_BIN", target_dir().join("release").join("knock-xdp"));
     if args.quick {
         cmd.arg("--quick");
+    }
+    for part in &args.only {
+        cmd.args(["--only", part]);
     }
     run_cmd(&mut cmd).context("xtask bench: the benchmarks failed")
 }
