@@ -1,7 +1,7 @@
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::{Parser as _, error::ErrorKind};
-use knock_userspace::cli::{self, Cli, LogFormat};
+use knock_userspace::cli::{self, Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -26,6 +26,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !matches!(cli.command, Command::Attach { .. }) {
+        quiet_on_closed_pipe();
+    }
     // The config file may set the log level and format; a broken one is
     // reported by the command itself, so here it only falls back.
     let config = knock_userspace::config::Config::load(cli.config.as_deref()).unwrap_or_default();
@@ -38,6 +41,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command that prints and exits ends quietly when its reader goes away
+/// (`knock-xdp status | head -1`), as `cat` and every Unix filter do. Rust
+/// starts with SIGPIPE ignored, which turns a closed pipe into an EPIPE that
+/// `println!` panics on (and third-party writers such as the completion
+/// generator `expect`); restoring the default action handles every writer
+/// at once, present and future. The daemon (`attach`) keeps SIGPIPE ignored:
+/// a control client, a scraper or a log reader that hangs up must never
+/// kill it.
+fn quiet_on_closed_pipe() {
+    // SAFETY: setting a signal's disposition to its default has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
 fn init_logging(verbose: u8, quiet: u8, configured: Option<&str>, format: LogFormat) {

@@ -508,7 +508,9 @@ impl Instance {
         }
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    /// The command line of `knock-xdp ARGS` against this instance, to run
+    /// with other stdio than [`Instance::cli`].
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = match self.entry {
             Entry::NetnsExec => {
                 let mut c = Command::new("ip");

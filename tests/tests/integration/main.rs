@@ -8,6 +8,7 @@ mod crafted;
 mod differential;
 mod end_to_end;
 mod faults;
+mod hardening;
 mod knocking;
 mod onboarding;
 mod program;
