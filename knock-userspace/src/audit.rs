@@ -63,16 +63,23 @@ fn path(state: &StateDir) -> PathBuf {
 /// Appends a record (the daemon calls this for every event but progress).
 pub fn append(state: &StateDir, record: &Record) -> Result<()> {
     let path = path(state);
-    if fs::metadata(&path).is_ok_and(|m| m.len() > MAX_BYTES) {
+    if fs::symlink_metadata(&path).is_ok_and(|m| m.len() > MAX_BYTES) {
         fs::rename(&path, path.with_extension("jsonl.1")).context("cannot rotate the audit log")?;
     }
     let mut line = serde_json::to_string(record)?;
     line.push('\n');
+    // O_NOFOLLOW: a symbolic link planted at the audit file's name is
+    // refused, never followed (the daemon appends as root).
     OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
+        .map_err(|err| match err.raw_os_error() {
+            Some(libc::ELOOP) => std::io::Error::other("it is a symbolic link: not following it"),
+            _ => err,
+        })
         .and_then(|mut file| file.write_all(line.as_bytes()))
         .with_context(|| format!("cannot write {}", path.display()))
 }
@@ -118,4 +125,28 @@ pub fn print(state: &StateDir, json: bool, client: Option<&str>, count: usize) -
         println!("{}  {:<10} {:<16} {:<39} {detail}{slot}", r.time, r.event, client, r.source);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlink_at_the_audit_file_is_never_followed() {
+        let root = std::env::temp_dir().join(format!("knock-audit-link-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let state = StateDir::new(&root);
+        state.create().unwrap();
+        let target = root.with_extension("target");
+        fs::write(&target, "precious\n").unwrap();
+        std::os::unix::fs::symlink(&target, path(&state)).unwrap();
+        let err = format!(
+            "{:#}",
+            append(&state, &Record::now("opened", "192.0.2.1".into())).unwrap_err()
+        );
+        assert!(err.contains("audit.jsonl") && err.contains("symbolic link"), "{err}");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n");
+        fs::remove_file(target).unwrap();
+        fs::remove_dir_all(root).unwrap();
+    }
 }

@@ -412,6 +412,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     );
     if needs_root {
         require_root(command.name())?;
+        state.check()?;
     }
     match command {
         Command::Attach {

@@ -1,16 +1,25 @@
-//! Host hardening: what the commands do with a closed output pipe.
+//! Host hardening: what the commands do with a closed output pipe, and
+//! with a state directory that others could have written or that holds a
+//! planted symbolic link.
 
 use std::{
+    fs,
     os::{
         fd::{FromRawFd as _, OwnedFd},
-        unix::process::ExitStatusExt as _,
+        unix::{fs::PermissionsExt as _, process::ExitStatusExt as _},
     },
+    path::Path,
     process::{Command, Output, Stdio},
+    time::Duration,
 };
 
 use knock_tests::{
-    lab::{Entry, Instance, Lab, binary},
+    lab::{CLIENT_V4, Entry, Instance, Knock, Lab, SERVER_V4, binary, eventually, has_xdp},
     privileged,
+};
+use knock_userspace::{
+    control::{self, Changed, Request},
+    state::StateDir,
 };
 
 /// The write end of a pipe whose read end is already closed: the first
@@ -69,4 +78,87 @@ fn every_command_ends_quietly_on_a_closed_pipe() {
     }
     // The daemon lived through all of it.
     assert!(knock.cli(&["status"]).status.success(), "{}", knock.daemon_log());
+}
+
+/// Refused in one line that names `path` and contains `why`; exit status 1.
+fn assert_refused(out: &Output, path: &Path, why: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "not refused: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "not one line:\n{stderr}");
+    assert!(stderr.starts_with("knock-xdp: "), "{stderr}");
+    assert!(stderr.contains(&path.display().to_string()), "does not name {path:?}: {stderr}");
+    assert!(stderr.contains(why), "expected '{why}' in: {stderr}");
+}
+
+#[test]
+fn a_state_dir_others_can_write_is_refused_and_left_as_it_is() {
+    if !privileged("a_state_dir_others_can_write_is_refused_and_left_as_it_is") {
+        return;
+    }
+    let lab = Lab::new();
+    let knock = Instance::new(&lab.server, Entry::NetnsExec);
+    let dir = knock.state_path();
+    fs::create_dir_all(dir).unwrap();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).unwrap();
+    for args in [&["protect", "22"][..], &["attach", &lab.server_if], &["client", "add", "eve"]] {
+        assert_refused(&knock.cli(args), dir, "writable by group and others (mode 0777)");
+    }
+    assert_eq!(fs::read_dir(dir).unwrap().count(), 0, "a refused command wrote into {dir:?}");
+    assert!(!has_xdp(&lab.server, &lab.server_if), "a refused attach attached");
+
+    // Only root's: accepted. A file in it that someone else owns: refused.
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).unwrap();
+    knock.ok(&["protect", "22"]);
+    let state_file = dir.join("state.toml");
+    let before = fs::read(&state_file).unwrap();
+    std::os::unix::fs::chown(&state_file, Some(65534), None).unwrap();
+    assert_refused(&knock.cli(&["protect", "80"]), &state_file, "owned by uid 65534, not root");
+    assert_eq!(fs::read(&state_file).unwrap(), before, "a refused protect changed the state");
+}
+
+#[test]
+fn symlinks_planted_at_the_temporary_and_audit_files_are_not_followed() {
+    if !privileged("symlinks_planted_at_the_temporary_and_audit_files_are_not_followed") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.tcp_echo(SERVER_V4, 8022);
+    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
+    knock.attach(&[&lab.server_if]);
+    knock.ok(&["protect", "8022/tcp"]);
+    knock.add_client("door", &["--static", "7101,7102,7103"]);
+    let dir = knock.state_path().to_owned();
+    let target = knock.side_file("target");
+    fs::write(&target, "precious\n").unwrap();
+    let state_file = dir.join("state.toml");
+    let state_before = fs::read(&state_file).unwrap();
+
+    // At the temporary file's name: every command refuses the directory,
+    // and the daemon itself, asked directly, writes nothing through it.
+    let tmp = dir.join("state.tmp");
+    std::os::unix::fs::symlink(&target, &tmp).unwrap();
+    assert_refused(&knock.cli(&["protect", "8023"]), &tmp, "symbolic link");
+    let request = Request::Protect { ports: vec!["8023/tcp".parse().unwrap()] };
+    let err = control::request::<Changed>(&StateDir::new(&dir), &request).unwrap_err();
+    assert!(format!("{err:#}").contains("not following"), "{err:#}");
+    assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n", "the link was followed");
+    assert_eq!(fs::read(&state_file).unwrap(), state_before);
+    assert!(fs::symlink_metadata(&tmp).unwrap().is_symlink(), "the planted link was replaced");
+    fs::remove_file(&tmp).unwrap();
+
+    // At the audit file: the daemon's record of an opening is refused,
+    // the opening itself still happens.
+    let audit = dir.join("audit.jsonl");
+    let _ = fs::remove_file(&audit);
+    std::os::unix::fs::symlink(&target, &audit).unwrap();
+    let knocks: Vec<Knock> =
+        [7101, 7102, 7103].iter().map(|&port| Knock { port, udp: false }).collect();
+    lab.send_knocks(CLIENT_V4, SERVER_V4, &knocks, Duration::from_millis(20));
+    assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, 8022), "the knock did not open the door");
+    eventually("the daemon did not report the refused audit write", || {
+        knock.daemon_log().contains("symbolic link: not following it")
+    });
+    assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n", "the link was followed");
+    assert!(fs::symlink_metadata(&audit).unwrap().is_symlink());
+    fs::remove_file(&audit).unwrap();
 }
