@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{ClientCommand, PortList, ProtoArg, StaticSequence};
 use crate::{
+    audit,
     clients::ClientStore,
     control::{self, Changed, Request, Unreachable},
     ports::Proto,
@@ -160,7 +161,13 @@ pub(super) fn run(state: &StateDir, command: ClientCommand) -> Result<()> {
         }
         ClientCommand::Remove { name } => {
             let client = store.remove(&name)?;
-            let ended = notify_daemon(state)?;
+            // A running daemon records the removal with what it ended.
+            let ended = notify_daemon(state)?.unwrap_or_else(|| {
+                let mut record = audit::Record::now("client_removed", "-".to_owned());
+                record.client = Some(client.profile.name.clone());
+                audit::append_or_warn(state, &record);
+                String::new()
+            });
             println!("client {} removed{ended}", client.profile.name);
         }
     }
@@ -194,19 +201,19 @@ fn otpauth_uri(profile: &Profile) -> Option<String> {
     ))
 }
 
-/// Tells a running daemon to re-read the clients; nothing to do without one.
-/// Returns a note for the user about what the daemon ended.
-fn notify_daemon(state: &StateDir) -> Result<String> {
+/// Tells a running daemon to re-read the clients; nothing to do without one
+/// (`None`). Returns a note for the user about what the daemon ended.
+fn notify_daemon(state: &StateDir) -> Result<Option<String>> {
     match control::connect(state) {
         Ok(stream) => {
             let changed: Changed = control::send(stream, &Request::ReloadClients)?;
-            Ok(if changed.message.is_empty() {
+            Ok(Some(if changed.message.is_empty() {
                 String::new()
             } else {
                 format!("; {}", changed.message)
-            })
+            }))
         }
-        Err(Unreachable::NotRunning) => Ok(String::new()),
+        Err(Unreachable::NotRunning) => Ok(None),
         Err(Unreachable::Other(err)) => Err(err),
     }
 }

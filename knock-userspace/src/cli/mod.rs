@@ -549,6 +549,7 @@ fn revoke(state: &StateDir, target: Cidr) -> Result<()> {
                 saved.allow_nets.remove(&target);
                 Ok(())
             })?;
+            audit::append_or_warn(state, &audit::Record::now("revoked", target.to_string()));
             println!("{target} is no longer always allowed");
         }
     }

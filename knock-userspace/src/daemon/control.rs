@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use super::Daemon;
 use crate::{
+    audit,
     clients::{Client, ClientStore},
     clock,
     control::{AllowedSource, Changed, Flow, InterfaceStatus, Listing, Reply, Request, Status},
@@ -166,6 +167,7 @@ impl Daemon {
             );
         }
         let mut done = Vec::new();
+        let mut ended = None;
         if self.state.allow_nets.contains(&target) {
             let mut next = self.state.clone();
             next.allow_nets.remove(&target);
@@ -181,14 +183,16 @@ impl Daemon {
             if was_allowed || flows > 0 {
                 info!(source = %addr, flows, "revoked");
                 done.push(format!("revoked {addr} ({flows} open flows ended)"));
+                ended = Some(flows as u64);
             }
         }
+        let shown = if target.is_host() { target.addr.to_string() } else { target.to_string() };
         if done.is_empty() {
-            bail!(
-                "{} is not in the allow list",
-                if target.is_host() { target.addr.to_string() } else { target.to_string() }
-            );
+            bail!("{shown} is not in the allow list");
         }
+        let mut record = audit::Record::now("revoked", shown);
+        record.flows = ended;
+        audit::append_or_warn(&self.state_dir, &record);
         changed(done.join("; "))
     }
 
@@ -214,6 +218,11 @@ impl Daemon {
         for client in removed {
             info!(client = %client.profile.name, "client removed; its sequences no longer open the door");
             notes.extend(self.revoke_admitted_by(client.id)?);
+            // `flows` (how many open flows ended) is left unset until flows
+            // carry the client that admitted them.
+            let mut record = audit::Record::now("client_removed", "-".to_owned());
+            record.client = Some(client.profile.name.clone());
+            audit::append_or_warn(&self.state_dir, &record);
         }
         Ok(notes)
     }

@@ -2,6 +2,7 @@
 //! aya and the daemon are linked once.
 
 mod abuse;
+mod audit;
 mod bench_smoke;
 mod cli_errors;
 mod crafted;
