@@ -13,6 +13,7 @@
 //! idle_timeout = "15m"
 //! fail_open = false
 //! metrics_listen = "127.0.0.1:9419"
+//! metrics_public = false         # needed for a non-loopback metrics_listen
 //! log_level = "info"             # error | warn | info | debug | trace
 //! log_format = "human"           # human | json
 //! ```
@@ -53,6 +54,7 @@ struct ConfigFile {
     idle_timeout: Option<String>,
     fail_open: Option<bool>,
     metrics_listen: Option<SocketAddr>,
+    metrics_public: Option<bool>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
 }
@@ -73,6 +75,7 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     pub fail_open: bool,
     pub metrics_listen: Option<SocketAddr>,
+    pub metrics_public: bool,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
 }
@@ -123,6 +126,7 @@ impl Config {
             idle_timeout: duration("idle_timeout", &file.idle_timeout)?,
             fail_open: file.fail_open.unwrap_or(false),
             metrics_listen: file.metrics_listen,
+            metrics_public: file.metrics_public.unwrap_or(false),
             log_level: file.log_level,
             log_format: file.log_format,
             path: Some(path),
@@ -165,6 +169,7 @@ knock_timeout = "5s"
 idle_timeout = "1h"
 fail_open = true
 metrics_listen = "127.0.0.1:9419"
+metrics_public = true
 log_level = "debug"
 log_format = "json"
 "#,
@@ -175,7 +180,7 @@ log_format = "json"
         assert_eq!(ports::join(&c.protected), "22/tcp 22/udp 51820/udp");
         assert_eq!(c.allow.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.0.0.0/8"]);
         assert_eq!(c.open_window, Some(Duration::from_secs(60)));
-        assert!(c.fail_open && c.log_format == Some(LogFormat::Json));
+        assert!(c.fail_open && c.metrics_public && c.log_format == Some(LogFormat::Json));
         std::fs::remove_file(path).unwrap();
     }
 

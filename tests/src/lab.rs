@@ -533,6 +533,31 @@ impl Instance {
         self.command(args).output().expect("cannot run knock-xdp")
     }
 
+    /// Runs a command that must end within `limit` (a refused `attach`, say,
+    /// that would otherwise run as a daemon); panics with its output if not.
+    pub fn cli_within(&self, args: &[&str], limit: Duration) -> Output {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot run knock-xdp");
+        let deadline = Instant::now() + limit;
+        while child.try_wait().expect("cannot wait for knock-xdp").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("cannot wait for knock-xdp");
+                panic!(
+                    "knock-xdp {args:?} still ran after {limit:?}:\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("cannot wait for knock-xdp")
+    }
+
     /// Runs a command that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);

@@ -92,6 +92,10 @@ pub enum Command {
         /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9419); off by default.
         #[arg(long, value_name = "ADDR", env = "KNOCK_XDP_METRICS_LISTEN")]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// Allow --metrics-listen on an address that is not loopback, where
+        /// anyone who reaches it can read the metrics.
+        #[arg(long, env = "KNOCK_XDP_METRICS_PUBLIC")]
+        metrics_public: bool,
     },
     /// Detach from one interface, or from all; removes every pin knock-xdp made.
     Detach {
@@ -423,6 +427,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             idle_timeout,
             fail_open,
             metrics_listen,
+            metrics_public,
         } => {
             // Flags and KNOCK_XDP_* variables win over the file, the file over the defaults.
             let config = Config::load(cli_config.as_deref())?;
@@ -431,6 +436,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 bail!(
                     "no interface to attach to: name one, or set `interfaces` in {}",
                     config.describe()
+                );
+            }
+            let metrics_listen = metrics_listen.or(config.metrics_listen);
+            if let Some(addr) = metrics_listen
+                && !addr.ip().to_canonical().is_loopback()
+                && !(metrics_public || config.metrics_public)
+            {
+                bail!(
+                    "--metrics-listen {addr} is not a loopback address, so anyone who reaches it \
+                     could read the metrics; add --metrics-public (or metrics_public = true in \
+                     the config file) to serve them there"
                 );
             }
             let options = AttachOptions {
@@ -444,7 +460,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     .or(config.idle_timeout)
                     .unwrap_or(Duration::from_secs(15 * 60)),
                 fail_open: fail_open || config.fail_open,
-                metrics_listen: metrics_listen.or(config.metrics_listen),
+                metrics_listen,
             };
             daemon::run(state, options, config)?
         }

@@ -60,7 +60,7 @@ pub struct AttachOptions {
     pub idle_timeout: Duration,
     /// Pin nothing: protection ends with the process, even on `kill -9`.
     pub fail_open: bool,
-    /// Serve Prometheus metrics here.
+    /// Serve Prometheus metrics here (checked: loopback unless public).
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
@@ -96,6 +96,8 @@ pub(crate) struct Daemon {
     knock_outcomes: std::collections::BTreeMap<&'static str, u64>,
     /// How many refusals may still be logged this second.
     refusals: events::RefusalBudget,
+    /// The metrics server, when `--metrics-listen` is set.
+    metrics: Option<metrics::MetricsServer>,
     /// Set by a `detach` that leaves no interface: the loop ends after replying.
     stop: bool,
 }
@@ -159,6 +161,7 @@ pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Resul
             started: Instant::now(),
             knock_outcomes: metrics::outcome_counters(),
             refusals: Default::default(),
+            metrics: None,
             stop: false,
         };
         daemon.rotate()?;
@@ -240,14 +243,12 @@ impl Daemon {
         let mut rotate = tokio::time::interval(ROTATE_INTERVAL);
         let mut flow_sweep = tokio::time::interval(FLOW_SWEEP_INTERVAL);
         let mut event_poll = tokio::time::interval(EVENT_POLL_INTERVAL);
-        let metrics = match self.options.metrics_listen {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot serve metrics on {addr}"))?,
-            ),
-            None => None,
-        };
+        let mut metrics_refresh = tokio::time::interval(metrics::REFRESH_INTERVAL);
+        if let Some(addr) = self.options.metrics_listen {
+            let first = self.metrics_snapshot()?;
+            self.metrics = Some(metrics::MetricsServer::start(addr, first)?);
+            info!(address = %addr, "serving metrics");
+        }
         info!(socket = %socket.display(), "ready");
 
         while !self.stop {
@@ -278,12 +279,7 @@ impl Daemon {
                     }
                     self.report_unlogged_refusals();
                 }
-                Some(scrape) = async { match &metrics { Some(m) => Some(m.accept().await), None => None } } => {
-                    match scrape {
-                        Ok((stream, _)) => self.scrape(stream).await,
-                        Err(err) => warn!("metrics: {err}"),
-                    }
-                }
+                _ = metrics_refresh.tick(), if self.metrics.is_some() => self.refresh_metrics(),
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => self.answer(stream).await,
                     Err(err) => warn!("control socket: {err}"),

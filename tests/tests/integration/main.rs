@@ -11,6 +11,7 @@ mod end_to_end;
 mod faults;
 mod hardening;
 mod knocking;
+mod metrics;
 mod onboarding;
 mod program;
 mod sessions;
