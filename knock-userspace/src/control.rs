@@ -120,6 +120,10 @@ pub struct Status {
     pub idle_timeout_secs: u64,
     /// Protection ends with the daemon (nothing pinned).
     pub fail_open: bool,
+    /// A `kill -9` of the daemon leaves the program attached: every link is
+    /// pinned in a bpffs that outlives it.
+    #[serde(default)]
+    pub survives_kill: bool,
     /// Sources in the allow map (expired ones not yet swept included).
     pub allowed: usize,
     /// Entries in the flow table.

@@ -474,7 +474,9 @@ pub fn binary() -> PathBuf {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
     /// `ip netns exec`: a private /sys, hence a private bpffs, per process.
-    /// Control commands must still reach the daemon.
+    /// Control commands must still reach the daemon. Pins there would die
+    /// with the daemon, so it refuses to start fail-closed:
+    /// [`Instance::attach`] adds `--fail-open`.
     NetnsExec,
     /// `nsenter --net`: only the network namespace; the host's bpffs, so a
     /// test can look at the pins.
@@ -582,12 +584,16 @@ impl Instance {
     }
 
     /// Starts `knock-xdp attach` and waits until it answers `status`.
+    /// Under `ip netns exec`, with `--fail-open` (see [`Entry::NetnsExec`]).
     pub fn attach(&mut self, args: &[&str]) {
         assert!(self.daemon.is_none(), "daemon already started");
         fs::create_dir_all(self.state_dir.parent().unwrap()).unwrap();
         let log = fs::File::create(&self.log).unwrap();
         let mut all = vec!["attach"];
         all.extend_from_slice(args);
+        if self.entry == Entry::NetnsExec && !args.contains(&"--fail-open") {
+            all.push("--fail-open");
+        }
         let child = self
             .command(&all)
             .stdout(log.try_clone().unwrap())

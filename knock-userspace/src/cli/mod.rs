@@ -719,7 +719,11 @@ fn print_status(status: &Status) {
         status.pid,
         format_duration(Duration::from_secs(status.uptime_secs.max(1)))
     );
-    println!("program:    id {} (pins in {})", status.program_id, status.pin_dir);
+    if status.fail_open {
+        println!("program:    id {} (nothing pinned)", status.program_id);
+    } else {
+        println!("program:    id {} (pins in {})", status.program_id, status.pin_dir);
+    }
     let ifaces: Vec<String> = status
         .interfaces
         .iter()
@@ -735,8 +739,12 @@ fn print_status(status: &Status) {
         })
         .collect();
     println!("interfaces: {}", ifaces.join(", "));
-    if status.fail_open {
-        println!("fail-open:  protection ends with this daemon");
+    if status.survives_kill {
+        println!("if killed:  the program stays attached until 'knock-xdp detach' (fail closed)");
+    } else if status.fail_open {
+        println!("if killed:  protection ends with this daemon (fail open)");
+    } else {
+        println!("if killed:  protection ends with this daemon: its links are not pinned");
     }
     println!(
         "clients:    {} ({} sequences installed); allowed sources {}; open flows {}; knocks in progress {}",

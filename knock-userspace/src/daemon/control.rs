@@ -368,6 +368,7 @@ impl Daemon {
             knock_timeout_secs: self.options.knock_timeout.as_secs(),
             idle_timeout_secs: self.options.idle_timeout.as_secs(),
             fail_open: self.options.fail_open,
+            survives_kill: self.program.survives_kill(),
             allowed: self.tables.allowed()?.len(),
             flows: self.tables.flows()?.len(),
             clients: self.clients.len(),

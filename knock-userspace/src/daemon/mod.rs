@@ -118,6 +118,13 @@ pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Resul
     };
     let state = state_dir.load()?;
     let clients = ClientStore::new(&state_dir).load()?;
+    // Fail-closed needs pins that outlive the process; refuse rather than
+    // promise it where they cannot (before mounting anything).
+    if !options.fail_open
+        && let Some(why) = loader::private_bpffs()?
+    {
+        bail!("{why}");
+    }
     loader::ensure_bpffs()?;
     let pin_dir = loader::pin_dir(&state_dir)?;
     // An earlier run that did not stop cleanly left its program attached:

@@ -1,6 +1,7 @@
-//! Host hardening: what the commands do with a closed output pipe, and
-//! with a state directory that others could have written or that holds a
-//! planted symbolic link.
+//! Host hardening: what the commands do with a closed output pipe, with a
+//! state directory that others could have written or that holds a planted
+//! symbolic link, and under `ip netns exec`, where pins cannot outlive the
+//! daemon.
 
 use std::{
     fs,
@@ -14,10 +15,11 @@ use std::{
 };
 
 use knock_tests::{
-    lab::{CLIENT_V4, Entry, Instance, Knock, Lab, SERVER_V4, binary, eventually, has_xdp},
+    lab::{CLIENT_V4, Entry, Instance, Knock, Lab, SERVER_V4, binary, eventually, has_xdp, run},
     privileged,
 };
 use knock_userspace::{
+    check::PortState,
     control::{self, Changed, Request},
     state::StateDir,
 };
@@ -161,4 +163,60 @@ fn symlinks_planted_at_the_temporary_and_audit_files_are_not_followed() {
     assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n", "the link was followed");
     assert!(fs::symlink_metadata(&audit).unwrap().is_symlink());
     fs::remove_file(&audit).unwrap();
+}
+
+#[test]
+fn under_ip_netns_exec_a_fail_closed_start_is_refused_and_status_tells_the_truth() {
+    if !privileged("under_ip_netns_exec_a_fail_closed_start_is_refused_and_status_tells_the_truth")
+    {
+        return;
+    }
+    let lab = Lab::new();
+    lab.tcp_echo(SERVER_V4, 8022);
+    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
+    knock.ok(&["protect", "8022/tcp"]);
+
+    // Fail closed is what `kill -9` would silently lose here: refused, in
+    // one line that says how to run it instead, and nothing is attached.
+    let out = knock.cli_within(&["attach", &lab.server_if], Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "not one line:\n{stderr}");
+    let nsenter = format!("nsenter --net=/run/netns/{}", lab.server.name);
+    assert!(stderr.contains(&nsenter) && stderr.contains("--fail-open"), "{stderr}");
+    assert!(!has_xdp(&lab.server, &lab.server_if), "a refused start attached");
+    assert_eq!(lab.tcp_state(SERVER_V4, 8022), PortState::Open);
+
+    // With --fail-open it starts, and says what a kill does.
+    knock.attach(&[&lab.server_if, "--fail-open"]);
+    assert_eq!(lab.tcp_state(SERVER_V4, 8022), PortState::Filtered);
+    let status = knock.status();
+    assert_eq!(
+        (status["fail_open"].as_bool(), status["survives_kill"].as_bool()),
+        (Some(true), Some(false))
+    );
+    let text = knock.ok(&["status"]);
+    assert!(
+        text.contains("nothing pinned") && text.contains("protection ends with this daemon"),
+        "{text}"
+    );
+    assert!(!text.contains("stays attached"), "{text}");
+    knock.kill_daemon();
+    eventually("the fail-open program outlived its daemon", || {
+        !has_xdp(&lab.server, &lab.server_if)
+    });
+
+    // Through nsenter the pins are the host's: it says the program stays,
+    // and it does.
+    let mut knock = Instance::new(&lab.server, Entry::NsenterNet);
+    knock.attach(&[&lab.server_if]);
+    knock.ok(&["protect", "8022/tcp"]);
+    assert_eq!(knock.status()["survives_kill"], true);
+    let text = knock.ok(&["status"]);
+    assert!(text.contains("stays attached until 'knock-xdp detach'"), "{text}");
+    knock.kill_daemon();
+    assert!(has_xdp(&lab.server, &lab.server_if), "the program went with the daemon");
+    assert_eq!(lab.tcp_state(SERVER_V4, 8022), PortState::Filtered);
+    // (The instance's drop detaches what the killed daemon left.)
+    let _ = run;
 }
