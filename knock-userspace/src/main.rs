@@ -65,7 +65,13 @@ fn init_logging(verbose: u8, quiet: u8, configured: Option<&str>, format: LogFor
         _ => "error",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A log line that cannot be written is dropped: tracing-subscriber would
+    // otherwise report it with eprintln!, which panics when stderr is a
+    // closed pipe (`knock-xdp attach 2>&1 | head` killed the daemon).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -11,6 +11,7 @@ use std::{
     },
     path::Path,
     process::{Command, Output, Stdio},
+    thread,
     time::Duration,
 };
 
@@ -80,6 +81,36 @@ fn every_command_ends_quietly_on_a_closed_pipe() {
     }
     // The daemon lived through all of it.
     assert!(knock.cli(&["status"]).status.success(), "{}", knock.daemon_log());
+}
+
+#[test]
+fn a_daemon_whose_log_pipe_closes_keeps_running() {
+    if !privileged("a_daemon_whose_log_pipe_closes_keeps_running") {
+        return;
+    }
+    let lab = Lab::new();
+    let knock = Instance::new(&lab.server, Entry::NetnsExec);
+    // `knock-xdp attach 2>&1 | head`, once head has gone.
+    let mut daemon = knock
+        .command(&["attach", &lab.server_if, "--fail-open"])
+        .stdout(closed_pipe())
+        .stderr(closed_pipe())
+        .spawn()
+        .expect("cannot start the daemon");
+    let ready = std::time::Instant::now();
+    while !knock.cli(&["status"]).status.success() {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            panic!("the daemon died with its log pipe closed: {status:?}");
+        }
+        assert!(ready.elapsed() < Duration::from_secs(20), "the daemon never became ready");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Every one of these logs a line that goes nowhere.
+    knock.ok(&["protect", "8022"]);
+    knock.ok(&["allow", CLIENT_V4, "--for", "1m"]);
+    knock.ok(&["detach"]);
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "the daemon ended {status:?} with its log pipe closed");
 }
 
 /// Refused in one line that names `path` and contains `why`; exit status 1.
