@@ -7,10 +7,12 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{ClientCommand, PortList, ProtoArg, StaticSequence};
 use crate::{
-    audit,
+    audit, checks,
     clients::ClientStore,
+    config::Config,
     control::{self, Changed, Request, Unreachable},
     ports::Proto,
+    procnet,
     profile::{self, Key, Knock, Profile},
     qr,
     secrets::read_secret,
@@ -21,7 +23,7 @@ use knock_common::secret::{
     self as kdf, DEFAULT_PASSPHRASE_COST, DEFAULT_PIN_COST, SALT_LEN, TOTP_SECRET_LEN,
 };
 
-pub(super) fn run(state: &StateDir, command: ClientCommand) -> Result<()> {
+pub(super) fn run(state: &StateDir, config: Option<&Path>, command: ClientCommand) -> Result<()> {
     let store = ClientStore::new(state);
     match command {
         ClientCommand::Add {
@@ -38,6 +40,7 @@ pub(super) fn run(state: &StateDir, command: ClientCommand) -> Result<()> {
             cost,
             qr,
             profile_out,
+            force,
         } => {
             profile::check_name(&name)?;
             if let Some(path) = &profile_out
@@ -47,6 +50,35 @@ pub(super) fn run(state: &StateDir, command: ClientCommand) -> Result<()> {
             }
             if store.get(&name).is_ok() {
                 bail!("client '{name}' exists already (remove it first)");
+            }
+            let proto = match proto {
+                ProtoArg::Tcp => Proto::Tcp,
+                ProtoArg::Udp => Proto::Udp,
+            };
+            let exclude = exclude.map(|PortList(ports)| ports).unwrap_or_default();
+            // Where its knocks will fall, checked before any secret is asked for.
+            let knocks_at = Profile {
+                name: name.clone(),
+                knock: match &static_sequence {
+                    Some(StaticSequence(steps)) => Knock::Static { steps: steps.clone() },
+                    None => Knock::Rotating {
+                        key: Key::Random([0; 32]),
+                        proto,
+                        length,
+                        slot_secs: kdf::TOTP_STEP_SECS,
+                        ports,
+                        exclude: exclude.clone(),
+                    },
+                },
+            };
+            checks::knock_space_clear_of_ephemeral(&knocks_at)?;
+            let mut protected =
+                if state.path().exists() { state.load()?.protected } else { Default::default() };
+            protected.extend(Config::load(config)?.protected);
+            let refusals =
+                checks::client_refusals(&knocks_at, &protected, &procnet::listening_ports());
+            if !force {
+                checks::force_or_refuse(state, false, &name, Some(&name), &refusals)?;
             }
             let knock = match static_sequence {
                 Some(StaticSequence(steps)) => Knock::Static { steps },
@@ -83,12 +115,7 @@ pub(super) fn run(state: &StateDir, command: ClientCommand) -> Result<()> {
                     } else {
                         Key::Random(profile::random_secret()?)
                     };
-                    let proto = match proto {
-                        ProtoArg::Tcp => Proto::Tcp,
-                        ProtoArg::Udp => Proto::Udp,
-                    };
                     let slot_secs = if totp { kdf::TOTP_STEP_SECS } else { slot.as_secs() as u32 };
-                    let exclude = exclude.map(|PortList(ports)| ports).unwrap_or_default();
                     Knock::Rotating { key, proto, length, slot_secs, ports, exclude }
                 }
             };
@@ -96,6 +123,8 @@ pub(super) fn run(state: &StateDir, command: ClientCommand) -> Result<()> {
             let profile = Profile::from_file(&Profile { name, knock }.to_file())?;
             let text = profile.to_toml()?;
             state.create()?;
+            let name = &profile.name;
+            checks::force_or_refuse(state, force, name, Some(name), &refusals)?;
             let client = store.add(profile)?;
             match &profile_out {
                 Some(path) => {

@@ -8,12 +8,14 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
+use tracing::warn;
 
 mod client;
 mod system;
 
 use crate::{
-    audit, check,
+    audit, check, checks,
+    clients::ClientStore,
     config::Config,
     control::{self, Changed, Listing, Request, Status, Unreachable},
     daemon::{self, AttachOptions},
@@ -96,6 +98,11 @@ pub enum Command {
         /// anyone who reaches it can read the metrics.
         #[arg(long, env = "KNOCK_XDP_METRICS_PUBLIC")]
         metrics_public: bool,
+        /// Accept an always-allowed network wider than a /8 (IPv4) or /32
+        /// (IPv6) in the config file, here and on every reload; logged and
+        /// audited.
+        #[arg(long)]
+        force: bool,
     },
     /// Detach from one interface, or from all; removes every pin knock-xdp made.
     Detach {
@@ -109,6 +116,10 @@ pub enum Command {
     Protect {
         #[arg(required = true, value_name = "PORT[/tcp|/udp]", value_parser = parse_port_spec)]
         ports: Vec<PortSpec>,
+        /// Protect a port that lies in a client's knock ports anyway (logged
+        /// and audited).
+        #[arg(long)]
+        force: bool,
     },
     /// Stop protecting ports.
     Unprotect {
@@ -129,6 +140,10 @@ pub enum Command {
         /// Admit without knocking until revoked; persisted across restarts.
         #[arg(long)]
         permanent: bool,
+        /// Always allow a network wider than a /8 (IPv4) or /32 (IPv6)
+        /// anyway (logged and audited).
+        #[arg(long)]
+        force: bool,
     },
     /// Remove an allowed address (ending its open connections) or an always-allowed network.
     Revoke {
@@ -317,6 +332,10 @@ pub enum ClientCommand {
         /// Write the profile to FILE (mode 0600) instead of standard output.
         #[arg(long, value_name = "FILE")]
         profile_out: Option<PathBuf>,
+        /// Accept a static sequence under 3 knocks, or knock ports that hold
+        /// a protected port or a listening service (logged and audited).
+        #[arg(long)]
+        force: bool,
     },
     /// Show a client's parameters; --reveal prints its profile URI.
     Show {
@@ -428,9 +447,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             fail_open,
             metrics_listen,
             metrics_public,
+            force,
         } => {
             // Flags and KNOCK_XDP_* variables win over the file, the file over the defaults.
             let config = Config::load(cli_config.as_deref())?;
+            let refusals = checks::config_refusals(&config)?;
             let ifaces = if ifaces.is_empty() { config.interfaces.clone() } else { ifaces };
             if ifaces.is_empty() {
                 bail!(
@@ -449,6 +470,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                      the config file) to serve them there"
                 );
             }
+            checks::force_or_refuse(&state, force, &config.describe(), None, &refusals)?;
             let options = AttachOptions {
                 ifaces,
                 mode: mode.or(config.mode).unwrap_or(Mode::Auto),
@@ -461,10 +483,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     .unwrap_or(Duration::from_secs(15 * 60)),
                 fail_open: fail_open || config.fail_open,
                 metrics_listen,
+                force,
             };
             daemon::run(state, options, config)?
         }
-        Command::Client(command) => client::run(&state, command)?,
+        Command::Client(command) => client::run(&state, cli_config.as_deref(), command)?,
         Command::Reload => print_changed(control::request(&state, &Request::Reload)?),
         Command::Install { ifaces, unit_dir } => system::install(&state, &unit_dir, &ifaces)?,
         Command::Uninstall { unit_dir } => system::uninstall(&unit_dir)?,
@@ -497,10 +520,31 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", knock::sequence_line(&steps));
         }
         Command::Detach { iface } => detach(&state, iface)?,
-        Command::Protect { ports } => change_protected(&state, &ports, true)?,
+        Command::Protect { ports, force } => {
+            let requested = ports::expand_all(&ports);
+            // A broken client file is reported by the commands that need
+            // the clients; it does not stand in the way of protecting.
+            let clients = ClientStore::new(&state).load().unwrap_or_else(|err| {
+                warn!("cannot check the clients' knock ports: {err:#}");
+                Vec::new()
+            });
+            let refusals = checks::protect_refusals(&requested, &clients);
+            checks::force_or_refuse(&state, force, &ports::join(&requested), None, &refusals)?;
+            change_protected(&state, &ports, true)?
+        }
         Command::Unprotect { ports } => change_protected(&state, &ports, false)?,
-        Command::Allow { target, permanent: true, .. } => allow_network(&state, target)?,
-        Command::Allow { target, duration, permanent: false } => {
+        Command::Allow { target, permanent: true, force, .. } => {
+            if let Some(why) = checks::never_a_source(&target) {
+                bail!("{why}");
+            }
+            let refusals: Vec<String> = checks::too_wide(&target).into_iter().collect();
+            checks::force_or_refuse(&state, force, &target.to_string(), None, &refusals)?;
+            allow_network(&state, target)?
+        }
+        Command::Allow { target, duration, permanent: false, .. } => {
+            if let Some(why) = checks::never_a_source(&target) {
+                bail!("{why}");
+            }
             if !target.is_host() {
                 bail!("a network can only be allowed --permanent ({target})");
             }

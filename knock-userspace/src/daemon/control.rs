@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::Daemon;
 use crate::{
-    audit,
+    audit, checks,
     clients::{Client, ClientStore},
     clock,
     control::{AllowedSource, Changed, Flow, InterfaceStatus, Listing, Reply, Request, Status},
@@ -232,8 +232,16 @@ impl Daemon {
     /// nothing; allowed sources, flows and knocks in progress stay.
     pub(super) fn reload(&mut self) -> Result<String> {
         let config = self.config.reread()?;
+        let refusals = checks::config_refusals(&config)?;
         let next = self.state_dir.load()?;
         ClientStore::new(&self.state_dir).load()?;
+        checks::force_or_refuse(
+            &self.state_dir,
+            self.options.force,
+            &config.describe(),
+            None,
+            &refusals,
+        )?;
         let (protected_before, nets_before) = (self.protected(), self.allowed_nets());
         let protected: BTreeSet<ProtoPort> =
             next.protected.union(&config.protected).copied().collect();

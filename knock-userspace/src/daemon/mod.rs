@@ -62,6 +62,8 @@ pub struct AttachOptions {
     pub fail_open: bool,
     /// Serve Prometheus metrics here (checked: loopback unless public).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Accept the config file's too-wide networks on reload too (`--force`).
+    pub force: bool,
 }
 
 /// How long a TCP flow still passes after the client's FIN or RST: enough for

@@ -9,6 +9,7 @@ mod crafted;
 mod differential;
 mod end_to_end;
 mod faults;
+mod footguns;
 mod hardening;
 mod knocking;
 mod metrics;
