@@ -15,7 +15,7 @@ use crate::{
     procnet,
     profile::{self, Key, Knock, Profile},
     qr,
-    secrets::read_secret,
+    secrets::{check_pin_strength, read_secret},
     state::StateDir,
     units::format_duration,
 };
@@ -88,8 +88,9 @@ pub(super) fn run(state: &StateDir, config: Option<&Path>, command: ClientComman
                     }
                     let key = if totp {
                         let pin = read_secret(pin_file.as_deref(), "PIN for the new client", true)?;
-                        let salt: [u8; SALT_LEN] = profile::random_bytes()?;
                         let cost = cost.unwrap_or(DEFAULT_PIN_COST);
+                        check_pin_strength(&pin, cost)?;
+                        let salt: [u8; SALT_LEN] = profile::random_bytes()?;
                         let totp_secret = profile::random_bytes::<TOTP_SECRET_LEN>()?.to_vec();
                         let pin_key = Some(kdf::pin_key(&pin, &salt, cost));
                         Key::Totp {

@@ -168,3 +168,39 @@ fn the_config_files_networks_are_checked_at_attach_and_reload() {
     let log = knock.ok(&["log", "--json"]);
     assert!(log.contains("\"forced\"") && log.contains("always allowing 0.0.0.0/0"), "{log}");
 }
+
+#[test]
+fn a_weak_authenticator_pin_is_refused_and_a_strong_one_accepted() {
+    if !privileged("a_weak_authenticator_pin_is_refused_and_a_strong_one_accepted") {
+        return;
+    }
+    let lab = Lab::new();
+    let knock = Instance::new(&lab.server, Entry::NetnsExec);
+    let pin = knock.side_file("pin");
+    let pin_arg = pin.to_str().unwrap().to_owned();
+    // (PIN, cost): six digits at the default cost fall in under a minute,
+    // twelve in under two years, and a cheaper cost asks for more.
+    for (weak, cost) in
+        [("482913", "600000"), ("123456789012", "600000"), ("1234567890123", "10000")]
+    {
+        fs::write(&pin, format!("{weak}\n")).unwrap();
+        for force in [&[][..], &["--force"]] {
+            let mut args = vec!["client", "add", "phone", "--totp", "--pin-file", &pin_arg];
+            args.extend_from_slice(&["--cost", cost]);
+            args.extend_from_slice(force);
+            let out = knock.cli(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{weak}: {stderr}");
+            assert_eq!(stderr.trim_end().lines().count(), 1, "{weak}: {stderr}");
+            assert!(stderr.contains("falls to an offline search in"), "{weak}: {stderr}");
+            assert!(stderr.contains("RTX 5090") && stderr.contains("10 years"), "{stderr}");
+        }
+    }
+    assert!(!knock.ok(&["client", "list"]).contains("phone"), "a weak PIN made a client");
+    fs::write(&pin, "correct horse battery staple\n").unwrap();
+    let profile = knock.side_file("phone.knock");
+    let profile_arg = profile.to_str().unwrap();
+    let args = ["client", "add", "phone", "--totp", "--pin-file", &pin_arg];
+    knock.ok(&[&args[..], &["--cost", "10000", "--profile-out", profile_arg]].concat());
+    assert!(knock.ok(&["client", "list"]).contains("phone"));
+}
