@@ -246,7 +246,9 @@ fn an_interface_with_another_xdp_program_is_refused() {
     first.ok(&["protect", &format!("{TCP_PORT}/tcp")]);
 
     let second = Instance::new(&lab.server, Entry::NetnsExec);
-    let out = second.cli(&["attach", &lab.server_if]);
+    // (Fail-open: under ip netns exec a fail-closed start is refused first.)
+    let out =
+        second.cli_within(&["attach", &lab.server_if, "--fail-open"], Duration::from_secs(20));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("already has an XDP program"), "{stderr}");
