@@ -64,6 +64,8 @@ cleanup() {
     CLEANED=1
     set +e
     stop "$DAEMON_PID"
+    # Whatever a daemon that had to be killed left pinned in the host's bpffs.
+    [[ -z $STATE || ! -d $STATE ]] || "$BIN" --state-dir "$STATE" detach >/dev/null 2>&1
     stop "$HTTP_PID"
     ip netns del "$SRV" 2>/dev/null
     ip netns del "$CLI" 2>/dev/null
@@ -189,7 +191,10 @@ expect_check open
 
 step "start the daemon: attach to $VS (native XDP), knocks open the door for 5 s"
 echo "    \$ knock-xdp attach $VS --mode native --open-window 5s   (in the background)"
-ip netns exec "$SRV" "$BIN" --state-dir "$STATE" attach "$VS" --mode native \
+# nsenter, not ip netns exec: the daemon keeps the host's bpffs, so its pins
+# (and protection) would outlive a crash; knock-xdp refuses to start fail
+# closed under ip netns exec, whose private bpffs dies with the process.
+nsenter --net="/run/netns/$SRV" -- "$BIN" --state-dir "$STATE" attach "$VS" --mode native \
     --open-window 5s >"$WORK/daemon.log" 2>&1 &
 DAEMON_PID=$!
 ready=""

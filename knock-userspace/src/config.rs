@@ -14,6 +14,7 @@
 //! fail_open = false
 //! failed_knocks = "32/1m"        # burst/interval per address or IPv6 /64; "off"
 //! metrics_listen = "127.0.0.1:9419"
+//! metrics_public = false         # needed for a non-loopback metrics_listen
 //! log_level = "info"             # error | warn | info | debug | trace
 //! log_format = "human"           # human | json
 //! ```
@@ -55,6 +56,7 @@ struct ConfigFile {
     fail_open: Option<bool>,
     failed_knocks: Option<String>,
     metrics_listen: Option<SocketAddr>,
+    metrics_public: Option<bool>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
 }
@@ -76,6 +78,7 @@ pub struct Config {
     pub fail_open: bool,
     pub failed_knocks: Option<FailedKnocks>,
     pub metrics_listen: Option<SocketAddr>,
+    pub metrics_public: bool,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
 }
@@ -174,6 +177,7 @@ impl Config {
                 .transpose()
                 .map_err(|e| at("failed_knocks", e))?,
             metrics_listen: file.metrics_listen,
+            metrics_public: file.metrics_public.unwrap_or(false),
             log_level: file.log_level,
             log_format: file.log_format,
             path: Some(path),
@@ -217,6 +221,7 @@ idle_timeout = "1h"
 fail_open = true
 failed_knocks = "4/30s"
 metrics_listen = "127.0.0.1:9419"
+metrics_public = true
 log_level = "debug"
 log_format = "json"
 "#,
@@ -227,7 +232,7 @@ log_format = "json"
         assert_eq!(ports::join(&c.protected), "22/tcp 22/udp 51820/udp");
         assert_eq!(c.allow.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.0.0.0/8"]);
         assert_eq!(c.open_window, Some(Duration::from_secs(60)));
-        assert!(c.fail_open && c.log_format == Some(LogFormat::Json));
+        assert!(c.fail_open && c.metrics_public && c.log_format == Some(LogFormat::Json));
         assert_eq!(
             c.failed_knocks,
             Some(FailedKnocks { burst: 4, interval: Duration::from_secs(30) })

@@ -7,9 +7,9 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader},
     net::IpAddr,
-    os::unix::net::UnixStream,
+    os::{fd::AsRawFd as _, unix::net::UnixStream},
     time::Duration,
 };
 
@@ -120,6 +120,10 @@ pub struct Status {
     pub idle_timeout_secs: u64,
     /// Protection ends with the daemon (nothing pinned).
     pub fail_open: bool,
+    /// A `kill -9` of the daemon leaves the program attached: every link is
+    /// pinned in a bpffs that outlives it.
+    #[serde(default)]
+    pub survives_kill: bool,
     /// Sources in the allow map (expired ones not yet swept included).
     pub allowed: usize,
     /// Entries in the flow table.
@@ -172,12 +176,12 @@ pub fn connect(state: &StateDir) -> Result<UnixStream, Unreachable> {
 }
 
 /// Sends one request on an open connection and decodes the reply.
-pub fn send<T: DeserializeOwned>(mut stream: UnixStream, request: &Request) -> Result<T> {
+pub fn send<T: DeserializeOwned>(stream: UnixStream, request: &Request) -> Result<T> {
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
-    stream.write_all(line.as_bytes()).context("cannot send to the daemon")?;
+    send_all(&stream, line.as_bytes()).context("cannot send to the daemon")?;
     let mut answer = String::new();
     BufReader::new(stream).read_line(&mut answer).context("no answer from the daemon")?;
     if answer.is_empty() {
@@ -189,6 +193,27 @@ pub fn send<T: DeserializeOwned>(mut stream: UnixStream, request: &Request) -> R
         }
         Reply::Error(message) => Err(anyhow!(message)),
     }
+}
+
+/// Writes all of `bytes` with MSG_NOSIGNAL: commands run with SIGPIPE's
+/// default action (see main.rs), and a daemon that hung up is an error to
+/// report, not a reason to die without a word.
+fn send_all(stream: &UnixStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: a valid socket and a buffer of the given length.
+        let sent = unsafe {
+            libc::send(stream.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL)
+        };
+        if sent < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        bytes = &bytes[sent as usize..];
+    }
+    Ok(())
 }
 
 /// Sends a request to a daemon that must be running.

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod check;
+pub mod checks;
 pub mod cli;
 pub mod clients;
 pub mod clock;

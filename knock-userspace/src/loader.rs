@@ -90,6 +90,92 @@ pub fn ensure_bpffs() -> Result<()> {
     Ok(())
 }
 
+/// Why pins made here would die with this process, if they would.
+///
+/// `ip netns exec` runs every command in a mount namespace of its own with
+/// a fresh /sys, where nothing is mounted at /sys/fs/bpf: the bpffs that
+/// [`ensure_bpffs`] would mount there is private to the process, and its
+/// pins go when the process does. A `kill -9` would then detach the
+/// program, so fail-closed would be silently lost.
+///
+/// Pins outlive the process when the bpffs at /sys/fs/bpf is one PID 1 has
+/// mounted too (same device; so under systemd's ProtectSystem, whose
+/// namespace sees the host's bpffs), or, when none is mounted yet, when the
+/// mount that /sys/fs/bpf lies on is in PID 1's namespace too (mount ids
+/// are unique across namespaces). Only /proc/PID/mountinfo is read, which
+/// needs no ptrace rights over PID 1 (/proc/1/ns/mnt would). If PID 1's
+/// mounts cannot be read, nothing is refused.
+pub fn private_bpffs() -> Result<Option<String>> {
+    let ours = mounts("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
+    let Some(init) = mounts("/proc/1/mountinfo") else {
+        tracing::debug!("cannot read /proc/1/mountinfo: not checking where the pins live");
+        return Ok(None);
+    };
+    let shared = match ours.iter().rev().find(|m| m.point == BPFFS) {
+        Some(bpffs) if bpffs.fstype == "bpf" => {
+            init.iter().any(|m| m.fstype == "bpf" && m.device == bpffs.device)
+        }
+        _ => ours
+            .iter()
+            .filter(|m| Path::new(BPFFS).starts_with(&m.point))
+            .max_by_key(|m| m.point.len())
+            .is_some_and(|holder| init.iter().any(|m| m.id == holder.id)),
+    };
+    if shared {
+        return Ok(None);
+    }
+    let run_with = match netns_name() {
+        Some(name) => format!("'nsenter --net=/run/netns/{name} knock-xdp attach ...'"),
+        None => "nsenter --net=... from the host's mount namespace".to_owned(),
+    };
+    Ok(Some(format!(
+        "this process has a mount namespace of its own (ip netns exec?) whose bpffs at {BPFFS} \
+         dies with it, so a killed daemon would take its pins and protection with it; run it \
+         with {run_with}, or accept that with --fail-open"
+    )))
+}
+
+/// One line of /proc/PID/mountinfo, as far as [`private_bpffs`] needs it.
+struct Mount {
+    id: u64,
+    /// `major:minor` of the file system.
+    device: String,
+    point: String,
+    fstype: String,
+}
+
+/// The mounts of a mountinfo file, in its order (a later mount at the same
+/// point covers an earlier one); `None` when it cannot be read.
+fn mounts(path: &str) -> Option<Vec<Mount>> {
+    let text = fs::read_to_string(path).ok()?;
+    // "42 23 0:39 / /sys/fs/bpf rw,relatime shared:12 - bpf bpf rw"
+    Some(
+        text.lines()
+            .filter_map(|line| {
+                let (before, after) = line.split_once(" - ")?;
+                let fields: Vec<&str> = before.split(' ').collect();
+                Some(Mount {
+                    id: fields.first()?.parse().ok()?,
+                    device: (*fields.get(2)?).to_owned(),
+                    point: (*fields.get(4)?).to_owned(),
+                    fstype: after.split(' ').next()?.to_owned(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The name under /run/netns of this process's network namespace, if any.
+fn netns_name() -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let own = fs::metadata("/proc/self/ns/net").ok()?;
+    fs::read_dir("/run/netns").ok()?.flatten().find_map(|entry| {
+        let meta = fs::metadata(entry.path()).ok()?;
+        (meta.dev() == own.dev() && meta.ino() == own.ino())
+            .then(|| entry.file_name().to_string_lossy().into_owned())
+    })
+}
+
 fn is_bpffs(path: &Path) -> bool {
     let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
@@ -286,6 +372,14 @@ impl Program {
         FdLink::try_from(link).map_err(|_| {
             anyhow!("the kernel attached to {iface} without a BPF link; knock-xdp needs Linux 5.9 or newer")
         })
+    }
+
+    /// Whether a `kill -9` would leave protection in force: not fail-open,
+    /// and every interface's link is pinned.
+    pub fn survives_kill(&self) -> bool {
+        !self.fail_open
+            && !self.attachments.is_empty()
+            && self.attachments.iter().all(|a| self.link_pin(&a.iface).exists())
     }
 
     fn link_pin(&self, iface: &str) -> PathBuf {

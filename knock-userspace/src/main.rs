@@ -1,7 +1,7 @@
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::{Parser as _, error::ErrorKind};
-use knock_userspace::cli::{self, Cli, LogFormat};
+use knock_userspace::cli::{self, Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -26,6 +26,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !matches!(cli.command, Command::Attach { .. }) {
+        quiet_on_closed_pipe();
+    }
     // The config file may set the log level and format; a broken one is
     // reported by the command itself, so here it only falls back.
     let config = knock_userspace::config::Config::load(cli.config.as_deref()).unwrap_or_default();
@@ -40,6 +43,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// A command that prints and exits ends quietly when its reader goes away
+/// (`knock-xdp status | head -1`), as `cat` and every Unix filter do. Rust
+/// starts with SIGPIPE ignored, which turns a closed pipe into an EPIPE that
+/// `println!` panics on (and third-party writers such as the completion
+/// generator `expect`); restoring the default action handles every writer
+/// at once, present and future. The daemon (`attach`) keeps SIGPIPE ignored:
+/// a control client, a scraper or a log reader that hangs up must never
+/// kill it.
+fn quiet_on_closed_pipe() {
+    // SAFETY: setting a signal's disposition to its default has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 fn init_logging(verbose: u8, quiet: u8, configured: Option<&str>, format: LogFormat) {
     let level = match (verbose, quiet) {
         (0, 0) => configured.unwrap_or("info"),
@@ -49,7 +65,13 @@ fn init_logging(verbose: u8, quiet: u8, configured: Option<&str>, format: LogFor
         _ => "error",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A log line that cannot be written is dropped: tracing-subscriber would
+    // otherwise report it with eprintln!, which panics when stderr is a
+    // closed pipe (`knock-xdp attach 2>&1 | head` killed the daemon).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -5,6 +5,11 @@
 //! <state-dir>/control.sock  the running daemon's control socket
 //! <state-dir>/daemon.lock   held (flock) by the running daemon
 //! ```
+//!
+//! The daemon runs as root and trusts what it finds here, so a directory
+//! (or a file in it) that anybody but root could have written is refused
+//! ([`StateDir::check`]), and files are created without following symbolic
+//! links.
 
 use std::{
     collections::BTreeSet,
@@ -12,7 +17,7 @@ use std::{
     io::Write as _,
     os::{
         fd::AsRawFd as _,
-        unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+        unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
     },
     path::{Path, PathBuf},
 };
@@ -78,6 +83,51 @@ impl StateDir {
             .with_context(|| format!("cannot create state directory {}", self.root.display()))
     }
 
+    /// Refuses a state directory that someone other than root could have
+    /// written, or that holds such a file (or a symbolic link): whoever can
+    /// write there decides what the daemon, which runs as root, protects and
+    /// admits, and a link planted at a file's name would make it write
+    /// elsewhere. A missing directory is fine (it is created 0700). Checked
+    /// before any command touches the directory, so a refusal changes nothing.
+    pub fn check(&self) -> Result<()> {
+        let meta = match fs::metadata(&self.root) {
+            Ok(meta) => meta,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!("cannot read state directory {}", self.root.display())
+                });
+            }
+        };
+        if !meta.is_dir() {
+            bail!("state directory {} is not a directory", self.root.display());
+        }
+        only_root_writes(&self.root, &meta)?;
+        for dir in [self.root.clone(), self.root.join("clients")] {
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => {
+                    return Err(err).with_context(|| format!("cannot read {}", dir.display()));
+                }
+            };
+            for entry in entries {
+                let path = entry.with_context(|| format!("cannot read {}", dir.display()))?.path();
+                let meta = fs::symlink_metadata(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                if meta.file_type().is_symlink() {
+                    bail!(
+                        "{} is a symbolic link: knock-xdp follows none in its state directory; \
+                         refusing to use it (remove the link)",
+                        path.display()
+                    );
+                }
+                only_root_writes(&path, &meta)?;
+            }
+        }
+        Ok(())
+    }
+
     /// A stable name for this instance, derived from the canonical path of
     /// its state directory, so two instances never share bpffs pins.
     pub fn instance_id(&self) -> Result<String> {
@@ -132,6 +182,7 @@ impl StateDir {
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
         // SAFETY: a valid fd we own for the duration of the call.
@@ -159,22 +210,79 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Re
     })
 }
 
+/// Refuses `path` unless only root can write it: owned by root, and not
+/// writable by group or others.
+fn only_root_writes(path: &Path, meta: &fs::Metadata) -> Result<()> {
+    let what = if meta.is_dir() { "directory" } else { "file" };
+    if meta.uid() != 0 {
+        bail!(
+            "state {what} {} is owned by uid {}, not root: refusing to use it (chown root {})",
+            path.display(),
+            meta.uid(),
+            path.display()
+        );
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+            (true, true) => "group and others",
+            (true, false) => "its group",
+            _ => "others",
+        };
+        bail!(
+            "state {what} {} is writable by {who} (mode {mode:04o}): refusing to use it (chmod go-w {})",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Replaces `path` with `contents` so that readers only ever see a whole file.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
     let dir = path.parent().context("state file has no parent directory")?;
     let tmp = path.with_extension("tmp");
+    let mut created = false;
     let result = (|| {
-        let mut file =
-            OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+        let mut file = create_temp(&tmp)?;
+        created = true;
         file.write_all(contents)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
         File::open(dir)?.sync_all()
     })();
-    if result.is_err() {
+    if result.is_err() && created {
         let _ = fs::remove_file(&tmp);
     }
     result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Creates the temporary file afresh, with O_EXCL and O_NOFOLLOW: whatever
+/// is planted at its name (a symbolic link to /etc/shadow, say) is never
+/// followed, truncated or removed. A regular file a crash left there is
+/// removed first; anything else is refused.
+fn create_temp(tmp: &Path) -> std::io::Result<File> {
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(tmp)
+    };
+    match open() {
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            if !fs::symlink_metadata(tmp)?.file_type().is_file() {
+                return Err(std::io::Error::other(format!(
+                    "{} is in the way and is not a regular file (a symbolic link?): not following or replacing it",
+                    tmp.display()
+                )));
+            }
+            fs::remove_file(tmp)?;
+            open()
+        }
+        other => other,
+    }
 }
 
 /// 64-bit FNV-1a: tiny, and stable across Rust releases (unlike `DefaultHasher`).
@@ -243,6 +351,55 @@ mod tests {
         assert_eq!(a.instance_id().unwrap(), StateDir::new(a.path()).instance_id().unwrap());
         fs::remove_dir_all(a.path()).unwrap();
         fs::remove_dir_all(b.path()).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_at_the_temporary_name_is_never_followed() {
+        let dir = temp_dir("symlink");
+        let target = dir.path().with_extension("target");
+        fs::write(&target, "precious\n").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("state.tmp")).unwrap();
+        let state = State { protected: ["22/tcp".parse().unwrap()].into(), ..State::default() };
+        let err = format!("{:#}", dir.save(&state).unwrap_err());
+        assert!(err.contains("state.tmp") && err.contains("symbolic link"), "{err}");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n");
+        assert!(!dir.state_file().exists());
+        assert!(fs::symlink_metadata(dir.path().join("state.tmp")).unwrap().is_symlink());
+        // The check refuses the directory outright, naming the link.
+        let err = format!("{:#}", dir.check().unwrap_err());
+        assert!(err.contains("state.tmp is a symbolic link"), "{err}");
+
+        // A regular file a crash left behind is replaced.
+        fs::remove_file(dir.path().join("state.tmp")).unwrap();
+        fs::write(dir.path().join("state.tmp"), "half a file").unwrap();
+        dir.save(&state).unwrap();
+        assert_eq!(dir.load().unwrap(), state);
+        assert!(!dir.path().join("state.tmp").exists());
+        fs::remove_file(target).unwrap();
+        fs::remove_dir_all(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_directory_or_file_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = temp_dir("modes");
+        dir.check().unwrap();
+        let set_mode = |path: &Path, mode| {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap()
+        };
+        set_mode(dir.path(), 0o777);
+        let err = format!("{:#}", dir.check().unwrap_err());
+        assert!(err.contains("writable by group and others (mode 0777)"), "{err}");
+        assert!(err.contains(&dir.path().display().to_string()), "{err}");
+        set_mode(dir.path(), 0o700);
+        dir.save(&State::default()).unwrap();
+        set_mode(&dir.state_file(), 0o620);
+        let err = format!("{:#}", dir.check().unwrap_err());
+        assert!(err.contains("state.toml is writable by its group"), "{err}");
+        set_mode(&dir.state_file(), 0o600);
+        dir.check().unwrap();
+        assert!(StateDir::new(dir.path().join("missing")).check().is_ok());
+        fs::remove_dir_all(dir.path()).unwrap();
     }
 
     #[test]

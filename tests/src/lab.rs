@@ -498,7 +498,9 @@ pub fn binary() -> PathBuf {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
     /// `ip netns exec`: a private /sys, hence a private bpffs, per process.
-    /// Control commands must still reach the daemon.
+    /// Control commands must still reach the daemon. Pins there would die
+    /// with the daemon, so it refuses to start fail-closed:
+    /// [`Instance::attach`] adds `--fail-open`.
     NetnsExec,
     /// `nsenter --net`: only the network namespace; the host's bpffs, so a
     /// test can look at the pins.
@@ -532,7 +534,9 @@ impl Instance {
         }
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    /// The command line of `knock-xdp ARGS` against this instance, to run
+    /// with other stdio than [`Instance::cli`].
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = match self.entry {
             Entry::NetnsExec => {
                 let mut c = Command::new("ip");
@@ -553,6 +557,31 @@ impl Instance {
     /// Runs a knock-xdp command against this instance.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("cannot run knock-xdp")
+    }
+
+    /// Runs a command that must end within `limit` (a refused `attach`, say,
+    /// that would otherwise run as a daemon); panics with its output if not.
+    pub fn cli_within(&self, args: &[&str], limit: Duration) -> Output {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot run knock-xdp");
+        let deadline = Instant::now() + limit;
+        while child.try_wait().expect("cannot wait for knock-xdp").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("cannot wait for knock-xdp");
+                panic!(
+                    "knock-xdp {args:?} still ran after {limit:?}:\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("cannot wait for knock-xdp")
     }
 
     /// Runs a command that must succeed; returns its stdout.
@@ -579,12 +608,16 @@ impl Instance {
     }
 
     /// Starts `knock-xdp attach` and waits until it answers `status`.
+    /// Under `ip netns exec`, with `--fail-open` (see [`Entry::NetnsExec`]).
     pub fn attach(&mut self, args: &[&str]) {
         assert!(self.daemon.is_none(), "daemon already started");
         fs::create_dir_all(self.state_dir.parent().unwrap()).unwrap();
         let log = fs::File::create(&self.log).unwrap();
         let mut all = vec!["attach"];
         all.extend_from_slice(args);
+        if self.entry == Entry::NetnsExec && !args.contains(&"--fail-open") {
+            all.push("--fail-open");
+        }
         let child = self
             .command(&all)
             .stdout(log.try_clone().unwrap())

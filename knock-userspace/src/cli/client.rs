@@ -7,11 +7,14 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{ClientCommand, PortList, StaticSequence};
 use crate::{
+    audit, checks,
     clients::ClientStore,
+    config::Config,
     control::{self, Changed, Request, Unreachable},
+    procnet,
     profile::{self, Key, Knock, Profile},
     qr,
-    secrets::read_secret,
+    secrets::{check_pin_strength, read_secret},
     state::StateDir,
     units::format_duration,
 };
@@ -19,7 +22,7 @@ use knock_common::secret::{
     self as kdf, DEFAULT_PASSPHRASE_COST, DEFAULT_PIN_COST, SALT_LEN, TOTP_SECRET_LEN,
 };
 
-pub(super) fn run(state: &StateDir, command: ClientCommand) -> Result<()> {
+pub(super) fn run(state: &StateDir, config: Option<&Path>, command: ClientCommand) -> Result<()> {
     let store = ClientStore::new(state);
     match command {
         ClientCommand::Add {
@@ -38,6 +41,7 @@ pub(super) fn run(state: &StateDir, command: ClientCommand) -> Result<()> {
             cost,
             qr,
             profile_out,
+            force,
         } => {
             profile::check_name(&name)?;
             if let Some(path) = &profile_out
@@ -48,6 +52,31 @@ pub(super) fn run(state: &StateDir, command: ClientCommand) -> Result<()> {
             if store.get(&name).is_ok() {
                 bail!("client '{name}' exists already (remove it first)");
             }
+            let exclude = exclude.map(|PortList(ports)| ports).unwrap_or_default();
+            // Where its knocks will fall, checked before any secret is asked for.
+            let knocks_at = Profile {
+                name: name.clone(),
+                knock: match &static_sequence {
+                    Some(StaticSequence(steps)) => Knock::Static { steps: steps.clone() },
+                    None => Knock::Rotating {
+                        key: Key::Random([0; 32]),
+                        proto,
+                        length,
+                        slot_secs: kdf::TOTP_STEP_SECS,
+                        ports,
+                        exclude: exclude.clone(),
+                    },
+                },
+            };
+            checks::knock_space_clear_of_ephemeral(&knocks_at)?;
+            let mut protected =
+                if state.path().exists() { state.load()?.protected } else { Default::default() };
+            protected.extend(Config::load(config)?.protected);
+            let refusals =
+                checks::client_refusals(&knocks_at, &protected, &procnet::listening_ports());
+            if !force {
+                checks::force_or_refuse(state, false, &name, Some(&name), &refusals)?;
+            }
             let knock = match static_sequence {
                 Some(StaticSequence(steps)) => Knock::Static { steps },
                 None => {
@@ -56,8 +85,9 @@ pub(super) fn run(state: &StateDir, command: ClientCommand) -> Result<()> {
                     }
                     let key = if totp {
                         let pin = read_secret(pin_file.as_deref(), "PIN for the new client", true)?;
-                        let salt: [u8; SALT_LEN] = profile::random_bytes()?;
                         let cost = cost.unwrap_or(DEFAULT_PIN_COST);
+                        check_pin_strength(&pin, cost)?;
+                        let salt: [u8; SALT_LEN] = profile::random_bytes()?;
                         let totp_secret = profile::random_bytes::<TOTP_SECRET_LEN>()?.to_vec();
                         let pin_key = Some(kdf::pin_key(&pin, &salt, cost));
                         Key::Totp {
@@ -84,7 +114,6 @@ pub(super) fn run(state: &StateDir, command: ClientCommand) -> Result<()> {
                         Key::Random(profile::random_secret()?)
                     };
                     let slot_secs = if totp { kdf::TOTP_STEP_SECS } else { slot.as_secs() as u32 };
-                    let exclude = exclude.map(|PortList(ports)| ports).unwrap_or_default();
                     if spa {
                         // The store gives the index.
                         Knock::Spa { key, index: 0, ports, may_name_address: allow_named_address }
@@ -96,6 +125,8 @@ pub(super) fn run(state: &StateDir, command: ClientCommand) -> Result<()> {
             // Round-trip through the file form: the same validation as a read.
             let profile = Profile::from_file(&Profile { name, knock }.to_file())?;
             state.create()?;
+            let name = &profile.name;
+            checks::force_or_refuse(state, force, name, Some(name), &refusals)?;
             let client = store.add(profile)?;
             let text = client.profile.to_toml()?;
             match &profile_out {
@@ -162,7 +193,13 @@ pub(super) fn run(state: &StateDir, command: ClientCommand) -> Result<()> {
         }
         ClientCommand::Remove { name } => {
             let client = store.remove(&name)?;
-            let ended = notify_daemon(state)?;
+            // A running daemon records the removal with what it ended.
+            let ended = notify_daemon(state)?.unwrap_or_else(|| {
+                let mut record = audit::Record::now("client_removed", "-".to_owned());
+                record.client = Some(client.profile.name.clone());
+                audit::append_or_warn(state, &record);
+                String::new()
+            });
             println!("client {} removed{ended}", client.profile.name);
         }
     }
@@ -196,19 +233,19 @@ fn otpauth_uri(profile: &Profile) -> Option<String> {
     ))
 }
 
-/// Tells a running daemon to re-read the clients; nothing to do without one.
-/// Returns a note for the user about what the daemon ended.
-fn notify_daemon(state: &StateDir) -> Result<String> {
+/// Tells a running daemon to re-read the clients; nothing to do without one
+/// (`None`). Returns a note for the user about what the daemon ended.
+fn notify_daemon(state: &StateDir) -> Result<Option<String>> {
     match control::connect(state) {
         Ok(stream) => {
             let changed: Changed = control::send(stream, &Request::ReloadClients)?;
-            Ok(if changed.message.is_empty() {
+            Ok(Some(if changed.message.is_empty() {
                 String::new()
             } else {
                 format!("; {}", changed.message)
-            })
+            }))
         }
-        Err(Unreachable::NotRunning) => Ok(String::new()),
+        Err(Unreachable::NotRunning) => Ok(None),
         Err(Unreachable::Other(err)) => Err(err),
     }
 }

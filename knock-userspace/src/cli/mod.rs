@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
+use tracing::warn;
 
 mod client;
 mod system;
@@ -15,6 +16,8 @@ mod system;
 use crate::{
     audit,
     check::{self, PortState},
+    checks,
+    clients::ClientStore,
     config::{Config, FailedKnocks},
     control::{self, Changed, Listing, Request, Status, Unreachable},
     daemon::{self, AttachOptions},
@@ -98,6 +101,15 @@ pub enum Command {
         /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9419); off by default.
         #[arg(long, value_name = "ADDR", env = "KNOCK_XDP_METRICS_LISTEN")]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// Allow --metrics-listen on an address that is not loopback, where
+        /// anyone who reaches it can read the metrics.
+        #[arg(long, env = "KNOCK_XDP_METRICS_PUBLIC")]
+        metrics_public: bool,
+        /// Accept an always-allowed network wider than a /8 (IPv4) or /32
+        /// (IPv6) in the config file, here and on every reload; logged and
+        /// audited.
+        #[arg(long)]
+        force: bool,
     },
     /// Detach from one interface, or from all; removes every pin knock-xdp made.
     Detach {
@@ -111,6 +123,10 @@ pub enum Command {
     Protect {
         #[arg(required = true, value_name = "PORT[/tcp|/udp]", value_parser = parse_port_spec)]
         ports: Vec<PortSpec>,
+        /// Protect a port that lies in a client's knock ports anyway (logged
+        /// and audited).
+        #[arg(long)]
+        force: bool,
     },
     /// Stop protecting ports.
     Unprotect {
@@ -131,6 +147,10 @@ pub enum Command {
         /// Admit without knocking until revoked; persisted across restarts.
         #[arg(long)]
         permanent: bool,
+        /// Always allow a network wider than a /8 (IPv4) or /32 (IPv6)
+        /// anyway (logged and audited).
+        #[arg(long)]
+        force: bool,
     },
     /// Remove an allowed address (ending its open connections) or an always-allowed network.
     Revoke {
@@ -361,6 +381,10 @@ pub enum ClientCommand {
         /// Write the profile to FILE (mode 0600) instead of standard output.
         #[arg(long, value_name = "FILE")]
         profile_out: Option<PathBuf>,
+        /// Accept a static sequence under 3 knocks, or knock ports that hold
+        /// a protected port or a listening service (logged and audited).
+        #[arg(long)]
+        force: bool,
     },
     /// Show a client's parameters; --reveal prints its profile URI.
     Show {
@@ -454,6 +478,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     );
     if needs_root {
         require_root(command.name())?;
+        state.check()?;
     }
     match command {
         Command::Attach {
@@ -465,9 +490,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             fail_open,
             failed_knocks,
             metrics_listen,
+            metrics_public,
+            force,
         } => {
             // Flags and KNOCK_XDP_* variables win over the file, the file over the defaults.
             let config = Config::load(cli_config.as_deref())?;
+            let refusals = checks::config_refusals(&config)?;
             let ifaces = if ifaces.is_empty() { config.interfaces.clone() } else { ifaces };
             if ifaces.is_empty() {
                 bail!(
@@ -475,6 +503,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     config.describe()
                 );
             }
+            let metrics_listen = metrics_listen.or(config.metrics_listen);
+            if let Some(addr) = metrics_listen
+                && !addr.ip().to_canonical().is_loopback()
+                && !(metrics_public || config.metrics_public)
+            {
+                bail!(
+                    "--metrics-listen {addr} is not a loopback address, so anyone who reaches it \
+                     could read the metrics; add --metrics-public (or metrics_public = true in \
+                     the config file) to serve them there"
+                );
+            }
+            checks::force_or_refuse(&state, force, &config.describe(), None, &refusals)?;
             let options = AttachOptions {
                 ifaces,
                 mode: mode.or(config.mode).unwrap_or(Mode::Auto),
@@ -489,11 +529,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 failed_knocks: failed_knocks
                     .or(config.failed_knocks)
                     .unwrap_or(daemon::FAILED_KNOCKS),
-                metrics_listen: metrics_listen.or(config.metrics_listen),
+                metrics_listen,
+                force,
             };
             daemon::run(state, options, config)?
         }
-        Command::Client(command) => client::run(&state, command)?,
+        Command::Client(command) => client::run(&state, cli_config.as_deref(), command)?,
         Command::Reload => print_changed(control::request(&state, &Request::Reload)?),
         Command::Install { ifaces, unit_dir } => system::install(&state, &unit_dir, &ifaces)?,
         Command::Uninstall { unit_dir } => system::uninstall(&unit_dir)?,
@@ -531,10 +572,31 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", knock::sequence_line(&steps));
         }
         Command::Detach { iface } => detach(&state, iface)?,
-        Command::Protect { ports } => change_protected(&state, &ports, true)?,
+        Command::Protect { ports, force } => {
+            let requested = ports::expand_all(&ports);
+            // A broken client file is reported by the commands that need
+            // the clients; it does not stand in the way of protecting.
+            let clients = ClientStore::new(&state).load().unwrap_or_else(|err| {
+                warn!("cannot check the clients' knock ports: {err:#}");
+                Vec::new()
+            });
+            let refusals = checks::protect_refusals(&requested, &clients);
+            checks::force_or_refuse(&state, force, &ports::join(&requested), None, &refusals)?;
+            change_protected(&state, &ports, true)?
+        }
         Command::Unprotect { ports } => change_protected(&state, &ports, false)?,
-        Command::Allow { target, permanent: true, .. } => allow_network(&state, target)?,
-        Command::Allow { target, duration, permanent: false } => {
+        Command::Allow { target, permanent: true, force, .. } => {
+            if let Some(why) = checks::never_a_source(&target) {
+                bail!("{why}");
+            }
+            let refusals: Vec<String> = checks::too_wide(&target).into_iter().collect();
+            checks::force_or_refuse(&state, force, &target.to_string(), None, &refusals)?;
+            allow_network(&state, target)?
+        }
+        Command::Allow { target, duration, permanent: false, .. } => {
+            if let Some(why) = checks::never_a_source(&target) {
+                bail!("{why}");
+            }
             if !target.is_host() {
                 bail!("a network can only be allowed --permanent ({target})");
             }
@@ -659,6 +721,7 @@ fn revoke(state: &StateDir, target: Cidr) -> Result<()> {
                 saved.allow_nets.remove(&target);
                 Ok(())
             })?;
+            audit::append_or_warn(state, &audit::Record::now("revoked", target.to_string()));
             println!("{target} is no longer always allowed");
         }
     }
@@ -812,7 +875,11 @@ fn print_status(status: &Status) {
         status.pid,
         format_duration(Duration::from_secs(status.uptime_secs.max(1)))
     );
-    println!("program:    id {} (pins in {})", status.program_id, status.pin_dir);
+    if status.fail_open {
+        println!("program:    id {} (nothing pinned)", status.program_id);
+    } else {
+        println!("program:    id {} (pins in {})", status.program_id, status.pin_dir);
+    }
     let ifaces: Vec<String> = status
         .interfaces
         .iter()
@@ -828,8 +895,12 @@ fn print_status(status: &Status) {
         })
         .collect();
     println!("interfaces: {}", ifaces.join(", "));
-    if status.fail_open {
-        println!("fail-open:  protection ends with this daemon");
+    if status.survives_kill {
+        println!("if killed:  the program stays attached until 'knock-xdp detach' (fail closed)");
+    } else if status.fail_open {
+        println!("if killed:  protection ends with this daemon (fail open)");
+    } else {
+        println!("if killed:  protection ends with this daemon: its links are not pinned");
     }
     println!(
         "clients:    {} ({} sequences installed); allowed sources {}; open flows {}; knocks in progress {}",

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use super::Daemon;
 use crate::{
+    audit, checks,
     clients::{Client, ClientStore},
     clock,
     control::{AllowedSource, Changed, Flow, InterfaceStatus, Listing, Reply, Request, Status},
@@ -166,6 +167,7 @@ impl Daemon {
             );
         }
         let mut done = Vec::new();
+        let mut ended = None;
         if self.state.allow_nets.contains(&target) {
             let mut next = self.state.clone();
             next.allow_nets.remove(&target);
@@ -182,14 +184,16 @@ impl Daemon {
             if was_allowed || flows > 0 {
                 info!(source = %addr, flows, "revoked");
                 done.push(format!("revoked {addr} ({flows} open flows ended)"));
+                ended = Some(flows as u64);
             }
         }
+        let shown = if target.is_host() { target.addr.to_string() } else { target.to_string() };
         if done.is_empty() {
-            bail!(
-                "{} is not in the allow list",
-                if target.is_host() { target.addr.to_string() } else { target.to_string() }
-            );
+            bail!("{shown} is not in the allow list");
         }
+        let mut record = audit::Record::now("revoked", shown);
+        record.flows = ended;
+        audit::append_or_warn(&self.state_dir, &record);
         changed(done.join("; "))
     }
 
@@ -222,6 +226,10 @@ impl Daemon {
                  its open flows ended: {flows}",
                 client.profile.name
             ));
+            let mut record = audit::Record::now("client_removed", "-".to_owned());
+            record.client = Some(client.profile.name.clone());
+            record.flows = Some(flows as u64);
+            audit::append_or_warn(&self.state_dir, &record);
         }
         Ok(notes)
     }
@@ -231,8 +239,16 @@ impl Daemon {
     /// nothing; allowed sources, flows and knocks in progress stay.
     pub(super) fn reload(&mut self) -> Result<String> {
         let config = self.config.reread()?;
+        let refusals = checks::config_refusals(&config)?;
         let next = self.state_dir.load()?;
         ClientStore::new(&self.state_dir).load()?;
+        checks::force_or_refuse(
+            &self.state_dir,
+            self.options.force,
+            &config.describe(),
+            None,
+            &refusals,
+        )?;
         let (protected_before, nets_before) = (self.protected(), self.allowed_nets());
         let protected: BTreeSet<ProtoPort> =
             next.protected.union(&config.protected).copied().collect();
@@ -369,6 +385,7 @@ impl Daemon {
             knock_timeout_secs: self.options.knock_timeout.as_secs(),
             idle_timeout_secs: self.options.idle_timeout.as_secs(),
             fail_open: self.options.fail_open,
+            survives_kill: self.program.survives_kill(),
             allowed: self.maps.allowed()?.len(),
             flows: self.maps.flows()?.len(),
             clients: self.clients.len(),

@@ -1,37 +1,138 @@
 //! `--metrics-listen`: the counters in the Prometheus text exposition format.
+//!
+//! What is exported, and why no more: metrics may be reachable by strangers
+//! (with `--metrics-public`), so no series may move with the progress of one
+//! knock. A per-step series (knock outcomes, the knock-state map's size)
+//! would tell a prober which of their guesses was a correct knock. So the
+//! public series are the packet counters by verdict, openings, clients and
+//! uptime, and they are published as a snapshot that the daemon rebuilds
+//! every [`REFRESH_INTERVAL`] (one default knock slot): a scrape shows what
+//! every packet of the last half minute did together, never one knock.
+//!
+//! Scrapes are answered from that snapshot by a server on a thread of its
+//! own, with at most [`MAX_CONNECTIONS`] at a time, each given
+//! [`CONNECTION_DEADLINE`]: a flood of connections can delay scrapes, never
+//! the daemon's loop (rotation, events, control commands), and never takes
+//! the file descriptors the daemon needs.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
+    sync::{Semaphore, watch},
 };
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::Daemon;
 
+/// How often the snapshot is rebuilt: one default knock slot.
+pub(super) const REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Connections served at once; the rest wait in the listen queue.
+const MAX_CONNECTIONS: usize = 256;
+
+/// How long one connection may take to send its request and read the
+/// answer; then it is closed.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Largest request read (the request itself is not looked at).
+const MAX_REQUEST: usize = 4096;
+
+/// The running metrics server: the daemon publishes snapshots through it.
+pub(super) struct MetricsServer {
+    snapshot: watch::Sender<Arc<str>>,
+}
+
+impl MetricsServer {
+    /// Binds `addr` (so a start that cannot serve there is refused) and
+    /// serves `first` until the next [`MetricsServer::publish`].
+    pub(super) fn start(addr: SocketAddr, first: String) -> Result<Self> {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        listener.set_nonblocking(true).context("cannot serve metrics")?;
+        let (snapshot, latest) = watch::channel(Arc::from(first));
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || {
+                if let Err(err) = serve(listener, latest) {
+                    warn!("metrics server stopped: {err:#}");
+                }
+            })
+            .context("cannot start the metrics thread")?;
+        Ok(Self { snapshot })
+    }
+
+    pub(super) fn publish(&self, text: String) {
+        self.snapshot.send_replace(Arc::from(text));
+    }
+}
+
+/// The server thread: its own runtime, one task per connection.
+fn serve(listener: std::net::TcpListener, latest: watch::Receiver<Arc<str>>) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the metrics runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let slot = slots.clone().acquire_owned().await?;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors, say: wait instead of spinning.
+                    debug!("metrics: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let body = latest.borrow().clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(CONNECTION_DEADLINE, answer(stream, &body)).await;
+                drop(slot);
+            });
+        }
+    })
+}
+
+/// Reads the request (any request gets the metrics) and answers.
+async fn answer(mut stream: TcpStream, body: &str) {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    // Up to the blank line that ends the headers; closing the connection
+    // with the request unread would reset it before the client reads.
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < MAX_REQUEST {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if let Err(err) = stream.write_all(response.as_bytes()).await {
+        debug!("metrics client: {err}");
+    }
+    let _ = stream.shutdown().await;
+}
+
 impl Daemon {
-    /// Answers one scrape (any request gets the metrics) and closes.
-    pub(super) async fn scrape(&mut self, mut stream: TcpStream) {
-        // The request itself does not matter; read what is there without waiting.
-        let mut buf = [0u8; 1024];
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(200), stream.read(&mut buf))
-            .await;
-        let (status, body) = match self.metrics() {
-            Ok(body) => ("200 OK", body),
-            Err(err) => ("500 Internal Server Error", format!("# {err:#}\n")),
-        };
-        let response = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        if let Err(err) = stream.write_all(response.as_bytes()).await {
-            debug!("metrics client: {err}");
+    /// Rebuilds the snapshot; on an error the last one stays.
+    pub(super) fn refresh_metrics(&self) {
+        let Some(server) = &self.metrics else { return };
+        match self.metrics_snapshot() {
+            Ok(text) => server.publish(text),
+            Err(err) => warn!("metrics: {err:#}"),
         }
     }
 
-    fn metrics(&self) -> Result<String> {
+    /// The public series. Packet counters come from `Counter::ALL` by name,
+    /// so a new verdict shows up here without a change.
+    pub(super) fn metrics_snapshot(&self) -> Result<String> {
         let mut out = String::new();
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -51,36 +152,33 @@ impl Daemon {
             "Packets the XDP program decided, by verdict.",
             &packets,
         );
-        let knocks: Vec<(String, u64)> = self
-            .knock_outcomes
+        let opened = ["opened", "spa_opened"]
             .iter()
-            .map(|(outcome, n)| (format!("{{outcome=\"{outcome}\"}}"), *n))
-            .collect();
+            .map(|kind| self.knock_outcomes.get(kind).copied().unwrap_or(0))
+            .sum();
         family(
-            "knock_xdp_knocks_total",
+            "knock_xdp_opened_total",
             "counter",
-            "Knock outcomes reported by the program.",
-            &knocks,
+            "Door openings: completed knock sequences and verified single-packet authorizations.",
+            &[(String::new(), opened)],
         );
-        let maps = [
-            ("allow", self.maps.allowed()?.len() as u64),
-            ("flows", self.maps.flows()?.len() as u64),
-            ("knock_state", self.maps.knock_states()?.len() as u64),
-        ];
-        let maps: Vec<(String, u64)> =
-            maps.iter().map(|(m, n)| (format!("{{map=\"{m}\"}}"), *n)).collect();
-        family("knock_xdp_map_entries", "gauge", "Entries in the program's maps.", &maps);
         family(
             "knock_xdp_clients",
             "gauge",
             "Clients allowed to knock.",
             &[(String::new(), self.clients.len() as u64)],
         );
+        family(
+            "knock_xdp_uptime_seconds",
+            "gauge",
+            "Seconds since the daemon started, when this snapshot was taken.",
+            &[(String::new(), self.started.elapsed().as_secs())],
+        );
         Ok(out)
     }
 }
 
-/// Every outcome starts at zero, so the series exist before the first knock.
+/// Every outcome starts at zero (only `opened` is exported; see the module docs).
 pub(super) fn outcome_counters() -> BTreeMap<&'static str, u64> {
     knock_common::event::EventKind::ALL
         .into_iter()

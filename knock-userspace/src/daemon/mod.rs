@@ -60,8 +60,10 @@ pub struct AttachOptions {
     pub fail_open: bool,
     /// Failed knocks a source prefix may make.
     pub failed_knocks: FailedKnocks,
-    /// Serve Prometheus metrics here.
+    /// Serve Prometheus metrics here (checked: loopback unless public).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Accept the config file's too-wide networks on reload too (`--force`).
+    pub force: bool,
 }
 
 /// How long a TCP flow still passes after the client's FIN or RST: enough for
@@ -98,6 +100,8 @@ pub(crate) struct Daemon {
     knock_outcomes: std::collections::BTreeMap<&'static str, u64>,
     /// How many refusals may still be logged this second.
     refusals: events::RefusalBudget,
+    /// The metrics server, when `--metrics-listen` is set.
+    metrics: Option<metrics::MetricsServer>,
     /// Set by a `detach` that leaves no interface: the loop ends after replying.
     stop: bool,
 }
@@ -118,6 +122,13 @@ pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Resul
     };
     let state = state_dir.load()?;
     let clients = ClientStore::new(&state_dir).load()?;
+    // Fail-closed needs pins that outlive the process; refuse rather than
+    // promise it where they cannot (before mounting anything).
+    if !options.fail_open
+        && let Some(why) = loader::private_bpffs()?
+    {
+        bail!("{why}");
+    }
     loader::ensure_bpffs()?;
     let pin_dir = loader::pin_dir(&state_dir)?;
     // An earlier run that did not stop cleanly left its program attached:
@@ -158,6 +169,7 @@ pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Resul
             started: Instant::now(),
             knock_outcomes: metrics::outcome_counters(),
             refusals: Default::default(),
+            metrics: None,
             stop: false,
         };
         daemon.rotate()?;
@@ -239,14 +251,12 @@ impl Daemon {
         let mut rotate = tokio::time::interval(ROTATE_INTERVAL);
         let mut flow_sweep = tokio::time::interval(FLOW_SWEEP_INTERVAL);
         let mut event_poll = tokio::time::interval(EVENT_POLL_INTERVAL);
-        let metrics = match self.options.metrics_listen {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot serve metrics on {addr}"))?,
-            ),
-            None => None,
-        };
+        let mut metrics_refresh = tokio::time::interval(metrics::REFRESH_INTERVAL);
+        if let Some(addr) = self.options.metrics_listen {
+            let first = self.metrics_snapshot()?;
+            self.metrics = Some(metrics::MetricsServer::start(addr, first)?);
+            info!(address = %addr, "serving metrics");
+        }
         info!(socket = %socket.display(), "ready");
 
         while !self.stop {
@@ -277,12 +287,7 @@ impl Daemon {
                     }
                     self.report_unlogged_refusals();
                 }
-                Some(scrape) = async { match &metrics { Some(m) => Some(m.accept().await), None => None } } => {
-                    match scrape {
-                        Ok((stream, _)) => self.scrape(stream).await,
-                        Err(err) => warn!("metrics: {err}"),
-                    }
-                }
+                _ = metrics_refresh.tick(), if self.metrics.is_some() => self.refresh_metrics(),
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => self.answer(stream).await,
                     Err(err) => warn!("control socket: {err}"),

@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::Result;
 use knock_common::{
-    Proto, ProtoPort,
+    ProtoPort,
     maps::{Runtime, SLOTS_PER_CLIENT},
     spa::{SpaKey, policy, spa_key},
     trie::{KnockTable, STATIC_SLOT, SequenceInfo},
@@ -26,6 +26,7 @@ use tracing::{debug, warn};
 
 use super::Daemon;
 use crate::{
+    checks::KnockSpace,
     clients::Client,
     clock,
     maps::KernelMaps,
@@ -74,52 +75,20 @@ impl Installed {
 /// else never touch knock state, so the web server on the same host spoils
 /// nobody's knock.
 pub(crate) fn knock_space(clients: &[Client]) -> BTreeSet<ProtoPort> {
-    let mut ranges: Vec<(ProtoPort, u16, &[u16])> = Vec::new();
-    for client in clients {
-        match &client.profile.knock {
-            Knock::Rotating { proto, ports, exclude, .. } => {
-                ranges.push((ProtoPort::new(*proto, ports.0), ports.1, exclude));
-            }
-            Knock::Spa { .. } => {}
-            Knock::Static { steps } => {
-                for proto in Proto::ALL {
-                    let ports = steps.iter().filter(|s| s.proto == proto).map(|s| s.port);
-                    if let (Some(lo), Some(hi)) = (ports.clone().min(), ports.max()) {
-                        ranges.push((ProtoPort::new(proto, lo), hi, &[]));
-                    }
-                }
-            }
-        }
-    }
-    // Many clients share one range: expand each distinct range once.
-    ranges.sort_unstable();
-    ranges.dedup();
-    let mut space = BTreeSet::new();
-    for (start, hi, exclude) in ranges {
-        space.extend(
-            (start.port..=hi)
-                .filter(|p| !exclude.contains(p))
-                .map(|port| ProtoPort::new(start.proto, port)),
-        );
-    }
-    space
+    spaces(clients, |c| !matches!(c.profile.knock, Knock::Spa { .. }))
 }
 
 /// The UDP ports where a datagram may be a single-packet authorization.
 pub(crate) fn spa_ports(clients: &[Client]) -> BTreeSet<ProtoPort> {
-    let mut ranges: Vec<(u16, u16)> = clients
-        .iter()
-        .filter_map(|c| match &c.profile.knock {
-            Knock::Spa { ports, .. } => Some(*ports),
-            _ => None,
-        })
-        .collect();
-    ranges.sort_unstable();
-    ranges.dedup();
-    ranges
-        .into_iter()
-        .flat_map(|(lo, hi)| (lo..=hi).map(|p| ProtoPort::new(Proto::Udp, p)))
-        .collect()
+    spaces(clients, |c| matches!(c.profile.knock, Knock::Spa { .. }))
+}
+
+/// The ports of the spaces of the clients `which` picks. Many clients
+/// share one range: each distinct one is expanded once.
+fn spaces(clients: &[Client], which: impl Fn(&Client) -> bool) -> BTreeSet<ProtoPort> {
+    let distinct: BTreeSet<KnockSpace> =
+        clients.iter().filter(|c| which(c)).flat_map(|c| KnockSpace::of(&c.profile)).collect();
+    distinct.iter().flat_map(KnockSpace::ports).collect()
 }
 
 /// Real time now, in nanoseconds since the epoch.

@@ -246,7 +246,9 @@ fn an_interface_with_another_xdp_program_is_refused() {
     first.ok(&["protect", &format!("{TCP_PORT}/tcp")]);
 
     let second = Instance::new(&lab.server, Entry::NetnsExec);
-    let out = second.cli(&["attach", &lab.server_if]);
+    // (Fail-open: under ip netns exec a fail-closed start is refused first.)
+    let out =
+        second.cli_within(&["attach", &lab.server_if, "--fail-open"], Duration::from_secs(20));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("already has an XDP program"), "{stderr}");
@@ -322,50 +324,6 @@ fn with_fail_open_protection_ends_with_a_killed_daemon() {
     // And a new daemon starts without anything to clean up.
     knock.attach(&[&lab.server_if]);
     assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Filtered);
-}
-
-#[test]
-fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
-    if !privileged("metrics_parse_as_prometheus_text_and_move_with_traffic") {
-        return;
-    }
-    let lab = lab_with_services();
-    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
-    knock.attach(&[&lab.server_if, "--metrics-listen", "127.0.0.1:9419"]);
-    knock.ok(&["protect", &format!("{TCP_PORT}/tcp")]);
-    let scrape = || -> std::collections::BTreeMap<String, f64> {
-        let text = lab.server.enter(|| {
-            use std::io::{Read as _, Write as _};
-            let mut stream =
-                std::net::TcpStream::connect("127.0.0.1:9419").expect("metrics endpoint");
-            stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-            let mut text = String::new();
-            stream.read_to_string(&mut text).unwrap();
-            text
-        });
-        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-        assert!(
-            head.starts_with("HTTP/1.1 200") && head.contains("text/plain; version=0.0.4"),
-            "{head}"
-        );
-        // Every line is a comment or `name{labels} value` with a number.
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| {
-                let (series, value) =
-                    l.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {l:?}"));
-                (series.to_owned(), value.parse().unwrap_or_else(|_| panic!("bad value in {l:?}")))
-            })
-            .collect()
-    };
-    let before = scrape();
-    let dropped = r#"knock_xdp_packets_total{verdict="dropped_protected"}"#;
-    assert!(before.contains_key(dropped), "{before:?}");
-    assert!(before.contains_key(r#"knock_xdp_knocks_total{outcome="opened"}"#));
-    assert!(before.contains_key(r#"knock_xdp_map_entries{map="flows"}"#));
-    assert_eq!(lab.tcp_state(SERVER_V4, TCP_PORT), PortState::Filtered);
-    let after = scrape();
-    assert!(after[dropped] > before[dropped], "{} -> {}", before[dropped], after[dropped]);
 }
 
 #[test]

@@ -156,31 +156,33 @@ fn knockd_knock_client_opens_a_static_door() {
     }
     let lab = lab_with_service();
     let knock = knock_daemon(&lab, "30s", "10s");
-    knock.add_client("legacy", &["--static", "7000,8000:udp,9000"]);
+    // Its span, 9000-9900/tcp, stays clear of the protected 8022/tcp.
+    knock.add_client("legacy", &["--static", "9000,9500:udp,9900"]);
     assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE));
 
     // knockd's client, unchanged: `knock HOST PORT[:PROTO]...`.
-    let out = lab.client_run("knock", &["-d", "50", SERVER_V4, "7000", "8000:udp", "9000"]);
+    let out = lab.client_run("knock", &["-d", "50", SERVER_V4, "9000", "9500:udp", "9900"]);
     assert!(out.status.success(), "knock: {}", String::from_utf8_lossy(&out.stderr));
     assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE));
     // Static sequences do not rotate, so they are not single use.
-    let out = lab.client_run("knock", &["-d", "50", SERVER_V4, "7000", "8000:udp", "9000"]);
+    let out = lab.client_run("knock", &["-d", "50", SERVER_V4, "9000", "9500:udp", "9900"]);
     assert!(out.status.success());
     lab.send_knocks(
         CLIENT2_V4,
         SERVER_V4,
         &[
-            Knock { port: 7000, udp: false },
-            Knock { port: 8000, udp: true },
             Knock { port: 9000, udp: false },
+            Knock { port: 9500, udp: true },
+            Knock { port: 9900, udp: false },
         ],
         GAP,
     );
     assert!(lab.tcp_exchange(CLIENT2_V4, SERVER_V4, SERVICE));
 
-    // A knock port on a protected port or a listening service gets a loud warning.
+    // A knock port on a protected port or a listening service, forced past
+    // the refusal of `client add`, gets a loud warning from the daemon.
     lab.udp_echo(SERVER_V4, 5353);
-    knock.add_client("clash", &["--static", &format!("{SERVICE},5353:udp")]);
+    knock.add_client("clash", &["--static", &format!("{SERVICE},5353:udp"), "--force"]);
     let log = knock.daemon_log();
     assert!(
         log.contains("knock port is also a protected port") && log.contains("port=8022/tcp"),

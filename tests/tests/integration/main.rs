@@ -2,14 +2,18 @@
 //! aya and the daemon are linked once.
 
 mod abuse;
+mod audit;
 mod bench_smoke;
 mod cli_errors;
 mod crafted;
 mod differential;
 mod end_to_end;
 mod faults;
+mod footguns;
+mod hardening;
 mod knock_client;
 mod knocking;
+mod metrics;
 mod onboarding;
 mod program;
 mod sessions;

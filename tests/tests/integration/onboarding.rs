@@ -76,7 +76,8 @@ fn an_authenticator_code_and_pin_open_the_door() {
         return;
     }
     let (lab, knock) = setup();
-    let pin = secret_file(&knock, "pin", "482913\n");
+    // Strong enough at this cost (a 6-digit PIN is refused: footguns.rs).
+    let pin = secret_file(&knock, "pin", "correct-horse-battery\n");
     let wrong_pin = secret_file(&knock, "wrong-pin", "000000\n");
     let profile = knock.side_file("phone.knock");
     let out = knock.ok(&[
