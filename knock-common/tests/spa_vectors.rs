@@ -46,7 +46,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
@@ -146,7 +146,7 @@ fn vectors() -> Vec<Vector> {
 }
 
 #[test]
-fn rust_matches_every_vector() {
+fn rust_matches_every_spa_vector() {
     for (i, v) in vectors().iter().enumerate() {
         let (key, hmac, bytes) = v.compute();
         assert_eq!(hex(&key), hex(&v.key), "vector {i} ({}): key", v.name);
@@ -158,7 +158,7 @@ fn rust_matches_every_vector() {
 /// Each datagram of the file, read field by field as docs/spa-v1.md
 /// section 3 lays it out, holds the vector's inputs and the truncated HMAC.
 #[test]
-fn every_datagram_holds_its_fields_where_the_spec_puts_them() {
+fn every_spa_datagram_holds_its_fields_where_the_spec_puts_them() {
     for (i, v) in vectors().iter().enumerate() {
         let d = &v.datagram;
         let at = |what: &str| format!("vector {i} ({}): {what}", v.name);
@@ -188,7 +188,7 @@ fn every_datagram_holds_its_fields_where_the_spec_puts_them() {
 /// (when the client may name one) or its source, and only at its server.
 #[cfg(feature = "model")]
 #[test]
-fn the_model_admits_every_vector_once_within_the_skew() {
+fn the_model_admits_every_spa_vector_once_within_the_skew() {
     use knock_common::{
         allow::AllowOrigin,
         decide::XDP_PASS,
@@ -254,7 +254,7 @@ fn the_model_admits_every_vector_once_within_the_skew() {
 
         // The skew: up to 30 s either side, not 31.
         let mut times = vec![(t + SKEW, true), (t + SKEW + 1, false)];
-        if t >= SKEW + 1 {
+        if t > SKEW {
             times.extend([(t - SKEW, true), (t - SKEW - 1, false)]);
         }
         for (now, opens) in times {
@@ -285,7 +285,7 @@ fn the_model_admits_every_vector_once_within_the_skew() {
 }
 
 #[test]
-fn python_reference_matches_every_vector() {
+fn python_spa_reference_matches_every_vector() {
     assert_python_agrees("spa_v1.py", &vectors_path(), load_vectors().len());
 }
 
@@ -318,7 +318,7 @@ fn assert_python_catches(vector: usize, member: &str, byte: usize) {
 }
 
 #[test]
-fn python_reference_detects_a_wrong_mac_byte() {
+fn python_spa_reference_detects_a_wrong_mac_byte() {
     // In the datagram's MAC (bytes 36..52)...
     assert_python_catches(0, "datagram", 36);
     assert_python_catches(3, "datagram", 51);
@@ -328,7 +328,7 @@ fn python_reference_detects_a_wrong_mac_byte() {
 }
 
 #[test]
-fn python_reference_detects_a_wrong_datagram_byte() {
+fn python_spa_reference_detects_a_wrong_datagram_byte() {
     // Flags, index, time, nonce, and the address to admit.
     for byte in [1, 3, 7, 19, 20, 35] {
         assert_python_catches(3, "datagram", byte);
@@ -336,7 +336,7 @@ fn python_reference_detects_a_wrong_datagram_byte() {
 }
 
 #[test]
-fn python_reference_detects_a_wrong_key_byte() {
+fn python_spa_reference_detects_a_wrong_key_byte() {
     assert_python_catches(5, "key", 0);
 }
 
