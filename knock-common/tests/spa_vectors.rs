@@ -1,0 +1,369 @@
+//! Single-packet authorization against the published test vectors
+//! (`docs/spa-v1-vectors.json`): the key, the full HMAC and the datagram
+//! from the Rust implementation, the reference model admitting each
+//! datagram once, and the vectors against the independent Python
+//! implementation (`tests/python/spa_v1.py`).
+//!
+//! After changing the vector inputs, refill `key`, `hmac` and `datagram`
+//! with `cargo test -p knock-common --features std --test spa_vectors
+//! -- --ignored regenerate_vectors`, then review the diff: the other tests
+//! still check the result against Python.
+#![cfg(feature = "std")]
+
+mod common;
+
+use common::{assert_python_agrees, repo_root, run_python, write_tampered};
+
+use std::{net::IpAddr, path::PathBuf};
+
+use knock_common::{
+    sha256,
+    source::SourceKey,
+    spa::{
+        DATAGRAM_LEN, MAC_LEN, NONCE_LEN, Request, Scratch, VERSION, datagram, flags,
+        key_from_secret, mac_into, spa_key,
+    },
+};
+use serde_json::Value;
+
+fn vectors_path() -> PathBuf {
+    repo_root().join("docs/spa-v1-vectors.json")
+}
+
+fn load_vectors() -> Vec<Value> {
+    let path = vectors_path();
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    match serde_json::from_str(&text) {
+        Ok(Value::Array(vectors)) => vectors,
+        Ok(_) => panic!("{} is not a JSON array", path.display()),
+        Err(e) => panic!("{} is not valid JSON: {e}", path.display()),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// The inputs of one vector, and its expected outputs (empty before the
+/// generator filled them).
+struct Vector {
+    name: String,
+    secret: [u8; 32],
+    index: u16,
+    unix_time: u32,
+    nonce: [u8; NONCE_LEN],
+    admit: Option<IpAddr>,
+    server: IpAddr,
+    key: Vec<u8>,
+    hmac: Vec<u8>,
+    datagram: Vec<u8>,
+}
+
+impl Vector {
+    fn parse(i: usize, v: &Value) -> Vector {
+        let field = |name: &str| -> &Value {
+            v.get(name).unwrap_or_else(|| panic!("vector {i} has no {name:?}"))
+        };
+        let uint = |name: &str| -> u64 {
+            field(name)
+                .as_u64()
+                .unwrap_or_else(|| panic!("vector {i}: {name:?} is not an unsigned integer"))
+        };
+        let text = |name: &str| -> &str {
+            field(name).as_str().unwrap_or_else(|| panic!("vector {i}: {name:?} is not a string"))
+        };
+        let bytes = |name: &str| -> Vec<u8> {
+            unhex(text(name)).unwrap_or_else(|| panic!("vector {i}: {name:?} is not hex"))
+        };
+        let addr = |text: &str| -> IpAddr {
+            text.parse().unwrap_or_else(|e| panic!("vector {i}: bad address {text:?}: {e}"))
+        };
+        Vector {
+            name: text("name").to_owned(),
+            secret: bytes("secret").try_into().expect("secret is 32 bytes"),
+            index: uint("index").try_into().expect("index fits u16"),
+            unix_time: uint("unix_time").try_into().expect("unix_time fits u32"),
+            nonce: bytes("nonce").try_into().expect("nonce is 12 bytes"),
+            admit: match field("admit") {
+                Value::Null => None,
+                Value::String(text) => Some(addr(text)),
+                other => panic!("vector {i}: admit is {other}, not an address or null"),
+            },
+            server: addr(text("server")),
+            key: bytes("key"),
+            hmac: bytes("hmac"),
+            datagram: bytes("datagram"),
+        }
+    }
+
+    fn request(&self) -> Request {
+        Request {
+            index: self.index,
+            unix_secs: self.unix_time,
+            nonce: self.nonce,
+            admit: self.admit,
+        }
+    }
+
+    /// The key, the full HMAC and the datagram the Rust implementation
+    /// makes of the inputs.
+    fn compute(&self) -> ([u8; 32], [u8; 32], [u8; DATAGRAM_LEN]) {
+        let key = key_from_secret(&self.secret);
+        let bytes = datagram(&key, &self.request(), self.server);
+        (key, full_mac(&key, &bytes, self.server), bytes)
+    }
+}
+
+/// The untruncated HMAC of `bytes` sent to `server`, as the program computes it.
+fn full_mac(key: &[u8; 32], bytes: &[u8; DATAGRAM_LEN], server: IpAddr) -> [u8; 32] {
+    let mut scratch = Scratch {
+        datagram: *bytes,
+        server: SourceKey::from(server),
+        block: [0; 16],
+        state: [0; 8],
+        work: [0; 8],
+    };
+    mac_into(&spa_key(key, 0, 0), &mut scratch);
+    sha256::digest(&scratch.state)
+}
+
+fn vectors() -> Vec<Vector> {
+    let vectors: Vec<Vector> =
+        load_vectors().iter().enumerate().map(|(i, v)| Vector::parse(i, v)).collect();
+    assert!(vectors.len() >= 10, "expected at least 10 vectors");
+    for (i, v) in vectors.iter().enumerate() {
+        assert!(!v.datagram.is_empty(), "vector {i} ({}) has no outputs yet", v.name);
+    }
+    vectors
+}
+
+#[test]
+fn rust_matches_every_spa_vector() {
+    for (i, v) in vectors().iter().enumerate() {
+        let (key, hmac, bytes) = v.compute();
+        assert_eq!(hex(&key), hex(&v.key), "vector {i} ({}): key", v.name);
+        assert_eq!(hex(&hmac), hex(&v.hmac), "vector {i} ({}): hmac", v.name);
+        assert_eq!(hex(&bytes), hex(&v.datagram), "vector {i} ({}): datagram", v.name);
+    }
+}
+
+/// Each datagram of the file, read field by field as docs/spa-v1.md
+/// section 3 lays it out, holds the vector's inputs and the truncated HMAC.
+#[test]
+fn every_spa_datagram_holds_its_fields_where_the_spec_puts_them() {
+    for (i, v) in vectors().iter().enumerate() {
+        let d = &v.datagram;
+        let at = |what: &str| format!("vector {i} ({}): {what}", v.name);
+        assert_eq!(d.len(), DATAGRAM_LEN, "{}", at("length"));
+        assert_eq!(d[0], VERSION, "{}", at("version"));
+        let (flag_bits, admit) = match v.admit {
+            None => (0, [0; 16]),
+            Some(IpAddr::V4(a)) => {
+                let mut field = [0; 16];
+                field[..4].copy_from_slice(&a.octets());
+                (flags::ADMIT, field)
+            }
+            Some(IpAddr::V6(a)) => (flags::ADMIT | flags::ADMIT_V6, a.octets()),
+        };
+        assert_eq!(d[1], flag_bits, "{}", at("flags"));
+        assert_eq!(d[2..4], v.index.to_be_bytes(), "{}", at("index, big-endian"));
+        assert_eq!(d[4..8], v.unix_time.to_be_bytes(), "{}", at("time, big-endian"));
+        assert_eq!(d[8..20], v.nonce, "{}", at("nonce"));
+        assert_eq!(d[20..36], admit, "{}", at("address to admit"));
+        assert_eq!(d[36..52], v.hmac[..MAC_LEN], "{}", at("MAC: the HMAC's first 16 bytes"));
+    }
+}
+
+/// Every vector's datagram goes through the decision the program runs
+/// (`on_datagram` over the reference model): it opens the door at its own
+/// time and up to the skew either side, once, for the address it names
+/// (when the client may name one) or its source, and only at its server.
+#[cfg(feature = "model")]
+#[test]
+fn the_model_admits_every_spa_vector_once_within_the_skew() {
+    use knock_common::{
+        allow::AllowOrigin,
+        decide::XDP_PASS,
+        event::EventKind,
+        knock::KnockMaps,
+        maps::{Counter, Runtime, port_flags},
+        model::{Model, SEC},
+        spa::policy,
+    };
+
+    const PORT: u16 = 62_000;
+    const CLIENT_ID: u32 = 77;
+    const SKEW: u64 = 30;
+    // The boot clock's reading when the datagram arrives.
+    const BOOT_NS: u64 = 1_000 * SEC;
+
+    for (i, v) in vectors().iter().enumerate() {
+        let at = |what: &str| format!("vector {i} ({}): {what}", v.name);
+        let bytes: [u8; DATAGRAM_LEN] = v.datagram.as_slice().try_into().unwrap();
+        // The server derives the key from the secret, as the daemon does.
+        let key = key_from_secret(&v.secret);
+        let server = SourceKey::from(v.server);
+        let source = SourceKey::from(match v.server {
+            IpAddr::V4(_) => "198.51.100.7".parse::<IpAddr>().unwrap(),
+            IpAddr::V6(_) => "2001:db8:5::7".parse().unwrap(),
+        });
+        // A server whose UNIX time is `unix` seconds.
+        let model = |unix: u64, policy: u32| {
+            let mut m = Model::new();
+            m.settings.spa_skew_secs = SKEW;
+            m.set_runtime(Runtime::UnixOffset, (unix * SEC).wrapping_sub(BOOT_NS));
+            m.ports.insert(PORT, port_flags::SPA_UDP);
+            m.spa_keys.insert(u32::from(v.index), spa_key(&key, CLIENT_ID, policy));
+            m
+        };
+        let named = v.admit.map(SourceKey::from);
+        let admitted = named.unwrap_or(source);
+        let t = u64::from(v.unix_time);
+
+        let m = model(t, policy::MAY_ADMIT_OTHER);
+        let d = m.datagram(source, server, PORT, &bytes, BOOT_NS);
+        assert_eq!((d.action, d.counter), (XDP_PASS, Counter::Spa), "{}", at("passes"));
+        let entry = m.allowed_entry(admitted).unwrap_or_else(|| panic!("{}", at("not admitted")));
+        assert_eq!((entry.origin, entry.client), (AllowOrigin::Spa as u32, CLIENT_ID));
+        assert_eq!(m.last_event(), EventKind::SpaOpened, "{}", at("event"));
+        if named.is_some() {
+            assert!(m.allowed_entry(source).is_none(), "{}", at("source admitted too"));
+        }
+        // The same bytes again, from anywhere: a replay.
+        let elsewhere = SourceKey::from("203.0.113.9".parse::<IpAddr>().unwrap());
+        let d = m.datagram(elsewhere, server, PORT, &bytes, BOOT_NS + SEC);
+        assert_eq!(d.action, XDP_PASS, "{}", at("replay passes"));
+        assert_eq!(m.last_event(), EventKind::SpaReplay, "{}", at("replay"));
+        assert!(m.allowed_entry(elsewhere).is_none(), "{}", at("replay admitted"));
+
+        // Without the policy, a named address is ignored and the source admitted.
+        if named.is_some() {
+            let m = model(t, 0);
+            m.datagram(source, server, PORT, &bytes, BOOT_NS);
+            assert!(m.allowed_entry(source).is_some(), "{}", at("source without policy"));
+            assert!(m.allowed_entry(admitted).is_none(), "{}", at("named without policy"));
+        }
+
+        // The skew: up to 30 s either side, not 31.
+        let mut times = vec![(t + SKEW, true), (t + SKEW + 1, false)];
+        if t > SKEW {
+            times.extend([(t - SKEW, true), (t - SKEW - 1, false)]);
+        }
+        for (now, opens) in times {
+            let m = model(now, policy::MAY_ADMIT_OTHER);
+            m.datagram(source, server, PORT, &bytes, BOOT_NS);
+            let what = format!("server time {now}, datagram time {t}");
+            assert_eq!(m.allowed_entry(admitted).is_some(), opens, "{}", at(&what));
+        }
+
+        // Another server address: the last byte of this one changed.
+        let mut other = server;
+        other.addr[if v.server.is_ipv4() { 3 } else { 15 }] ^= 1;
+        let m = model(t, policy::MAY_ADMIT_OTHER);
+        m.datagram(source, other, PORT, &bytes, BOOT_NS);
+        assert!(m.allow.borrow().is_empty(), "{}", at("opened at another server"));
+
+        // Any byte changed: nothing admitted and nothing remembered.
+        for position in 0..DATAGRAM_LEN {
+            let mut flipped = bytes;
+            flipped[position] ^= 0xff;
+            let m = model(t, policy::MAY_ADMIT_OTHER);
+            m.datagram(source, server, PORT, &flipped, BOOT_NS);
+            let what = format!("byte {position} flipped");
+            assert!(m.allow.borrow().is_empty(), "{}: opened", at(&what));
+            assert!(m.nonces.borrow().is_empty(), "{}: nonce remembered", at(&what));
+        }
+    }
+}
+
+#[test]
+fn python_spa_reference_matches_every_vector() {
+    assert_python_agrees("spa_v1.py", &vectors_path(), load_vectors().len());
+}
+
+/// Flips the low bit of byte `byte` of the hex member `member` of vector
+/// `vector`, runs Python on that copy, and requires it to report vector
+/// `vector`, and only it, as a mismatch.
+fn assert_python_catches(vector: usize, member: &str, byte: usize) {
+    let mut vectors = load_vectors();
+    let text = vectors[vector][member].as_str().expect("a hex member").to_owned();
+    let mut bytes = unhex(&text).expect("hex");
+    bytes[byte] ^= 0x01;
+    vectors[vector][member] = Value::from(hex(&bytes));
+
+    // Named for the change: the tests run in parallel in one process.
+    let path = write_tampered(&format!("spa-v1-{member}-{vector}-{byte}"), &Value::Array(vectors));
+    let out = run_python("spa_v1.py", &path);
+    let _ = std::fs::remove_file(&path);
+
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let what = format!("{member} byte {byte} of vector {vector} changed");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "python reference should report the mismatch ({what}):\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("mismatch {vector}:")), "{what}:\n{stdout}");
+    let other = if vector == 0 { 1 } else { 0 };
+    assert!(stdout.contains(&format!("ok {other} ")), "{what}:\n{stdout}");
+}
+
+#[test]
+fn python_spa_reference_detects_a_wrong_mac_byte() {
+    // In the datagram's MAC (bytes 36..52)...
+    assert_python_catches(0, "datagram", 36);
+    assert_python_catches(3, "datagram", 51);
+    // ...and in the HMAC past the truncation, which the datagram never shows.
+    assert_python_catches(1, "hmac", 16);
+    assert_python_catches(4, "hmac", 31);
+}
+
+#[test]
+fn python_spa_reference_detects_a_wrong_datagram_byte() {
+    // Flags, index, time, nonce, and the address to admit.
+    for byte in [1, 3, 7, 19, 20, 35] {
+        assert_python_catches(3, "datagram", byte);
+    }
+}
+
+#[test]
+fn python_spa_reference_detects_a_wrong_key_byte() {
+    assert_python_catches(5, "key", 0);
+}
+
+/// Refills `key`, `hmac` and `datagram` of every vector from the Rust
+/// implementation and rewrites the file. Run by hand (see the module docs).
+#[test]
+#[ignore = "rewrites docs/spa-v1-vectors.json"]
+fn regenerate_vectors() {
+    let vectors = load_vectors();
+    let mut out = String::from("[\n");
+    for (i, v) in vectors.iter().enumerate() {
+        let v = Vector::parse(i, v);
+        let (key, hmac, bytes) = v.compute();
+        let admit = v.admit.map_or(Value::Null, |a| Value::from(a.to_string()));
+        out += "  {\n";
+        out += &format!("    \"name\": {},\n", Value::from(v.name.as_str()));
+        out += &format!("    \"secret\": \"{}\",\n", hex(&v.secret));
+        out += &format!("    \"index\": {},\n", v.index);
+        out += &format!("    \"unix_time\": {},\n", v.unix_time);
+        out += &format!("    \"nonce\": \"{}\",\n", hex(&v.nonce));
+        out += &format!("    \"admit\": {admit},\n");
+        out += &format!("    \"server\": \"{}\",\n", v.server);
+        out += &format!("    \"key\": \"{}\",\n", hex(&key));
+        out += &format!("    \"hmac\": \"{}\",\n", hex(&hmac));
+        out += &format!("    \"datagram\": \"{}\"\n", hex(&bytes));
+        out += if i + 1 < vectors.len() { "  },\n" } else { "  }\n" };
+    }
+    out += "]\n";
+    std::fs::write(vectors_path(), out).unwrap();
+}
