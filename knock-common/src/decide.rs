@@ -88,6 +88,11 @@ impl Decision {
 }
 
 /// Reads the clock at most once per packet, and only when needed.
+///
+/// `repr(C)` with the zero-sized reader first: the program's BTF describes
+/// this type (a path function takes it), and the kernel refuses a member
+/// placed at the very end of a struct, which Rust's own layout does.
+#[repr(C)]
 struct Clock<F: Fn() -> u64> {
     read: F,
     now: Option<u64>,

@@ -62,44 +62,105 @@ pub const ALL_MAPS: [&str; 16] = [
 /// One entry per possible port, so "is this port protected, is it in a knock
 /// space" is a single array load on the hot path instead of a hash lookup.
 pub const PORT_COUNT: u32 = 1 << 16;
-
-/// Open flows followed at once. An LRU: when full, the flow idle the
-/// longest makes room; active flows are never the ones evicted first.
-pub const FLOWS_MAX_ENTRIES: u32 = 262_144;
 /// Always-allowed networks.
 pub const ALLOW_NETS_MAX_ENTRIES: u32 = 1024;
-/// Upper bound of the allow map, an LRU: a new knock always gets a slot,
-/// taking the least recently used entry's (usually one whose window ended
-/// before the sweep reached it). Open flows do not depend on it.
-pub const ALLOW_MAX_ENTRIES: u32 = 65_536;
-
-/// Clients the kernel can follow at once. Each has [`SLOTS_PER_CLIENT`]
-/// sequences installed.
-pub const MAX_CLIENTS: u32 = 4096;
 /// Slots s-1, s and s+1 are accepted; s+2 is installed ahead so that the
 /// kernel never waits for userspace at a slot boundary.
 pub const SLOTS_PER_CLIENT: u32 = 4;
-/// Sequence indexes: `client index * SLOTS_PER_CLIENT + slot % SLOTS_PER_CLIENT`.
-pub const MAX_SEQUENCES: u32 = MAX_CLIENTS * SLOTS_PER_CLIENT;
 /// Longest sequence.
 pub const MAX_KNOCK_STEPS: u32 = 16;
-/// Trie edges: room for every sequence at the default length of 4, with
-/// no sharing at all. Longer sequences share the room.
-pub const KNOCK_EDGES_MAX_ENTRIES: u32 = MAX_SEQUENCES * 4;
-/// Sources with a knock in progress. An LRU: a flood of first knocks evicts
-/// the oldest attempts, never an allowed source (those live in [`MAP_ALLOW`]).
-pub const KNOCK_STATE_MAX_ENTRIES: u32 = 65_536;
-/// Used (client, slot) pairs; userspace removes those whose slot is over.
-pub const USED_MAX_ENTRIES: u32 = MAX_SEQUENCES * 4;
-/// Source prefixes whose failed knocks are counted. An LRU, so it is never
-/// full; see `limit` for why eviction buys an attacker nothing.
-pub const MISSES_MAX_ENTRIES: u32 = 65_536;
-/// Nonces of verified SPA datagrams. Only a datagram with a valid MAC
-/// enters, and one must be remembered for the skew window (±30 s by
-/// default): room for more than a thousand valid datagrams a second.
-pub const SPA_NONCES_MAX_ENTRIES: u32 = 65_536;
 /// Bytes of the event ring buffer.
 pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// How much the maps hold: set from the config file at load time, so a
+/// small machine locks little memory and a fleet server can follow
+/// thousands of clients. The program is built with [`Limits::DEFAULT`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Clients, each with [`SLOTS_PER_CLIENT`] sequences installed. At most
+    /// 65,536: an SPA datagram names its client's index in 16 bits.
+    pub clients: u32,
+    /// Open flows followed at once. An LRU: when full, the flow idle the
+    /// longest makes room; active flows are never the ones evicted first.
+    pub flows: u32,
+    /// Allowed sources. An LRU: a new knock always gets a slot, taking the
+    /// least recently used entry's (usually one whose window ended before
+    /// the sweep reached it). Open flows do not depend on it.
+    pub allowed_sources: u32,
+    /// Sources with a knock in progress. An LRU: a flood of first knocks
+    /// evicts the oldest attempts, never an allowed source; a real knock
+    /// takes tens of ms, so this many first knocks must arrive within them.
+    pub knocks_in_progress: u32,
+    /// Source prefixes whose failed knocks are counted. An LRU, so it is
+    /// never full; see `limit` for why eviction buys an attacker nothing.
+    pub failed_knock_sources: u32,
+    /// Nonces of verified SPA datagrams, remembered for the skew window
+    /// (±30 s): valid datagrams a minute, at most.
+    pub spa_nonces: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits {
+        clients: 1024,
+        flows: 65_536,
+        allowed_sources: 16_384,
+        knocks_in_progress: 65_536,
+        failed_knock_sources: 16_384,
+        spa_nonces: 16_384,
+    };
+
+    /// Most clients an SPA datagram can name.
+    pub const MAX_CLIENTS: u32 = 1 << 16;
+
+    /// Sequence indexes: `client index * SLOTS_PER_CLIENT + slot % SLOTS_PER_CLIENT`.
+    pub const fn sequences(&self) -> u32 {
+        self.clients * SLOTS_PER_CLIENT
+    }
+
+    /// Trie edges: room for every sequence at the default length of 4 with
+    /// no prefix shared. Longer sequences share the room.
+    pub const fn knock_edges(&self) -> u32 {
+        self.sequences() * 4
+    }
+
+    /// Used (client, slot) records, kept while their slot is accepted.
+    pub const fn used(&self) -> u32 {
+        self.sequences() * 2
+    }
+
+    /// Every sized map's name and entries.
+    pub const fn map_sizes(&self) -> [(&'static str, u32); 10] {
+        [
+            (MAP_SEQUENCES, self.sequences()),
+            (MAP_KNOCK_EDGES, self.knock_edges()),
+            (MAP_USED, self.used()),
+            (MAP_SPA_KEYS, self.clients),
+            (MAP_FLOWS, self.flows),
+            (MAP_ALLOW, self.allowed_sources),
+            (MAP_KNOCK_STATE, self.knocks_in_progress),
+            (MAP_MISSES, self.failed_knock_sources),
+            (MAP_SPA_NONCES, self.spa_nonces),
+            (MAP_ALLOW_NETS, ALLOW_NETS_MAX_ENTRIES),
+        ]
+    }
+}
+
+/// The sizes the program is built with (those of [`Limits::DEFAULT`]).
+pub const MAX_CLIENTS: u32 = Limits::DEFAULT.clients;
+pub const MAX_SEQUENCES: u32 = Limits::DEFAULT.sequences();
+pub const KNOCK_EDGES_MAX_ENTRIES: u32 = Limits::DEFAULT.knock_edges();
+pub const USED_MAX_ENTRIES: u32 = Limits::DEFAULT.used();
+pub const FLOWS_MAX_ENTRIES: u32 = Limits::DEFAULT.flows;
+pub const ALLOW_MAX_ENTRIES: u32 = Limits::DEFAULT.allowed_sources;
+pub const KNOCK_STATE_MAX_ENTRIES: u32 = Limits::DEFAULT.knocks_in_progress;
+pub const MISSES_MAX_ENTRIES: u32 = Limits::DEFAULT.failed_knock_sources;
+pub const SPA_NONCES_MAX_ENTRIES: u32 = Limits::DEFAULT.spa_nonces;
 
 /// Bits of a [`MAP_PORT_FLAGS`] entry.
 pub mod port_flags {
@@ -151,10 +212,13 @@ pub enum Runtime {
     /// UNIX time minus boot time, in ns: the daemon keeps it current, so
     /// the program can check an SPA datagram's clock.
     UnixOffset = 1,
+    /// UNIX seconds: SPA datagrams sent earlier are refused. Set when the
+    /// maps are created, because they remember no nonce from before.
+    SpaNotBefore = 2,
 }
 
 impl Runtime {
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 impl Settings {

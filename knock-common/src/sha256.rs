@@ -74,8 +74,9 @@ pub fn compress_with(state: &mut [u32; 8], w: &mut Block, work: &mut [u32; 8]) {
     }
 }
 
-/// The padded final block of a message of `len` bytes (at most 55, so it
-/// fits one block) that follows `prefix_blocks` whole blocks.
+/// The padded final block of a message that follows `prefix_blocks` whole
+/// blocks. The message must be at most 55 bytes, so that it fits one block
+/// with its padding: every message here is (a longer one would be cut).
 #[inline(always)]
 pub fn last_block(message: &[u8], prefix_blocks: u64) -> Block {
     let mut bytes = [0u8; 64];
@@ -164,12 +165,13 @@ pub fn hmac_block(
     compress_with(state, block, work);
 }
 
-/// The inner and outer midstates of HMAC-SHA256 with `key` (at most 64
-/// bytes, as every key here is): the state after the key's padded block.
-pub fn hmac_midstates(key: &[u8]) -> ([u32; 8], [u32; 8]) {
+/// The inner and outer midstates of HMAC-SHA256 with `key`: the states
+/// after the key's padded block. Every key here is at most 64 bytes; a
+/// longer one would first be hashed (RFC 2104), which this does not do.
+pub fn hmac_midstates(key: &[u8; 32]) -> ([u32; 8], [u32; 8]) {
     let mut ipad = [0x36u8; 64];
     let mut opad = [0x5cu8; 64];
-    for (i, k) in key.iter().take(64).enumerate() {
+    for (i, k) in key.iter().enumerate() {
         ipad[i] ^= k;
         opad[i] ^= k;
     }
@@ -204,7 +206,10 @@ mod tests {
     #[test]
     fn hmac_matches_rfc_4231_case_2() {
         // Key "Jefe", data "what do ya want for nothing?".
-        let (inner, outer) = hmac_midstates(b"Jefe");
+        // "Jefe", zero-padded to 32 bytes: HMAC pads short keys with zeros.
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(b"Jefe");
+        let (inner, outer) = hmac_midstates(&key);
         let mac = hmac_short(&inner, &outer, b"what do ya want for nothing?");
         assert_eq!(
             mac,

@@ -52,7 +52,9 @@ pub mod flags {
 
 /// Bits of [`SpaKey::policy`].
 pub mod policy {
-    /// The client may name the address to admit (for clients behind NAT).
+    /// The client may name an address to admit other than the datagram's
+    /// source (for clients behind NAT). Naming the source itself, which
+    /// binds the datagram to it, needs no permission.
     pub const MAY_ADMIT_OTHER: u32 = 1 << 0;
 }
 
@@ -103,14 +105,15 @@ pub trait SpaMaps: KnockMaps {
 /// What a datagram in the SPA range came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Failed a cheap check: wrong version or flags, no such client, or a
-    /// time outside the skew.
+    /// Failed a check: wrong version, flags or padding, no such client, a
+    /// time outside the skew (or from before the maps existed), or a named
+    /// address the client may not name.
     Rejected,
     /// The MAC did not verify.
     BadMac,
     /// A valid datagram seen before.
     Replay,
-    /// The source (or the address it named) was admitted.
+    /// The source, or the address it named, was admitted.
     Opened,
 }
 
@@ -186,7 +189,7 @@ pub fn on_datagram<M: SpaMaps>(
 ) -> Verdict {
     let datagram = &scratch.datagram;
     let flag_bits = datagram[1];
-    if datagram[0] != VERSION || flag_bits & !flags::ALL != 0 {
+    if datagram[0] != VERSION || !well_formed(datagram, flag_bits) {
         return Verdict::Rejected;
     }
     let index = u32::from(u16::from_be_bytes([datagram[2], datagram[3]]));
@@ -201,30 +204,41 @@ pub fn on_datagram<M: SpaMaps>(
     };
     let sent = u64::from(u32::from_be_bytes([datagram[4], datagram[5], datagram[6], datagram[7]]));
     let unix_now = now_ns.wrapping_add(m.runtime(Runtime::UnixOffset)) / 1_000_000_000;
-    if sent.abs_diff(unix_now) > settings.spa_skew_secs {
+    // Nonces of datagrams sent before the maps existed (a fresh start)
+    // are not remembered: such datagrams are refused, not replayable.
+    if sent.abs_diff(unix_now) > settings.spa_skew_secs || sent < m.runtime(Runtime::SpaNotBefore) {
         return Verdict::Rejected;
     }
-
-    let (sent_at, key) = (sent, key);
     if !mac_matches(key, scratch) {
         return Verdict::BadMac;
     }
     let datagram = &scratch.datagram;
+    // The address to admit: the one the datagram names, if it names one,
+    // else its source. Naming another address than the source takes the
+    // client's permission; without it the datagram is refused, and before
+    // its nonce is spent, so an observer who races a copy from its own
+    // address gains nothing and costs the client nothing.
+    let admit = if flag_bits & flags::ADMIT != 0 {
+        let named = named_address(datagram, flag_bits);
+        if named != *src && key.policy & policy::MAY_ADMIT_OTHER == 0 {
+            return Verdict::Rejected;
+        }
+        named
+    } else {
+        *src
+    };
     let mut nonce = NonceKey { index, nonce: [0; NONCE_LEN] };
     nonce.nonce.copy_from_slice(&datagram[8..8 + NONCE_LEN]);
-    let admit = match admitted(datagram, flag_bits, key) {
-        Some(other) => other,
-        None => *src,
-    };
-    let event = |kind: EventKind| Event {
+    let event = |kind: EventKind, source: SourceKey| Event {
         kind: kind as u32,
         client: key.client,
-        slot: sent_at,
-        source: admit,
+        slot: sent,
+        source,
         step: 0,
     };
     if !m.insert_nonce(&nonce, now_ns) {
-        m.emit(&event(EventKind::SpaReplay));
+        // Named by who sent it, whatever it asks to admit.
+        m.emit(&event(EventKind::SpaReplay, *src));
         return Verdict::Replay;
     }
     let grant = AllowEntry {
@@ -236,32 +250,41 @@ pub fn on_datagram<M: SpaMaps>(
         Some(entry) => m.set_allowed(&admit, &entry),
         None => true,
     };
-    m.emit(&event(if admitted { EventKind::SpaOpened } else { EventKind::AllowFull }));
+    m.emit(&event(if admitted { EventKind::SpaOpened } else { EventKind::AllowFull }, admit));
     Verdict::Opened
 }
 
-/// The address a datagram names, when it names one and its client may.
+/// The rules no client may break, checked before the MAC: only known flag
+/// bits, ADMIT_V6 only with ADMIT, and the address field zero where it does
+/// not hold the named address.
 #[inline(always)]
-fn admitted(datagram: &[u8; DATAGRAM_LEN], flag_bits: u8, key: &SpaKey) -> Option<SourceKey> {
-    if flag_bits & flags::ADMIT == 0 || key.policy & policy::MAY_ADMIT_OTHER == 0 {
-        return None;
+fn well_formed(datagram: &[u8; DATAGRAM_LEN], flag_bits: u8) -> bool {
+    // Constant bounds only: the verifier (and the compiler) see every index.
+    let any_of = |from: usize, to: usize| {
+        let mut bits = 0u8;
+        let mut i = from;
+        while i < to {
+            bits |= datagram[i];
+            i += 1;
+        }
+        bits
+    };
+    let (v4_part, rest) = (any_of(20, 24), any_of(24, 36));
+    match flag_bits {
+        0 => v4_part | rest == 0,
+        flags::ADMIT => rest == 0,
+        flags::ALL => true,
+        _ => false,
     }
+}
+
+/// The address a datagram with ADMIT names.
+#[inline(always)]
+fn named_address(datagram: &[u8; DATAGRAM_LEN], flag_bits: u8) -> SourceKey {
     let mut addr = [0u8; 16];
     addr.copy_from_slice(&datagram[20..36]);
     let family = if flag_bits & flags::ADMIT_V6 != 0 { FAMILY_V6 } else { FAMILY_V4 };
-    if family == FAMILY_V4 {
-        // An IPv4 address in the first four bytes; the rest must be zero.
-        let mut rest = 0u8;
-        let mut i = 4;
-        while i < 16 {
-            rest |= addr[i];
-            i += 1;
-        }
-        if rest != 0 {
-            return None;
-        }
-    }
-    Some(SourceKey { family, _pad: [0; 3], addr })
+    SourceKey { family, _pad: [0; 3], addr }
 }
 
 #[cfg(any(test, feature = "std"))]

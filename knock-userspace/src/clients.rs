@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use knock_common::maps::MAX_CLIENTS;
+use knock_common::maps::Limits;
 
 use crate::{
     profile::{Profile, ProfileFile, check_name},
@@ -20,8 +20,8 @@ use crate::{
 pub struct Client {
     /// Stable for the client's life; keys single-use records in the kernel.
     pub id: u32,
-    /// Its place in the kernel's tables (0..MAX_CLIENTS), stable for the
-    /// client's life too.
+    /// Its place in the kernel's tables (below the configured number of
+    /// clients), stable for the client's life too.
     pub index: u32,
     pub profile: Profile,
 }
@@ -70,15 +70,19 @@ impl ClientStore {
         Ok(clients)
     }
 
-    /// Stores a new client; refuses a taken name or a full house.
-    pub fn add(&self, profile: Profile) -> Result<Client> {
+    /// Stores a new client; refuses a taken name or a full house (`limit`
+    /// clients, the config file's `[limits] clients`).
+    pub fn add(&self, profile: Profile, limit: u32) -> Result<Client> {
         check_name(&profile.name)?;
         let existing = self.load()?;
         if existing.iter().any(|c| c.profile.name == profile.name) {
             bail!("client '{}' exists already (remove it first)", profile.name);
         }
-        if existing.len() >= MAX_CLIENTS as usize {
-            bail!("knock-xdp follows at most {MAX_CLIENTS} clients; remove one first");
+        if existing.len() >= limit as usize {
+            bail!(
+                "knock-xdp follows at most {limit} clients (raise `clients` in the config file's \
+                 [limits], then detach and attach), or remove one first"
+            );
         }
         let id = loop {
             let bytes = crate::profile::random_secret()?;
@@ -92,9 +96,9 @@ impl ClientStore {
             .mode(0o700)
             .create(&self.dir)
             .with_context(|| format!("cannot create {}", self.dir.display()))?;
-        let index = (0..MAX_CLIENTS)
+        let index = (0..limit)
             .find(|i| !existing.iter().any(|c| c.index == *i))
-            .expect("fewer than MAX_CLIENTS clients");
+            .expect("fewer clients than the limit");
         let mut profile = profile;
         // An SPA client's datagrams name its index.
         if let crate::profile::Knock::Spa { index: named, .. } = &mut profile.knock {
@@ -139,8 +143,8 @@ fn read_client(path: &Path) -> Result<Client> {
     let id = file.id.with_context(|| format!("{}: the client has no id", path.display()))?;
     let index =
         file.index.with_context(|| format!("{}: the client has no index", path.display()))?;
-    if index >= MAX_CLIENTS {
-        bail!("{}: index {index} is out of range (0-{})", path.display(), MAX_CLIENTS - 1);
+    if index >= Limits::MAX_CLIENTS {
+        bail!("{}: index {index} is out of range (0-{})", path.display(), Limits::MAX_CLIENTS - 1);
     }
     let profile =
         Profile::from_file(&file).with_context(|| format!("invalid client {}", path.display()))?;

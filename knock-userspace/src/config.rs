@@ -13,6 +13,15 @@
 //! idle_timeout = "15m"
 //! fail_open = false
 //! failed_knocks = "32/1m"        # burst/interval per address or IPv6 /64; "off"
+//! spa_skew = "30s"               # how far an SPA datagram's clock may be off
+//!
+//! [limits]                       # what the kernel's maps hold (memory), read at attach
+//! clients = 1024
+//! flows = 65536
+//! allowed_sources = 16384
+//! knocks_in_progress = 65536
+//! failed_knock_sources = 16384
+//! spa_nonces = 16384
 //! metrics_listen = "127.0.0.1:9419"
 //! metrics_public = false         # needed for a non-loopback metrics_listen
 //! log_level = "info"             # error | warn | info | debug | trace
@@ -28,6 +37,8 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Deserialize;
+
+use knock_common::maps::Limits;
 
 use crate::{
     cli::LogFormat,
@@ -55,6 +66,9 @@ struct ConfigFile {
     idle_timeout: Option<String>,
     fail_open: Option<bool>,
     failed_knocks: Option<String>,
+    spa_skew: Option<String>,
+    #[serde(default)]
+    limits: LimitsFile,
     metrics_listen: Option<SocketAddr>,
     metrics_public: Option<bool>,
     log_level: Option<String>,
@@ -77,10 +91,61 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     pub fail_open: bool,
     pub failed_knocks: Option<FailedKnocks>,
+    pub spa_skew: Option<Duration>,
+    /// Sizes of the kernel's maps.
+    pub limits: Limits,
     pub metrics_listen: Option<SocketAddr>,
     pub metrics_public: bool,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
+}
+
+/// The `[limits]` table: every key optional, the defaults of
+/// [`Limits::DEFAULT`] otherwise.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    clients: Option<u32>,
+    flows: Option<u32>,
+    allowed_sources: Option<u32>,
+    knocks_in_progress: Option<u32>,
+    failed_knock_sources: Option<u32>,
+    spa_nonces: Option<u32>,
+}
+
+impl LimitsFile {
+    /// The limits, checked: every map holds at least one entry, and at most
+    /// what an SPA datagram's index (clients) or 2^24 entries allow.
+    fn checked(&self) -> Result<Limits, String> {
+        let d = Limits::DEFAULT;
+        let limits = Limits {
+            clients: self.clients.unwrap_or(d.clients),
+            flows: self.flows.unwrap_or(d.flows),
+            allowed_sources: self.allowed_sources.unwrap_or(d.allowed_sources),
+            knocks_in_progress: self.knocks_in_progress.unwrap_or(d.knocks_in_progress),
+            failed_knock_sources: self.failed_knock_sources.unwrap_or(d.failed_knock_sources),
+            spa_nonces: self.spa_nonces.unwrap_or(d.spa_nonces),
+        };
+        if !(1..=Limits::MAX_CLIENTS).contains(&limits.clients) {
+            return Err(format!(
+                "clients: {} is not from 1 to {}",
+                limits.clients,
+                Limits::MAX_CLIENTS
+            ));
+        }
+        for (name, value) in [
+            ("flows", limits.flows),
+            ("allowed_sources", limits.allowed_sources),
+            ("knocks_in_progress", limits.knocks_in_progress),
+            ("failed_knock_sources", limits.failed_knock_sources),
+            ("spa_nonces", limits.spa_nonces),
+        ] {
+            if !(1..=1 << 24).contains(&value) {
+                return Err(format!("{name}: {value} is not from 1 to {}", 1 << 24));
+            }
+        }
+        Ok(limits)
+    }
 }
 
 /// How many failed knocks a source prefix (an IPv4 address, an IPv6 /64)
@@ -176,6 +241,8 @@ impl Config {
                 .map(str::parse)
                 .transpose()
                 .map_err(|e| at("failed_knocks", e))?,
+            spa_skew: duration("spa_skew", &file.spa_skew)?,
+            limits: file.limits.checked().map_err(|e| at("limits", e))?,
             metrics_listen: file.metrics_listen,
             metrics_public: file.metrics_public.unwrap_or(false),
             log_level: file.log_level,

@@ -26,7 +26,7 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use knock_common::maps::{ALL_MAPS, PROGRAM_NAME};
+use knock_common::maps::{ALL_MAPS, Limits, PROGRAM_NAME};
 use serde::{Deserialize, Serialize};
 
 use crate::state::StateDir;
@@ -52,11 +52,26 @@ pub enum Mode {
 }
 
 /// Parses the object and loads the program into the kernel (the verifier
-/// runs here), without attaching it anywhere.
+/// runs here), with the default map sizes, without attaching it anywhere.
 pub fn load() -> Result<Ebpf> {
-    let mut ebpf = Ebpf::load(EBPF_OBJECT).context("cannot load the XDP object")?;
+    load_sized(&Limits::DEFAULT)
+}
+
+/// [`load`] with the maps sized for `limits`.
+pub fn load_sized(limits: &Limits) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    size_maps(&mut loader, limits);
+    let mut ebpf = loader.load(EBPF_OBJECT).context("cannot load the XDP object")?;
     xdp(&mut ebpf)?.load().context("the kernel refused the XDP program")?;
     Ok(ebpf)
+}
+
+/// Sizes the maps the limits set. Maps taken over from pins keep the
+/// size they were created with.
+fn size_maps(loader: &mut EbpfLoader, limits: &Limits) {
+    for (name, entries) in limits.map_sizes() {
+        loader.map_max_entries(name, entries);
+    }
 }
 
 /// The XDP program inside a loaded object.
@@ -250,7 +265,7 @@ impl Program {
     /// (allowed sources, flows, knocks in progress), and so are its links,
     /// whose program is swapped for this one in place. The interfaces are
     /// never without the filter.
-    pub fn load(pin_dir: PathBuf, fail_open: bool) -> Result<Self> {
+    pub fn load(pin_dir: PathBuf, fail_open: bool, limits: &Limits) -> Result<Self> {
         if fail_open {
             if pin_dir.exists() {
                 bail!(
@@ -259,7 +274,8 @@ impl Program {
                     pin_dir.display()
                 );
             }
-            return Ok(Self { ebpf: load()?, pin_dir, fail_open, attachments: Vec::new() });
+            let ebpf = load_sized(limits)?;
+            return Ok(Self { ebpf, pin_dir, fail_open, attachments: Vec::new() });
         }
         let adopting = pin_dir.exists();
         fs::create_dir_all(&pin_dir)
@@ -267,6 +283,7 @@ impl Program {
         let paths: Vec<(&str, PathBuf)> =
             ALL_MAPS.iter().map(|&name| (name, pin_dir.join(name))).collect();
         let mut loader = EbpfLoader::new();
+        size_maps(&mut loader, limits);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }

@@ -236,6 +236,13 @@ impl KernelMaps {
         self.spa_nonces.iter().map(|entry| entry.context("cannot read SPA_NONCES")).collect()
     }
 
+    /// How many clients the kernel's maps were made for: the sequence
+    /// array holds [`SLOTS_PER_CLIENT`] per client. (Maps taken over from an
+    /// earlier run keep the size they were made with.)
+    pub fn client_capacity(&self) -> u32 {
+        self.sequences.len() / knock_common::maps::SLOTS_PER_CLIENT
+    }
+
     /// Every trie edge.
     pub fn edges(&self) -> Result<BTreeMap<EdgeKey, Edge>> {
         self.knock_edges.iter().map(|entry| entry.context("cannot read KNOCK_EDGES")).collect()

@@ -109,44 +109,55 @@ class Server:
     def add_client(self, index, key, may_name_address):
         self.clients[index] = (key, may_name_address)
 
-    def receive(self, payload, source, now):
+    def receive(self, payload, source, now, not_before=0):
         """What a UDP payload from `source` at UNIX time `now` comes to,
-        and the address it admitted (or None)."""
+        and the address it admitted (or None). Datagrams sent before
+        `not_before` (when the server's nonce cache began) are refused."""
         if len(payload) != DATAGRAM_LEN:
             return NOT_SPA, None
-        # Cheap checks first.
-        if payload[0] != VERSION:
+        # Cheap checks first: version, flags, padding, client, time.
+        if payload[0] != VERSION or not self.well_formed(payload):
             return REJECTED, None
         flags = payload[1]
-        if flags & ~FLAGS_KNOWN:
-            return REJECTED, None
         index = int.from_bytes(payload[2:4], "big")
         if index not in self.clients:
             return REJECTED, None
         key, may_name_address = self.clients[index]
         sent = int.from_bytes(payload[4:8], "big")
-        if abs(sent - now) > self.skew:
+        if abs(sent - now) > self.skew or sent < not_before:
             return REJECTED, None
         # The MAC, compared in constant time.
         expected = full_hmac(key, payload, self.address)[:MAC_LEN]
         if not hmac.compare_digest(expected, payload[SIGNED_LEN:]):
             return BAD_MAC, None
+        # The address to admit: a named one other than the source needs the
+        # client's permission; the refusal spends no nonce.
+        admit = source
+        if flags & FLAG_ADMIT:
+            admit = self.named(payload, flags)
+            if admit != source and not may_name_address:
+                return REJECTED, None
         # The nonce, remembered once verified.
         seen = (index, bytes(payload[8 : 8 + NONCE_LEN]))
         if seen in self.nonces:
             return REPLAY, None
         self.nonces.add(seen)
-        return OPENED, self.admitted(payload, flags, may_name_address, source)
+        return OPENED, admit
 
     @staticmethod
-    def admitted(payload, flags, may_name_address, source):
+    def well_formed(payload):
+        flags = payload[1]
+        if flags & ~FLAGS_KNOWN or flags == FLAG_ADMIT_V6:
+            return False
+        zero_from = {0: 20, FLAG_ADMIT: 24}.get(flags, 36)
+        return payload[zero_from:36] == bytes(36 - zero_from)
+
+    @staticmethod
+    def named(payload, flags):
         field = payload[20:36]
-        if flags & FLAG_ADMIT and may_name_address:
-            if flags & FLAG_ADMIT_V6:
-                return str(ipaddress.IPv6Address(field))
-            if field[4:] == bytes(12):
-                return str(ipaddress.IPv4Address(field[:4]))
-        return source
+        if flags & FLAG_ADMIT_V6:
+            return str(ipaddress.IPv6Address(field))
+        return str(ipaddress.IPv4Address(field[:4]))
 
 
 def other_address(text):
@@ -173,6 +184,20 @@ def server_problems(key, index, unix_time, admit, server, datagram):
     got = s.receive(datagram, "203.0.113.9", unix_time + 1)
     if got != (REPLAY, None):
         problems.append("server: sent again: %s, not a replay" % (got,))
+    if admit is not None:
+        # Without the permission, only the named address itself may send it.
+        s = Server(server)
+        s.add_client(index, key, may_name_address=False)
+        got = s.receive(datagram, source, unix_time)
+        if got != (REJECTED, None):
+            problems.append("server: named address without permission: %s" % (got,))
+        got = s.receive(datagram, expected, unix_time)
+        if got != (OPENED, expected):
+            problems.append("server: sent from the named address: %s" % (got,))
+    if unix_time > 0:
+        got = fresh().receive(datagram, source, unix_time, not_before=unix_time + 1)
+        if got[0] == OPENED:
+            problems.append("server: opened although sent before the nonce cache began")
     got = fresh(other_address(server)).receive(datagram, source, unix_time)
     if got[0] == OPENED:
         problems.append("server: opened at another server address")

@@ -123,10 +123,68 @@ fn a_named_address_is_admitted_only_when_the_client_may() {
     send(&m, CLIENT, SERVER, &bytes, 10);
     assert!(m.allowed_entry(SourceKey::from(ip("203.0.113.50"))).is_some());
     assert!(m.allowed_entry(SourceKey::from(ip(CLIENT))).is_none());
+    // Without the permission it is refused, and its nonce not spent.
     let m = model(0);
     send(&m, CLIENT, SERVER, &bytes, 10);
-    assert!(m.allowed_entry(SourceKey::from(ip("203.0.113.50"))).is_none());
+    assert!(m.allow.borrow().is_empty());
+    assert!(m.nonces.borrow().is_empty());
+}
+
+#[test]
+fn naming_the_source_binds_a_datagram_to_it() {
+    // The client names its own address: a copy raced from elsewhere is
+    // refused without spending the nonce, so the real one still opens.
+    let bound = Request { admit: Some(ip(CLIENT)), ..request(10) };
+    let bytes = datagram(&key_from_secret(&SECRET), &bound, ip(SERVER));
+    let m = model(0);
+    send(&m, "203.0.113.66", SERVER, &bytes, 10);
+    assert!(m.allow.borrow().is_empty(), "a raced copy opened the door");
+    send(&m, CLIENT, SERVER, &bytes, 10);
     assert!(m.allowed_entry(SourceKey::from(ip(CLIENT))).is_some());
+}
+
+#[test]
+fn datagrams_no_client_sends_are_refused_before_the_mac() {
+    let key = key_from_secret(&SECRET);
+    let signed = |bytes: &mut [u8; DATAGRAM_LEN]| {
+        // Re-sign after the change, so only the rules refuse it.
+        let mut scratch = Scratch {
+            datagram: *bytes,
+            server: SourceKey::from(ip(SERVER)),
+            block: [0; 16],
+            state: [0; 8],
+            work: [0; 8],
+        };
+        mac_into(&spa_key(&key, 0, 0), &mut scratch);
+        for (i, word) in scratch.state[..4].iter().enumerate() {
+            bytes[SIGNED_LEN + 4 * i..SIGNED_LEN + 4 * i + 4].copy_from_slice(&word.to_be_bytes());
+        }
+    };
+    let base = datagram(&key, &request(10), ip(SERVER));
+    let v4_named =
+        datagram(&key, &Request { admit: Some(ip("203.0.113.5")), ..request(10) }, ip(SERVER));
+    for (what, mut bytes, position, value) in [
+        ("ADMIT_V6 alone", base, 1, flags::ADMIT_V6),
+        ("an unknown flag", base, 1, 0x04),
+        ("address bytes without ADMIT", base, 25, 1),
+        ("bytes after an IPv4 address", v4_named, 30, 1),
+    ] {
+        bytes[position] |= value;
+        signed(&mut bytes);
+        let m = model(policy::MAY_ADMIT_OTHER);
+        send(&m, CLIENT, SERVER, &bytes, 10);
+        assert!(m.allow.borrow().is_empty(), "{what} was accepted");
+    }
+}
+
+#[test]
+fn datagrams_from_before_the_maps_existed_are_refused() {
+    let m = model(0);
+    m.set_runtime(Runtime::SpaNotBefore, BOOT_AT_UNIX + 20);
+    send(&m, CLIENT, SERVER, &valid(10), 25);
+    assert!(m.allow.borrow().is_empty(), "a datagram older than the nonce cache opened");
+    send(&m, CLIENT, SERVER, &valid(21), 25);
+    assert!(!m.allow.borrow().is_empty());
 }
 
 #[test]

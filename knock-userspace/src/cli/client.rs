@@ -127,7 +127,7 @@ pub(super) fn run(state: &StateDir, config: Option<&Path>, command: ClientComman
             state.create()?;
             let name = &profile.name;
             checks::force_or_refuse(state, force, name, Some(name), &refusals)?;
-            let client = store.add(profile)?;
+            let client = store.add(profile, Config::load(config)?.limits.clients)?;
             let text = client.profile.to_toml()?;
             match &profile_out {
                 Some(path) => {

@@ -529,6 +529,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 failed_knocks: failed_knocks
                     .or(config.failed_knocks)
                     .unwrap_or(daemon::FAILED_KNOCKS),
+                spa_skew: config.spa_skew.unwrap_or(daemon::SPA_SKEW),
                 metrics_listen,
                 force,
             };

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{MapData, RingBuf};
-use knock_common::maps::{MAP_EVENTS, Settings};
+use knock_common::maps::{MAP_EVENTS, Runtime, Settings};
 use tokio::{
     net::UnixListener,
     signal::unix::{SignalKind, signal},
@@ -60,6 +60,8 @@ pub struct AttachOptions {
     pub fail_open: bool,
     /// Failed knocks a source prefix may make.
     pub failed_knocks: FailedKnocks,
+    /// How far an SPA datagram's clock may be from ours.
+    pub spa_skew: Duration,
     /// Serve Prometheus metrics here (checked: loopback unless public).
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Accept the config file's too-wide networks on reload too (`--force`).
@@ -134,7 +136,7 @@ pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Resul
     // An earlier run that did not stop cleanly left its program attached:
     // take it over rather than tear it down, so nothing is exposed.
     let adopting = pin_dir.exists() && !options.fail_open;
-    let mut program = Program::load(pin_dir.clone(), options.fail_open)?;
+    let mut program = Program::load(pin_dir.clone(), options.fail_open, &config.limits)?;
 
     let started = (|| -> Result<(Daemon, RingBuf<MapData>)> {
         let mut maps = KernelMaps::take(&mut program.ebpf)?;
@@ -144,6 +146,10 @@ pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Resul
             .ok_or_else(|| anyhow!("the XDP object has no map named {MAP_EVENTS}"))?;
         let events = RingBuf::try_from(events)?;
         maps.set_settings(settings(&options))?;
+        if !adopting {
+            // New maps remember no SPA nonce: refuse datagrams sent before.
+            maps.set_runtime(Runtime::SpaNotBefore, rotate::unix_ns() / 1_000_000_000)?;
+        }
         // Connections already established to protected ports keep working:
         // they are followed before the ports are protected.
         let protected: BTreeSet<ProtoPort> =
@@ -312,7 +318,7 @@ pub const FAILED_KNOCKS: FailedKnocks =
 pub const GLOBAL_MISS_RATE_PER_SEC: u64 = 100;
 pub const GLOBAL_MISS_BURST: u64 = 1000;
 
-/// How far an SPA datagram's clock may be from ours.
+/// How far an SPA datagram's clock may be from ours, by default.
 pub const SPA_SKEW: Duration = Duration::from_secs(30);
 
 /// The program's settings for these options.
@@ -330,7 +336,7 @@ pub(crate) fn settings(options: &AttachOptions) -> Settings {
         miss_burst_ns: rate.burst_ns,
         global_miss_interval_ns: global.interval_ns,
         global_miss_burst_ns: global.burst_ns,
-        spa_skew_secs: SPA_SKEW.as_secs(),
+        spa_skew_secs: options.spa_skew.as_secs(),
     }
 }
 

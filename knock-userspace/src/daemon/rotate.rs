@@ -92,7 +92,7 @@ fn spaces(clients: &[Client], which: impl Fn(&Client) -> bool) -> BTreeSet<Proto
 }
 
 /// Real time now, in nanoseconds since the epoch.
-fn unix_ns() -> u64 {
+pub(super) fn unix_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
@@ -115,7 +115,16 @@ impl Daemon {
         let mut wanted_keys = BTreeMap::new();
         let protected = self.protected();
         let mut listening = None;
+        let capacity = self.maps.client_capacity();
         for client in &self.clients {
+            if client.index >= capacity {
+                if self.installed.broken.insert(client.id, u64::MAX).is_none() {
+                    warn!(client = %client.profile.name, index = client.index, capacity,
+                        "client skipped: the kernel's maps hold fewer clients (raise [limits] \
+                         clients, then detach and attach)");
+                }
+                continue;
+            }
             if let Knock::Spa { may_name_address, .. } = &client.profile.knock {
                 match client.profile.spa_key() {
                     Ok(key) => {

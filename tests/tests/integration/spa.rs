@@ -176,10 +176,21 @@ fn a_named_address_is_admitted_only_for_clients_allowed_to_name_one() {
     assert!(!knock_spa(&lab, &nat, SERVER_V4, &["--admit", CLIENT2_V4, "--retries", "0"]));
     assert!(opens(&lab, CLIENT2_V4, SERVER_V4), "the named address was not admitted");
     assert!(!opens(&lab, CLIENT_V4, SERVER_V4), "the sender was admitted too");
-    // A client not allowed to name one gets its source admitted instead.
+    // A client not allowed to name another address is refused outright...
     knock.ok(&["revoke", CLIENT2_V4]);
-    assert!(knock_spa(&lab, &plain, SERVER_V4, &["--admit", CLIENT2_V4]));
+    assert!(!knock_spa(&lab, &plain, SERVER_V4, &["--admit", CLIENT2_V4, "--retries", "0"]));
     assert!(!opens(&lab, CLIENT2_V4, SERVER_V4));
+    // ...but may name its own, which binds the datagram to it: a copy raced
+    // from another address is refused and the original still opens.
+    let (key, index) = key_of(&plain);
+    let server: IpAddr = SERVER_V4.parse().unwrap();
+    let bound =
+        Request { admit: Some(CLIENT_V4.parse().unwrap()), ..request(index, unix_now(), 7) };
+    let bytes = spa::datagram(&key, &bound, server);
+    send_from(&lab, CLIENT2_V4, SERVER_V4, RANGE.0, &bytes);
+    assert!(!opens(&lab, CLIENT2_V4, SERVER_V4), "a raced copy opened the door");
+    send_from(&lab, CLIENT_V4, SERVER_V4, RANGE.0, &bytes);
+    assert!(opens(&lab, CLIENT_V4, SERVER_V4), "the original did not open after the race");
 }
 
 /// The daemon's CPU time (user + system), in clock ticks.
