@@ -15,52 +15,39 @@ use crate::{
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 
-/// A TCP or UDP packet whose ports the parser could read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Packet {
-    pub src: SourceKey,
-    pub proto: Proto,
-    pub sport: u16,
-    pub dport: u16,
+/// A TCP or UDP packet whose ports the parser found, and what the
+/// decision may read of it. The protocol and the destination port come
+/// with the parse; everything else is read from the frame only on the path
+/// that needs it, so unrelated traffic pays for none of it. A read that
+/// fails (it cannot, after the parse, but the program must check) drops
+/// the packet as malformed.
+pub trait Transport {
+    fn proto(&self) -> Proto;
+    fn dport(&self) -> u16;
+    fn source(&self) -> Option<SourceKey>;
+    fn sport(&self) -> Option<u16>;
+    /// The TCP flags (0 for UDP).
+    fn tcp_flags(&self) -> Option<u8>;
     /// The TCP header's flags and sequence space (all zero for UDP).
-    pub tcp: Segment,
+    fn segment(&self) -> Option<Segment>;
     /// UDP: the payload's length, from the UDP header (0 for TCP).
-    pub payload_len: u16,
-    /// Where the IP and the transport header start in the frame, for the
-    /// bytes only SPA reads ([`FrameBytes`]).
-    pub ip_at: u16,
-    pub l4_at: u16,
-}
-
-impl Packet {
-    #[inline(always)]
-    fn segment(&self) -> Option<Segment> {
-        match self.proto {
-            Proto::Tcp => Some(self.tcp),
-            Proto::Udp => None,
-        }
-    }
+    fn udp_payload_len(&self) -> Option<u16>;
+    /// Copies the UDP payload (of exactly an SPA datagram's size) and the
+    /// address it was sent to into `scratch`; false when the frame is too
+    /// short.
+    fn read_spa(&self, scratch: &mut spa::Scratch) -> bool;
 }
 
 /// What the parser made of a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Parsed {
+pub enum Parsed<T> {
     /// Cannot carry a TCP or UDP header to us (ARP, ICMP, a non-first
     /// fragment, ...): passes untouched.
     Unrelated,
     /// Could carry TCP or UDP, but its transport header cannot be located or is
     /// truncated. We cannot tell whether it is for a protected port, so it drops.
     Malformed,
-    Transport(Packet),
-}
-
-/// What only single-packet authorization reads of a frame, read on demand:
-/// the program reads the frame (parse.rs), the model a copy.
-pub trait FrameBytes {
-    /// Copies the UDP payload of `pkt` (of exactly an SPA datagram's size)
-    /// and the address it was sent to into `scratch`; false when the frame
-    /// is too short.
-    fn read_spa(&self, pkt: &Packet, scratch: &mut spa::Scratch) -> bool;
+    Transport(T),
 }
 
 /// The maps the decision reads, behind a trait so the same decision runs on
@@ -70,8 +57,14 @@ pub trait Maps: SpaMaps {
     fn port_flags(&self, port: u16) -> u32;
     /// True when `src` lies in an always-allowed network.
     fn in_allowed_network(&self, src: &SourceKey) -> bool;
-    fn flow(&self, key: &FlowKey) -> Option<FlowEntry>;
-    fn set_flow(&self, key: &FlowKey, entry: &FlowEntry);
+    /// True when any always-allowed network is installed.
+    fn has_allowed_networks(&self) -> bool;
+    /// False only when `src` holds neither an allow entry nor a flow: the
+    /// [admission filter](crate::filter). May be true for any source.
+    fn may_be_admitted(&self, src: &SourceKey) -> bool;
+    /// Runs `f` on the live entry of `key`, in place.
+    fn update_flow<R>(&self, key: &FlowKey, f: impl FnOnce(&mut FlowEntry) -> R) -> Option<R>;
+    fn insert_flow(&self, key: &FlowKey, entry: &FlowEntry);
 }
 
 /// A verdict and the counter that records it.
@@ -108,45 +101,108 @@ impl<F: Fn() -> u64> Clock<F> {
 /// Decides the fate of a parsed packet. Unrelated traffic costs one array
 /// load (the port's flags); the clock and the hash maps are only touched for
 /// datagrams to SPA ports, attempts in a knock space and packets to
-/// protected ports.
+/// protected ports from sources that may have been admitted.
 #[inline(always)]
-pub fn decide<M: Maps, F: FrameBytes>(
+pub fn decide<M: Maps, T: Transport>(
     maps: &M,
-    parsed: Parsed,
-    frame: &F,
+    parsed: Parsed<T>,
     clock: impl Fn() -> u64,
 ) -> Decision {
-    let pkt = match parsed {
-        Parsed::Unrelated => return Decision::new(XDP_PASS, Counter::Passed),
-        Parsed::Malformed => return Decision::new(XDP_DROP, Counter::DroppedMalformed),
-        Parsed::Transport(pkt) => pkt,
-    };
-    let mut clock = Clock { read: clock, now: None };
-    let flags = maps.port_flags(pkt.dport);
+    let malformed = Decision::new(XDP_DROP, Counter::DroppedMalformed);
+    match parsed {
+        Parsed::Unrelated => Decision::new(XDP_PASS, Counter::Passed),
+        Parsed::Malformed => malformed,
+        Parsed::Transport(pkt) => transport(maps, &pkt, clock).unwrap_or(malformed),
+    }
+}
 
-    let mut counter = Counter::Passed;
-    if pkt.proto == Proto::Udp
-        && flags & port_flags::SPA_UDP != 0
-        && usize::from(pkt.payload_len) == spa::DATAGRAM_LEN
-    {
-        // Like a knock, checked and never decided on: valid or not, the
-        // datagram goes on to the host like any other.
-        if maps.with_scratch(|scratch| frame.read_spa(&pkt, scratch)) == Some(true) {
-            spa_datagram(maps, &pkt.src, clock.now());
-        }
-        counter = Counter::Spa;
-    } else if flags & pkt.proto.knock_space_flag() != 0 && is_attempt(pkt.proto, pkt.tcp.flags) {
-        // Followed, never decided on: the packet goes on to the host, which
-        // answers it exactly as it answers every other closed port.
-        counter = match knock::on_attempt(maps, &pkt.src, pkt.proto, pkt.dport, clock.now()) {
-            Attempt::Ignored => Counter::KnockLimited,
-            _ => Counter::Knock,
+/// [`decide`] for a TCP or UDP packet; `None` when a header read fails.
+#[inline(always)]
+fn transport<M: Maps, T: Transport>(
+    maps: &M,
+    pkt: &T,
+    clock: impl Fn() -> u64,
+) -> Option<Decision> {
+    let (proto, dport) = (pkt.proto(), pkt.dport());
+    let flags = maps.port_flags(dport);
+    if flags == 0 {
+        return Some(Decision::new(XDP_PASS, Counter::Passed));
+    }
+    let mut clock = Clock { read: clock, now: None };
+    let src = pkt.source()?;
+    let is_protected = flags & proto.protected_flag() != 0;
+    if flags & (proto.knock_space_flag() | port_flags::SPA_UDP) == 0 {
+        return if is_protected {
+            admission(maps, &src, || arrival(pkt, src), &mut clock)
+        } else {
+            Some(Decision::new(XDP_PASS, Counter::Passed))
         };
     }
-    if flags & pkt.proto.protected_flag() == 0 {
-        return Decision::new(XDP_PASS, counter);
+
+    // A knock or SPA port (protected too only when forced: then decided
+    // as protected first, and followed after). The frame is read before
+    // the first call, so nothing of its layout stays live across calls:
+    // the verifier would walk them once for every layout the parse takes.
+    let attempt = flags & proto.knock_space_flag() != 0 && is_attempt(proto, pkt.tcp_flags()?);
+    let datagram = proto == Proto::Udp
+        && flags & port_flags::SPA_UDP != 0
+        && usize::from(pkt.udp_payload_len()?) == spa::DATAGRAM_LEN;
+    let datagram_read =
+        datagram && maps.with_scratch(|scratch| pkt.read_spa(scratch)) == Some(true);
+    let decision = match is_protected {
+        true => Some(admission(maps, &src, || arrival(pkt, src), &mut clock)?),
+        false => None,
+    };
+    let counter = if datagram {
+        // Like a knock, checked and never decided on: valid or not, the
+        // datagram goes on to the host like any other.
+        if datagram_read {
+            spa_datagram(maps, &src, clock.now());
+        }
+        Counter::Spa
+    } else if attempt {
+        // Followed, never decided on: the packet goes on to the host, which
+        // answers it exactly as it answers every other closed port.
+        match knock::on_attempt(maps, &src, proto, dport, clock.now()) {
+            Attempt::Ignored => Counter::KnockLimited,
+            _ => Counter::Knock,
+        }
+    } else {
+        Counter::Passed
+    };
+    Some(decision.unwrap_or(Decision::new(XDP_PASS, counter)))
+}
+
+/// The flow a packet to a protected port belongs to, and its TCP segment
+/// (all zero for UDP: an `Option` would hand the program's verifier an
+/// uninitialized value to copy).
+#[inline(always)]
+fn arrival<T: Transport>(pkt: &T, src: SourceKey) -> Option<(FlowKey, Segment)> {
+    let key = FlowKey::new(src, pkt.sport()?, pkt.dport(), pkt.proto());
+    let tcp = match pkt.proto() {
+        Proto::Tcp => pkt.segment()?,
+        Proto::Udp => Segment::default(),
+    };
+    Some((key, tcp))
+}
+
+/// A packet from `src` to a protected port. A stranger's ends at the
+/// filter, after one array load, unless always-allowed networks are
+/// installed: then only the trie walk is left. Only then is the rest of
+/// the packet read.
+#[inline(always)]
+fn admission<M: Maps, F: Fn() -> u64>(
+    maps: &M,
+    src: &SourceKey,
+    arrival: impl FnOnce() -> Option<(FlowKey, Segment)>,
+    clock: &mut Clock<F>,
+) -> Option<Decision> {
+    let known = maps.may_be_admitted(src);
+    if !known && !maps.has_allowed_networks() {
+        return Some(Decision::new(XDP_DROP, Counter::DroppedProtected));
     }
-    protected(maps, &pkt, &mut clock)
+    let (key, segment) = arrival()?;
+    Some(protected(maps, &key, segment, known, clock))
 }
 
 /// The datagram in this CPU's scratch, checked. A function of its own in
@@ -158,45 +214,76 @@ fn spa_datagram<M: Maps>(maps: &M, src: &SourceKey, now_ns: u64) {
     maps.with_scratch(|scratch| spa::on_datagram(maps, src, scratch, now_ns));
 }
 
-/// A packet to a protected port: an open flow, an allowed source or an
-/// always-allowed network lets it through; nothing else does. A function of
-/// its own in the program (see `spa_datagram`).
+/// A packet to a protected port (`segment` is ignored for UDP): an open flow, an
+/// allowed source or an always-allowed network lets it through; nothing
+/// else does. Flows and allow entries are only looked up for a `known`
+/// source (one the filter holds). A function of its own in the program
+/// (see `spa_datagram`).
 #[cfg_attr(target_arch = "bpf", inline(never))]
 #[cfg_attr(not(target_arch = "bpf"), inline(always))]
-fn protected<M: Maps, F: Fn() -> u64>(maps: &M, pkt: &Packet, clock: &mut Clock<F>) -> Decision {
-    let key = FlowKey::new(pkt.src, pkt.sport, pkt.dport, pkt.proto);
+fn protected<M: Maps, F: Fn() -> u64>(
+    maps: &M,
+    key: &FlowKey,
+    segment: Segment,
+    known: bool,
+    clock: &mut Clock<F>,
+) -> Decision {
+    let tcp = (key.proto == Proto::Tcp.number()).then_some(segment);
+    if !known {
+        return match maps.in_allowed_network(&key.src) {
+            true => open_flow(maps, key, tcp, Counter::PassedNetwork, 0, clock),
+            false => Decision::new(XDP_DROP, Counter::DroppedProtected),
+        };
+    }
     // Most packets to a protected port belong to a flow admitted earlier:
     // it keeps passing after the open window, for as long as it is active.
-    // The clock and the settings are read only once an entry is found, so a
-    // stranger's packet costs the lookups alone.
-    let mut foreign = false;
-    if let Some(entry) = maps.flow(&key)
-        && let Some(settings) = maps.settings()
-    {
-        match entry.on_packet(pkt.segment(), clock.now(), settings) {
-            FlowUpdate::Counted(next) => {
-                maps.set_flow(&key, &next);
-                return Decision::new(XDP_PASS, Counter::PassedFlow);
-            }
-            FlowUpdate::Uncounted => return Decision::new(XDP_PASS, Counter::PassedFlow),
-            FlowUpdate::Foreign => foreign = true,
-            FlowUpdate::Dead => {}
+    // One lookup finds it and refreshes it in place.
+    let Some(settings) = maps.settings() else {
+        return Decision::new(XDP_DROP, Counter::DroppedProtected);
+    };
+    let update = maps.update_flow(key, |entry| {
+        let update = entry.on_packet(tcp, clock.now(), settings);
+        if let FlowUpdate::Counted(next) = update {
+            *entry = next;
         }
-    }
+        update
+    });
+    let foreign = match update {
+        Some(FlowUpdate::Counted(_) | FlowUpdate::Uncounted) => {
+            return Decision::new(XDP_PASS, Counter::PassedFlow);
+        }
+        Some(FlowUpdate::Foreign) => true,
+        Some(FlowUpdate::Dead) | None => false,
+    };
 
-    let (counter, client) = match maps.allowed(&pkt.src) {
+    let (counter, client) = match maps.allowed(&key.src) {
         // The kernel enforces the deadline itself: userspace may sweep late.
         Some(AllowEntry { deadline_ns, client, .. }) if clock.now() < deadline_ns => {
             (Counter::PassedAllowed, client)
         }
-        _ if maps.in_allowed_network(&pkt.src) => (Counter::PassedNetwork, 0),
+        _ if maps.in_allowed_network(&key.src) => (Counter::PassedNetwork, 0),
         _ => return Decision::new(XDP_DROP, Counter::DroppedProtected),
     };
     // A new connection on the 4-tuple of a live one never replaces it: that
     // would let a spoofed SYN reset the live flow's sequence tracking.
-    if !foreign && let Some(settings) = maps.settings() {
-        let entry = FlowEntry::opened(clock.now(), client, pkt.segment(), settings);
-        maps.set_flow(&key, &entry);
+    if foreign {
+        return Decision::new(XDP_PASS, counter);
+    }
+    open_flow(maps, key, tcp, counter, client, clock)
+}
+
+/// Passes an admitted packet and follows its flow from now on.
+#[inline(always)]
+fn open_flow<M: Maps, F: Fn() -> u64>(
+    maps: &M,
+    key: &FlowKey,
+    tcp: Option<Segment>,
+    counter: Counter,
+    client: u32,
+    clock: &mut Clock<F>,
+) -> Decision {
+    if let Some(settings) = maps.settings() {
+        maps.insert_flow(key, &FlowEntry::opened(clock.now(), client, tcp, settings));
     }
     Decision::new(XDP_PASS, counter)
 }

@@ -6,7 +6,8 @@
 //! same definitions and rules. The data path reads top to bottom:
 //! `decide` (the verdict) → `spa` (single-packet authorization, over
 //! `sha256`), `knock` (knock spaces, the trie walk, failed-knock limits)
-//! and `flow` (admitted connections) → the map layouts in `maps`,
+//! and `flow` (admitted connections), `filter` (the stranger's shortcut)
+//! → the map layouts in `maps`,
 //! `source`, `trie`, `allow` and `event`. Userspace-only parts (the
 //! sequence builder, `aya::Pod` impls, serde and clap derives) sit behind
 //! the `std` and `user` features.
@@ -18,6 +19,7 @@ extern crate std;
 pub mod allow;
 pub mod decide;
 pub mod event;
+pub mod filter;
 pub mod flow;
 pub mod knock;
 pub mod limit;

@@ -36,11 +36,14 @@ pub const MAP_SPA_NONCES: &str = "SPA_NONCES";
 pub const MAP_SPA_SCRATCH: &str = "SPA_SCRATCH";
 /// Words the program and the daemon keep between packets, by [`Runtime`].
 pub const MAP_RUNTIME: &str = "RUNTIME";
+/// The [admission filter](crate::filter): [`filter::WORDS`](crate::filter::WORDS)
+/// `u64` words, memory-mapped by the daemon.
+pub const MAP_ADMIT_FILTER: &str = "ADMIT_FILTER";
 /// Ring buffer of [`Event`](crate::event::Event)s for the daemon.
 pub const MAP_EVENTS: &str = "EVENTS";
 
 /// Every map the object must expose; a test checks the loaded object against it.
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 17] = [
     MAP_PORT_FLAGS,
     MAP_ALLOW,
     MAP_ALLOW_NETS,
@@ -56,6 +59,7 @@ pub const ALL_MAPS: [&str; 16] = [
     MAP_SPA_SCRATCH,
     MAP_SETTINGS,
     MAP_RUNTIME,
+    MAP_ADMIT_FILTER,
     MAP_EVENTS,
 ];
 
@@ -215,10 +219,15 @@ pub enum Runtime {
     /// UNIX seconds: SPA datagrams sent earlier are refused. Set when the
     /// maps are created, because they remember no nonce from before.
     SpaNotBefore = 2,
+    /// The half of the admission filter the program reads (0 or 1).
+    FilterHalf = 3,
+    /// How many always-allowed networks are installed: while none is, the
+    /// program skips the trie.
+    Networks = 4,
 }
 
 impl Runtime {
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 5;
 }
 
 impl Settings {

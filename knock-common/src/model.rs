@@ -8,7 +8,7 @@ use std::{cell::RefCell, collections::HashMap, vec::Vec};
 
 use crate::{
     allow::AllowEntry,
-    decide::{Decision, FrameBytes, Maps, Packet, Parsed, decide},
+    decide::{Decision, Maps, Parsed, Transport, decide},
     event::{Event, EventKind},
     flow::{FlowEntry, FlowKey, Segment},
     knock::KnockMaps,
@@ -118,17 +118,8 @@ impl Model {
             Proto::Tcp => Segment::new(flags, 0, 0, 0),
             Proto::Udp => Segment::default(),
         };
-        let parsed = Parsed::Transport(Packet {
-            src,
-            proto,
-            sport,
-            dport,
-            tcp,
-            payload_len: 0,
-            ip_at: 0,
-            l4_at: 0,
-        });
-        decide(self, parsed, &Bytes::default(), || now_ns)
+        let pkt = Packet { src, proto, sport, dport, tcp, ..Packet::default() };
+        decide(self, Parsed::Transport(pkt), || now_ns)
     }
 
     /// A UDP datagram from `src` to `server:dport` carrying `payload`.
@@ -145,13 +136,11 @@ impl Model {
             proto: Proto::Udp,
             sport: 40000,
             dport,
-            tcp: Segment::default(),
-            payload_len: payload.len() as u16,
-            ip_at: 0,
-            l4_at: 0,
+            payload: payload.to_vec(),
+            destination: Some(server),
+            ..Packet::default()
         };
-        let bytes = Bytes { payload: payload.to_vec(), destination: Some(server) };
-        decide(self, Parsed::Transport(pkt), &bytes, || now_ns)
+        decide(self, Parsed::Transport(pkt), || now_ns)
     }
 
     pub fn knock(&self, src: SourceKey, ports: &[u16], now_s: u64) {
@@ -174,15 +163,59 @@ impl Model {
     }
 }
 
-/// The bytes of a frame as the model's callers give them.
-#[derive(Clone, Debug, Default)]
-pub struct Bytes {
+/// A packet as the model's callers give it: every field the program reads
+/// from a frame, as plain data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet {
+    pub src: SourceKey,
+    pub proto: Proto,
+    pub sport: u16,
+    pub dport: u16,
+    /// TCP only.
+    pub tcp: Segment,
+    /// UDP only.
     pub payload: Vec<u8>,
+    /// The address the packet was sent to; only SPA reads it.
     pub destination: Option<SourceKey>,
 }
 
-impl FrameBytes for Bytes {
-    fn read_spa(&self, _: &Packet, scratch: &mut Scratch) -> bool {
+impl Default for Packet {
+    fn default() -> Self {
+        Self {
+            src: SourceKey::v4([0; 4]),
+            proto: Proto::Tcp,
+            sport: 40000,
+            dport: 0,
+            tcp: Segment::default(),
+            payload: Vec::new(),
+            destination: None,
+        }
+    }
+}
+
+impl Transport for Packet {
+    fn proto(&self) -> Proto {
+        self.proto
+    }
+    fn dport(&self) -> u16 {
+        self.dport
+    }
+    fn source(&self) -> Option<SourceKey> {
+        Some(self.src)
+    }
+    fn sport(&self) -> Option<u16> {
+        Some(self.sport)
+    }
+    fn tcp_flags(&self) -> Option<u8> {
+        Some(self.tcp.flags)
+    }
+    fn segment(&self) -> Option<Segment> {
+        Some(self.tcp)
+    }
+    fn udp_payload_len(&self) -> Option<u16> {
+        Some(self.payload.len() as u16)
+    }
+    fn read_spa(&self, scratch: &mut Scratch) -> bool {
         let Ok(datagram) = self.payload.as_slice().try_into() else {
             return false;
         };
@@ -239,10 +272,18 @@ impl Maps for Model {
                 })
         })
     }
-    fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
-        self.flows.borrow().get(key).copied()
+    fn has_allowed_networks(&self) -> bool {
+        !self.nets.is_empty()
     }
-    fn set_flow(&self, key: &FlowKey, entry: &FlowEntry) {
+    /// The model has no filter: the differential test thus proves that the
+    /// program's never turns away a packet the full lookups admit.
+    fn may_be_admitted(&self, _: &SourceKey) -> bool {
+        true
+    }
+    fn update_flow<R>(&self, key: &FlowKey, f: impl FnOnce(&mut FlowEntry) -> R) -> Option<R> {
+        self.flows.borrow_mut().get_mut(key).map(f)
+    }
+    fn insert_flow(&self, key: &FlowKey, entry: &FlowEntry) {
         self.flows.borrow_mut().insert(*key, *entry);
     }
 }

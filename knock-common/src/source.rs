@@ -10,8 +10,9 @@ pub const FAMILY_V6: u8 = 6;
 ///
 /// The family is part of the key so that an IPv4 entry never admits an IPv6
 /// packet whose source merely looks like it (`::ffff:a.b.c.d`). IPv4 addresses
-/// occupy `addr[..4]`; the rest stays zero.
-#[repr(C)]
+/// occupy `addr[..4]`; the rest stays zero. Aligned to 4 (it has no
+/// padding either way) so the program builds and compares it in words.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
 pub struct SourceKey {
     pub family: u8,

@@ -10,8 +10,7 @@ use knock_common::decide::decide;
 
 #[xdp]
 pub fn knock(ctx: XdpContext) -> u32 {
-    let parsed = parse::parse(&ctx);
-    let decision = decide(&maps::BpfMaps, parsed, &parse::Bytes(&ctx), maps::now_ns);
+    let decision = decide(&maps::BpfMaps, parse::parse(&ctx), maps::now_ns);
     maps::count(decision.counter);
     decision.action
 }

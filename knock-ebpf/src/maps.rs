@@ -2,7 +2,7 @@
 //! decision and knock logic read and write through: plain gets and inserts.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
     helpers::bpf_ktime_get_boot_ns,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -11,6 +11,7 @@ use knock_common::{
     allow::AllowEntry,
     decide::Maps,
     event::{Event, EventKind},
+    filter,
     flow::{FlowEntry, FlowKey},
     knock::KnockMaps,
     maps::{
@@ -72,6 +73,10 @@ static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 #[map]
 static RUNTIME: Array<u64> = Array::with_max_entries(Runtime::COUNT, 0);
 
+/// Memory-mapped by the daemon, which rebuilds it (see `filter`).
+#[map]
+static ADMIT_FILTER: Array<u64> = Array::with_max_entries(filter::WORDS, BPF_F_MMAPABLE);
+
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
@@ -86,23 +91,51 @@ impl Maps for BpfMaps {
     #[inline(always)]
     fn in_allowed_network(&self, src: &SourceKey) -> bool {
         // The family byte is part of every stored prefix.
-        ALLOW_NETS.get(Key::new(8 + 128, NetKey::of(src))).is_some()
+        self.has_allowed_networks() && ALLOW_NETS.get(Key::new(8 + 128, NetKey::of(src))).is_some()
     }
 
     #[inline(always)]
-    fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
-        // SAFETY: copied out at once.
-        unsafe { FLOWS.get(key) }.copied()
+    fn has_allowed_networks(&self) -> bool {
+        self.runtime(Runtime::Networks) != 0
     }
 
     #[inline(always)]
-    fn set_flow(&self, key: &FlowKey, entry: &FlowEntry) {
-        // In place when the flow exists (the common case: no hash update).
-        if let Some(slot) = FLOWS.get_ptr_mut(key) {
-            // SAFETY: a valid map value; racing writers store equivalent times.
-            unsafe { *slot = *entry };
-        } else {
-            let _ = FLOWS.insert(key, entry, u64::from(BPF_ANY));
+    fn may_be_admitted(&self, src: &SourceKey) -> bool {
+        let (word, byte) = filter::place(src, self.runtime(Runtime::FilterHalf));
+        match ADMIT_FILTER.get_ptr(word) {
+            // SAFETY: `byte` < 8, inside the 8-byte value.
+            Some(slot) => unsafe { slot.cast::<u8>().add(byte as usize).read_volatile() != 0 },
+            // Unreachable for an index inside the array; look it up.
+            None => true,
+        }
+    }
+
+    #[inline(always)]
+    fn update_flow<R>(&self, key: &FlowKey, f: impl FnOnce(&mut FlowEntry) -> R) -> Option<R> {
+        let entry = FLOWS.get_ptr_mut(key)?;
+        // SAFETY: a valid map value, written in place: no hash update per
+        // packet. CPUs racing on one flow store values a packet apart.
+        Some(f(unsafe { &mut *entry }))
+    }
+
+    #[inline(always)]
+    fn insert_flow(&self, key: &FlowKey, entry: &FlowEntry) {
+        if FLOWS.insert(key, entry, u64::from(BPF_ANY)).is_ok() {
+            mark_admitted(&key.src);
+        }
+    }
+}
+
+/// Sets the filter slot of `src` in both halves, after its entry was
+/// written (see `filter` for why the order matters).
+#[inline(always)]
+fn mark_admitted(src: &SourceKey) {
+    for half in 0..2 {
+        let (word, byte) = filter::place(src, half);
+        if let Some(slot) = ADMIT_FILTER.get_ptr_mut(word) {
+            // SAFETY: `byte` < 8, inside the 8-byte value. A one-byte store
+            // never undoes another writer's store to a neighbouring slot.
+            unsafe { slot.cast::<u8>().add(byte as usize).write_volatile(1) };
         }
     }
 }
@@ -174,7 +207,11 @@ impl KnockMaps for BpfMaps {
 
     #[inline(always)]
     fn set_allowed(&self, src: &SourceKey, entry: &AllowEntry) -> bool {
-        ALLOW.insert(src, entry, u64::from(BPF_ANY)).is_ok()
+        let written = ALLOW.insert(src, entry, u64::from(BPF_ANY)).is_ok();
+        if written {
+            mark_admitted(src);
+        }
+        written
     }
 
     #[inline(always)]

@@ -3,16 +3,18 @@
 //! It walks Ethernet (up to two VLAN tags), IPv4 (with options) or IPv6 (with
 //! a bounded walk over extension headers) and finds the TCP or UDP destination
 //! port. Whenever it cannot be sure that a packet is *not* TCP/UDP to us, it
-//! answers [`Parsed::Malformed`], which the decision drops.
+//! answers [`Parsed::Malformed`], which the decision drops. Everything else
+//! the decision needs (the source, the TCP sequence space, an SPA datagram)
+//! is read from the frame only when the decision asks.
 
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
 use knock_common::{
     Proto,
-    decide::{FrameBytes, Packet, Parsed},
+    decide::{Parsed, Transport},
     flow::Segment,
-    source::{FAMILY_V6, SourceKey},
+    source::SourceKey,
     spa,
 };
 
@@ -144,25 +146,34 @@ fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
     ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
 }
 
+/// Reads one field of the `H` at `offset` (bounds-checking the whole
+/// header), without copying the rest of it.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Parsed {
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+fn field<H, T: Copy>(ctx: &XdpContext, offset: usize, get: impl FnOnce(&H) -> T) -> Option<T> {
+    // SAFETY: `ptr_at` checked that the whole `H` lies inside the frame;
+    // every header type here is plain bytes with alignment 1.
+    ptr_at::<H>(ctx, offset).map(|p| get(unsafe { &*p }))
+}
+
+/// Finds the transport header of a frame. Whenever it cannot be sure that
+/// a packet is *not* TCP/UDP to us, it answers [`Parsed::Malformed`].
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Parsed<Headers<'_>> {
+    let Some(ether_type) = field(ctx, 0, |eth: &EthHdr| eth.ether_type) else {
         // Shorter than an Ethernet header: nothing the stack would deliver.
         return Parsed::Unrelated;
     };
-    // SAFETY: bounds checked by `ptr_at`.
-    let mut ether_type = u16::from_be_bytes(unsafe { (*eth).ether_type });
+    let mut ether_type = u16::from_be_bytes(ether_type);
     let mut offset = ETH_HLEN;
 
     for _ in 0..MAX_VLAN_TAGS {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
             break;
         }
-        let Some(vlan) = ptr_at::<VlanHdr>(ctx, offset) else {
+        let Some(inner) = field(ctx, offset, |vlan: &VlanHdr| vlan.ether_type) else {
             return Parsed::Malformed;
         };
-        // SAFETY: bounds checked by `ptr_at`.
-        ether_type = u16::from_be_bytes(unsafe { (*vlan).ether_type });
+        ether_type = u16::from_be_bytes(inner);
         offset += VLAN_HLEN;
     }
 
@@ -176,13 +187,12 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, offset: usize) -> Parsed {
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, offset) else {
+fn ipv4(ctx: &XdpContext, offset: usize) -> Parsed<Headers<'_>> {
+    let Some((version_ihl, frag, proto)) =
+        field(ctx, offset, |ip: &Ipv4Hdr| (ip.version_ihl, ip.frag, ip.proto))
+    else {
         return Parsed::Malformed;
     };
-    // SAFETY: bounds checked by `ptr_at`.
-    let (version_ihl, total_len, frag, proto, src) =
-        unsafe { ((*ip).version_ihl, (*ip).total_len, (*ip).frag, (*ip).proto, (*ip).src) };
     let ihl = usize::from(version_ihl & 0x0f);
     if version_ihl >> 4 != 4 || ihl < 5 {
         return Parsed::Malformed;
@@ -200,31 +210,26 @@ fn ipv4(ctx: &XdpContext, offset: usize) -> Parsed {
         return Parsed::Unrelated;
     }
     // IHL is 5..=15 words here, so the options are honoured, never assumed away.
-    let ip_end = offset + usize::from(u16::from_be_bytes(total_len));
-    transport(ctx, (offset, offset + ihl * 4), ip_end, transport_proto, SourceKey::v4(src))
+    transport(ctx, (offset, offset + ihl * 4), transport_proto, false)
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
-    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, offset) else {
+fn ipv6(ctx: &XdpContext, offset: usize) -> Parsed<Headers<'_>> {
+    let Some((version, mut next)) =
+        field(ctx, offset, |ip: &Ipv6Hdr| (ip.version_class_flow[0] >> 4, ip.next_header))
+    else {
         return Parsed::Malformed;
-    };
-    // SAFETY: bounds checked by `ptr_at`.
-    let (version, payload_len, mut next, src) = unsafe {
-        ((*ip).version_class_flow[0] >> 4, (*ip).payload_len, (*ip).next_header, (*ip).src)
     };
     if version != 6 {
         return Parsed::Malformed;
     }
-    let src = SourceKey::v6(src);
     let ip = offset;
     let mut offset = offset + IPV6_HLEN;
-    let ip_end = offset + usize::from(u16::from_be_bytes(payload_len));
 
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
-            IPPROTO_TCP => return transport(ctx, (ip, offset), ip_end, Proto::Tcp, src),
-            IPPROTO_UDP => return transport(ctx, (ip, offset), ip_end, Proto::Udp, src),
+            IPPROTO_TCP => return transport(ctx, (ip, offset), Proto::Tcp, true),
+            IPPROTO_UDP => return transport(ctx, (ip, offset), Proto::Udp, true),
             IPPROTO_FRAGMENT => {
                 let Some(frag) = read::<Ipv6FragHdr>(ctx, offset) else {
                     return Parsed::Malformed;
@@ -256,8 +261,8 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
     }
     match next {
         // The chain ended exactly at the limit on a transport header.
-        IPPROTO_TCP => transport(ctx, (ip, offset), ip_end, Proto::Tcp, src),
-        IPPROTO_UDP => transport(ctx, (ip, offset), ip_end, Proto::Udp, src),
+        IPPROTO_TCP => transport(ctx, (ip, offset), Proto::Tcp, true),
+        IPPROTO_UDP => transport(ctx, (ip, offset), Proto::Udp, true),
         // Still inside the chain: TCP/UDP may follow, so we cannot tell.
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
             Parsed::Malformed
@@ -266,63 +271,136 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
     }
 }
 
-/// Reads the ports, and for TCP what flow tracking needs: flags, sequence
-/// and acknowledgement numbers, and the segment's length in sequence space
-/// (from the IP header's length field: a lying length only misleads the
-/// tracking of the liar's own flow). The whole minimal header must be
-/// present: a first fragment too short to hold it (the tiny-fragment attack,
-/// RFC 1858) is dropped rather than guessed at.
+/// Reads the destination port; the rest waits in [`Headers`] for the paths
+/// that need it. The whole minimal header must be present: a first
+/// fragment too short to hold it (the tiny-fragment attack, RFC 1858) is
+/// dropped rather than guessed at.
 #[inline(always)]
 fn transport(
     ctx: &XdpContext,
     (ip, offset): (usize, usize),
-    ip_end: usize,
     proto: Proto,
-    src: SourceKey,
-) -> Parsed {
-    // One bounds-checked read per header: the verifier tracks the range of
-    // that one pointer, not of a second one derived from the same offset.
-    let (src_port, dst_port, tcp, payload_len) = match proto {
-        Proto::Tcp => match read::<TcpHdr>(ctx, offset) {
-            Some(tcp) => {
-                let header_len = usize::from(tcp.data_offset >> 4) * 4;
-                let payload = ip_end.saturating_sub(offset).saturating_sub(header_len);
-                let seq = u32::from_be_bytes(tcp.seq);
-                let ack = u32::from_be_bytes(tcp.ack);
-                (tcp.src_port, tcp.dst_port, Segment::new(tcp.flags, seq, ack, payload as u32), 0)
-            }
-            None => return Parsed::Malformed,
-        },
-        Proto::Udp => match read::<UdpHdr>(ctx, offset) {
-            Some(udp) => {
-                let payload =
-                    u16::from_be_bytes(udp.len).saturating_sub(size_of::<UdpHdr>() as u16);
-                (udp.src_port, udp.dst_port, Segment::default(), payload)
-            }
-            None => return Parsed::Malformed,
-        },
+    v6: bool,
+) -> Parsed<Headers<'_>> {
+    let dport = match proto {
+        Proto::Tcp => field(ctx, offset, |tcp: &TcpHdr| tcp.dst_port),
+        Proto::Udp => field(ctx, offset, |udp: &UdpHdr| udp.dst_port),
     };
-    Parsed::Transport(Packet {
-        src,
+    let Some(dport) = dport else {
+        return Parsed::Malformed;
+    };
+    Parsed::Transport(Headers {
+        ctx,
         proto,
-        sport: u16::from_be_bytes(src_port),
-        dport: u16::from_be_bytes(dst_port),
-        tcp,
-        payload_len,
+        v6,
+        dport: u16::from_be_bytes(dport),
         // Offsets stay far below 64 KiB: the walks above are bounded.
         ip_at: ip as u16,
         l4_at: offset as u16,
     })
 }
 
-/// The bytes only single-packet authorization reads, read on demand.
-pub struct Bytes<'a>(pub &'a XdpContext);
+/// A TCP or UDP packet in the frame: its protocol and destination port,
+/// and where its headers lie, to read the rest on demand.
+pub struct Headers<'a> {
+    ctx: &'a XdpContext,
+    proto: Proto,
+    v6: bool,
+    dport: u16,
+    ip_at: u16,
+    l4_at: u16,
+}
 
-impl FrameBytes for Bytes<'_> {
+impl Headers<'_> {
     #[inline(always)]
-    fn read_spa(&self, pkt: &Packet, scratch: &mut spa::Scratch) -> bool {
-        let payload = usize::from(pkt.l4_at) + size_of::<UdpHdr>();
-        let Some(datagram) = ptr_at::<[u8; spa::DATAGRAM_LEN]>(self.0, payload) else {
+    fn tcp<T: Copy>(&self, get: impl FnOnce(&TcpHdr) -> T) -> Option<T> {
+        field(self.ctx, usize::from(self.l4_at), get)
+    }
+
+    #[inline(always)]
+    fn udp<T: Copy>(&self, get: impl FnOnce(&UdpHdr) -> T) -> Option<T> {
+        field(self.ctx, usize::from(self.l4_at), get)
+    }
+
+    /// Where the IP packet ends by its own length field (a lying length
+    /// only misleads the tracking of the liar's own flow).
+    #[inline(always)]
+    fn ip_end(&self) -> Option<usize> {
+        let ip = usize::from(self.ip_at);
+        let len = if self.v6 {
+            IPV6_HLEN + be16(field(self.ctx, ip, |h: &Ipv6Hdr| h.payload_len)?)
+        } else {
+            be16(field(self.ctx, ip, |h: &Ipv4Hdr| h.total_len)?)
+        };
+        Some(ip + len)
+    }
+}
+
+#[inline(always)]
+fn be16(bytes: [u8; 2]) -> usize {
+    usize::from(u16::from_be_bytes(bytes))
+}
+
+impl Transport for Headers<'_> {
+    #[inline(always)]
+    fn proto(&self) -> Proto {
+        self.proto
+    }
+
+    #[inline(always)]
+    fn dport(&self) -> u16 {
+        self.dport
+    }
+
+    #[inline(always)]
+    fn source(&self) -> Option<SourceKey> {
+        let ip = usize::from(self.ip_at);
+        if self.v6 {
+            field(self.ctx, ip, |h: &Ipv6Hdr| SourceKey::v6(h.src))
+        } else {
+            field(self.ctx, ip, |h: &Ipv4Hdr| SourceKey::v4(h.src))
+        }
+    }
+
+    #[inline(always)]
+    fn sport(&self) -> Option<u16> {
+        let sport = match self.proto {
+            Proto::Tcp => self.tcp(|tcp| tcp.src_port),
+            Proto::Udp => self.udp(|udp| udp.src_port),
+        };
+        sport.map(u16::from_be_bytes)
+    }
+
+    #[inline(always)]
+    fn tcp_flags(&self) -> Option<u8> {
+        match self.proto {
+            Proto::Tcp => self.tcp(|tcp| tcp.flags),
+            Proto::Udp => Some(0),
+        }
+    }
+
+    /// The flags, the sequence and acknowledgement numbers, and the
+    /// segment's length in sequence space.
+    #[inline(always)]
+    fn segment(&self) -> Option<Segment> {
+        let tcp = read::<TcpHdr>(self.ctx, usize::from(self.l4_at))?;
+        let header_len = usize::from(tcp.data_offset >> 4) * 4;
+        let payload =
+            self.ip_end()?.saturating_sub(usize::from(self.l4_at)).saturating_sub(header_len);
+        let (seq, ack) = (u32::from_be_bytes(tcp.seq), u32::from_be_bytes(tcp.ack));
+        Some(Segment::new(tcp.flags, seq, ack, payload as u32))
+    }
+
+    #[inline(always)]
+    fn udp_payload_len(&self) -> Option<u16> {
+        let len = u16::from_be_bytes(self.udp(|udp| udp.len)?);
+        Some(len.saturating_sub(size_of::<UdpHdr>() as u16))
+    }
+
+    #[inline(always)]
+    fn read_spa(&self, scratch: &mut spa::Scratch) -> bool {
+        let payload = usize::from(self.l4_at) + size_of::<UdpHdr>();
+        let Some(datagram) = ptr_at::<[u8; spa::DATAGRAM_LEN]>(self.ctx, payload) else {
             return false;
         };
         // SAFETY: bounds checked by `ptr_at`; plain bytes, copied straight
@@ -334,20 +412,18 @@ impl FrameBytes for Bytes<'_> {
                 spa::DATAGRAM_LEN,
             )
         };
-        let ip = usize::from(pkt.ip_at);
-        scratch.server = if pkt.src.family == FAMILY_V6 {
-            match ptr_at::<Ipv6Hdr>(self.0, ip) {
-                // SAFETY: bounds checked by `ptr_at`.
-                Some(h) => SourceKey::v6(unsafe { (*h).dst }),
-                None => return false,
-            }
+        let ip = usize::from(self.ip_at);
+        let server = if self.v6 {
+            field(self.ctx, ip, |h: &Ipv6Hdr| SourceKey::v6(h.dst))
         } else {
-            match ptr_at::<Ipv4Hdr>(self.0, ip) {
-                // SAFETY: bounds checked by `ptr_at`.
-                Some(h) => SourceKey::v4(unsafe { (*h).dst }),
-                None => return false,
-            }
+            field(self.ctx, ip, |h: &Ipv4Hdr| SourceKey::v4(h.dst))
         };
-        true
+        match server {
+            Some(server) => {
+                scratch.server = server;
+                true
+            }
+            None => false,
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! Data flows one way: `cli` → `daemon` / `control` / `check` → `loader`,
 //! `maps` → `knock_common`.
 
+pub mod admit_filter;
 pub mod audit;
 pub mod check;
 pub mod checks;

@@ -20,16 +20,17 @@ use knock_common::{
     allow::{AllowEntry, AllowOrigin},
     flow::{FlowEntry, FlowKey},
     maps::{
-        ALLOW_MAX_ENTRIES, Counter, MAP_ALLOW, MAP_ALLOW_NETS, MAP_COUNTERS, MAP_FLOWS,
-        MAP_KNOCK_EDGES, MAP_KNOCK_STATE, MAP_MISSES, MAP_PORT_FLAGS, MAP_RUNTIME, MAP_SEQUENCES,
-        MAP_SETTINGS, MAP_SPA_KEYS, MAP_SPA_NONCES, MAP_USED, Runtime, Settings, port_flags,
+        ALLOW_MAX_ENTRIES, Counter, MAP_ADMIT_FILTER, MAP_ALLOW, MAP_ALLOW_NETS, MAP_COUNTERS,
+        MAP_FLOWS, MAP_KNOCK_EDGES, MAP_KNOCK_STATE, MAP_MISSES, MAP_PORT_FLAGS, MAP_RUNTIME,
+        MAP_SEQUENCES, MAP_SETTINGS, MAP_SPA_KEYS, MAP_SPA_NONCES, MAP_USED, Runtime, Settings,
+        port_flags,
     },
     source::{NetKey, PrefixKey, SourceKey},
     spa::{NonceKey, SpaKey},
     trie::{Edge, EdgeKey, KnockSink, KnockState, SequenceInfo, UsedKey},
 };
 
-use crate::nets::Cidr;
+use crate::{admit_filter::AdmitFilter, nets::Cidr};
 
 pub struct KernelMaps {
     port_flags: Array<MapData, u32>,
@@ -46,6 +47,7 @@ pub struct KernelMaps {
     spa_nonces: HashMap<MapData, NonceKey, u64>,
     flows: HashMap<MapData, FlowKey, FlowEntry>,
     allow_nets: LpmTrie<MapData, NetKey, u32>,
+    filter: AdmitFilter,
 }
 
 /// Removal that treats "already gone" as done.
@@ -78,6 +80,10 @@ impl KernelMaps {
             spa_nonces: HashMap::try_from(take(MAP_SPA_NONCES)?)?,
             flows: HashMap::try_from(take(MAP_FLOWS)?)?,
             allow_nets: LpmTrie::try_from(take(MAP_ALLOW_NETS)?)?,
+            filter: AdmitFilter::new(match take(MAP_ADMIT_FILTER)? {
+                aya::maps::Map::Array(data) => data,
+                _ => anyhow::bail!("{MAP_ADMIT_FILTER} is not an array"),
+            })?,
         })
     }
 
@@ -168,12 +174,15 @@ impl KernelMaps {
     /// Admits `addr` until `deadline_ns` (boot clock), by hand.
     pub fn allow(&mut self, addr: IpAddr, deadline_ns: u64) -> Result<()> {
         let entry = AllowEntry { deadline_ns, origin: AllowOrigin::Manual as u32, client: 0 };
-        self.allow.insert(SourceKey::from(addr), entry, 0).map_err(|err| match err {
+        let key = SourceKey::from(addr);
+        self.allow.insert(key, entry, 0).map_err(|err| match err {
             MapError::SyscallError(ref e) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
                 anyhow!("the allow map is full ({ALLOW_MAX_ENTRIES} sources)")
             }
             err => anyhow::Error::new(err).context("cannot write ALLOW"),
-        })
+        })?;
+        self.filter.mark(&key);
+        Ok(())
     }
 
     /// Removes `key`; false when it was not there.
@@ -306,6 +315,7 @@ impl KernelMaps {
         for key in keys {
             let entry = FlowEntry { last_seen_ns: now_ns, ..FlowEntry::default() };
             self.flows.insert(key, entry, 0).context("cannot write FLOWS")?;
+            self.filter.mark(&key.src);
         }
         Ok(())
     }
@@ -361,7 +371,41 @@ impl KernelMaps {
             removed(self.allow_nets.remove(&net_key(net)), MAP_ALLOW_NETS)
                 .with_context(|| format!("cannot remove {net}"))?;
         }
-        Ok(())
+        // Counted after the trie is written, so the program never skips a
+        // network it holds.
+        self.set_runtime(Runtime::Networks, nets.len() as u64)
+    }
+
+    /// How many slots the admission filter's live half has set.
+    pub fn filter_load(&self) -> Result<usize> {
+        Ok(self.filter.set_slots(self.runtime(Runtime::FilterHalf)?))
+    }
+
+    /// Rebuilds the admission filter: clears the half the program does not
+    /// read, sets the slots of every allow entry and flow, and switches the
+    /// program over (see `knock_common::filter` for why no admitted source
+    /// is ever missed). Returns the slots set.
+    pub fn rebuild_filter(&mut self) -> Result<usize> {
+        let next = 1 - (self.runtime(Runtime::FilterHalf)? & 1);
+        self.filter.clear(next);
+        for (src, _) in self.allowed()? {
+            self.filter.mark_in(next, &src);
+        }
+        for (key, _) in self.flows()? {
+            self.filter.mark_in(next, &key.src);
+        }
+        self.set_runtime(Runtime::FilterHalf, next)?;
+        Ok(self.filter.set_slots(next))
+    }
+
+    /// Whether the admission filter's live half has the slot of `src` set.
+    pub fn filter_admits(&self, src: &SourceKey) -> Result<bool> {
+        Ok(self.filter.is_marked(self.runtime(Runtime::FilterHalf)?, src))
+    }
+
+    /// Reads a word of the runtime map.
+    pub fn runtime(&self, word: Runtime) -> Result<u64> {
+        self.runtime.get(&(word as u32), 0).context("cannot read RUNTIME")
     }
 
     /// Forgets every source, flow, knock in progress, failed-knock record

@@ -7,42 +7,32 @@ use crate::{
     allow::AllowOrigin,
     event::EventKind,
     maps::port_flags,
-    model::{Bytes, Model, SEC},
+    model::{Model, Packet, SEC},
     proto::tcp_flags,
 };
 
 const CLIENT: SourceKey = SourceKey::v4([10, 0, 0, 2]);
 
-/// The decision for packets whose bytes SPA never reads.
-fn decide(m: &Model, parsed: Parsed, clock: impl Fn() -> u64) -> Decision {
-    super::decide(m, parsed, &Bytes::default(), clock)
+fn decide(m: &Model, parsed: Parsed<Packet>, clock: impl Fn() -> u64) -> Decision {
+    super::decide(m, parsed, clock)
 }
 
-fn packet(proto: Proto, dport: u16, flags: u8) -> Parsed {
+fn packet(proto: Proto, dport: u16, flags: u8) -> Parsed<Packet> {
     packet_from(40000, proto, dport, flags)
 }
 
 /// A packet with sequence number 0 and no data.
-fn packet_from(sport: u16, proto: Proto, dport: u16, flags: u8) -> Parsed {
+fn packet_from(sport: u16, proto: Proto, dport: u16, flags: u8) -> Parsed<Packet> {
     let tcp = if proto == Proto::Tcp { Segment::new(flags, 0, 0, 0) } else { Segment::default() };
-    Parsed::Transport(Packet {
-        src: CLIENT,
-        proto,
-        sport,
-        dport,
-        tcp,
-        payload_len: 0,
-        ip_at: 0,
-        l4_at: 0,
-    })
+    Parsed::Transport(Packet { src: CLIENT, proto, sport, dport, tcp, ..Packet::default() })
 }
 
-fn syn(dport: u16) -> Parsed {
+fn syn(dport: u16) -> Parsed<Packet> {
     packet(Proto::Tcp, dport, tcp_flags::SYN)
 }
 
 /// A TCP segment of the connection a SYN with ISN 0 opened: seq 1.
-fn ack(dport: u16) -> Parsed {
+fn ack(dport: u16) -> Parsed<Packet> {
     let tcp = Segment::new(tcp_flags::ACK, 1, 1, 0);
     Parsed::Transport(Packet {
         src: CLIENT,
@@ -50,9 +40,7 @@ fn ack(dport: u16) -> Parsed {
         sport: 40000,
         dport,
         tcp,
-        payload_len: 0,
-        ip_at: 0,
-        l4_at: 0,
+        ..Packet::default()
     })
 }
 
@@ -120,9 +108,7 @@ fn an_ipv4_entry_does_not_admit_the_mapped_ipv6_source() {
         sport: 40000,
         dport: 22,
         tcp,
-        payload_len: 0,
-        ip_at: 0,
-        l4_at: 0,
+        ..Packet::default()
     });
     assert_eq!(decide(&m, pkt, || 0).action, XDP_DROP);
 }
@@ -244,9 +230,7 @@ fn an_exact_fin_or_rst_closes_a_flow_after_the_grace() {
             sport: 40000,
             dport: 22,
             tcp: Segment::new(end, 1, 1, 0),
-            payload_len: 0,
-            ip_at: 0,
-            l4_at: 0,
+            ..Packet::default()
         });
         assert_eq!(decide(&m, fin, || 20 * SEC).counter, Counter::PassedFlow);
         // The closing handshake still passes...
@@ -270,12 +254,10 @@ fn a_spoofed_syn_on_a_live_flow_never_replaces_it() {
         sport: 40000,
         dport: 22,
         tcp: Segment::new(tcp_flags::SYN, 123_456, 0, 0),
-        payload_len: 0,
-        ip_at: 0,
-        l4_at: 0,
+        ..Packet::default()
     });
     // Within the open window it passes as a new attempt, but the flow stays.
-    assert_eq!(decide(&m, spoofed, || 2 * SEC).counter, Counter::PassedAllowed);
+    assert_eq!(decide(&m, spoofed.clone(), || 2 * SEC).counter, Counter::PassedAllowed);
     assert_eq!(*m.flows.borrow().values().next().unwrap(), before);
     // After it, it is dropped.
     assert_eq!(decide(&m, spoofed, || 20 * SEC).counter, Counter::DroppedProtected);
@@ -287,7 +269,7 @@ fn udp_flows_work_like_tcp_ones() {
     m.ports.insert(51820, port_flags::PROTECTED_UDP);
     allow_until(&m, 10 * SEC);
     let dgram = packet(Proto::Udp, 51820, 0);
-    assert_eq!(decide(&m, dgram, || SEC).counter, Counter::PassedAllowed);
+    assert_eq!(decide(&m, dgram.clone(), || SEC).counter, Counter::PassedAllowed);
     assert_eq!(decide(&m, dgram, || 100 * SEC).counter, Counter::PassedFlow);
 }
 

@@ -106,6 +106,8 @@ pub(crate) struct Daemon {
     metrics: Option<metrics::MetricsServer>,
     /// Set by a `detach` that leaves no interface: the loop ends after replying.
     stop: bool,
+    /// Slots the admission filter had set after its last rebuild.
+    filter_live: usize,
 }
 
 /// Loads, attaches and serves until SIGINT/SIGTERM or `detach`; then detaches
@@ -177,6 +179,7 @@ pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Resul
             refusals: Default::default(),
             metrics: None,
             stop: false,
+            filter_live: 0,
         };
         daemon.rotate()?;
         for iface in daemon.options.ifaces.clone() {
@@ -278,7 +281,10 @@ impl Daemon {
                     self.sweep();
                     self.watch_interfaces();
                 }
-                _ = flow_sweep.tick() => self.sweep_flows(),
+                _ = flow_sweep.tick() => {
+                    self.sweep_flows();
+                    self.tidy_filter();
+                }
                 _ = rotate.tick() => {
                     if let Err(err) = self.rotate() {
                         warn!("installing sequences: {err:#}");

@@ -1,6 +1,8 @@
-//! Removing allow entries whose deadline has passed.
+//! Removing allow entries whose deadline has passed, dead flows and the
+//! admission filter's stale slots.
 
-use tracing::{info, warn};
+use knock_common::filter::SLOTS;
+use tracing::{debug, info, warn};
 
 use super::Daemon;
 use crate::{clock, loader};
@@ -27,6 +29,24 @@ impl Daemon {
         let settings = super::settings(&self.options);
         if let Err(err) = self.maps.end_flows(|_, entry| entry.is_dead(now, &settings)) {
             warn!("flow sweep: {err:#}");
+        }
+    }
+
+    /// Rebuilds the admission filter once its set slots outnumber twice the
+    /// live ones at the last rebuild, plus some slack: a stale slot only
+    /// costs a stranger's packet the lookups, so this runs rarely.
+    pub(super) fn tidy_filter(&mut self) {
+        const SLACK: usize = SLOTS as usize / 64;
+        match self.maps.filter_load() {
+            Ok(load) if load <= 2 * self.filter_live + SLACK => {}
+            Ok(load) => match self.maps.rebuild_filter() {
+                Ok(live) => {
+                    debug!(before = load, after = live, "admission filter rebuilt");
+                    self.filter_live = live;
+                }
+                Err(err) => warn!("admission filter: {err:#}"),
+            },
+            Err(err) => warn!("admission filter: {err:#}"),
         }
     }
 

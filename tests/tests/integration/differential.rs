@@ -23,12 +23,12 @@ use std::{
 use knock_common::{
     Proto,
     allow::{AllowEntry, AllowOrigin},
-    decide::{Packet, Parsed, decide},
+    decide::{Parsed, decide},
     event::EventKind,
     flow::Segment,
     knock::KnockMaps as _,
     maps::{Counter, Runtime, Settings, port_flags},
-    model::{Bytes, Model},
+    model::{Model, Packet},
     source::SourceKey,
     spa::{self, key_from_secret, spa_key},
     trie::KnockTable,
@@ -267,17 +267,14 @@ fn run_case(kernel: &mut Kernel, checked: &mut Checked, sequences: &[Vec<u16>], 
                 ..Frame::new(src, server, Proto::Udp, SPA_PORT)
             }
             .build_with_sport(40000);
-            let bytes =
-                Bytes { payload: datagram.to_vec(), destination: Some(SourceKey::from(server)) };
             let pkt = Packet {
                 src: SourceKey::from(src),
                 proto: Proto::Udp,
                 sport: 40000,
                 dport: SPA_PORT,
                 tcp: Segment::default(),
-                payload_len: spa::DATAGRAM_LEN as u16,
-                ip_at: 0,
-                l4_at: 0,
+                payload: datagram.to_vec(),
+                destination: Some(SourceKey::from(server)),
             };
             let opened_before = model
                 .events
@@ -286,7 +283,7 @@ fn run_case(kernel: &mut Kernel, checked: &mut Checked, sequences: &[Vec<u16>], 
                 .filter(|e| e.kind == EventKind::SpaOpened as u32)
                 .count();
             let now = clock::boot_ns();
-            let expected = decide(&model, Parsed::Transport(pkt), &bytes, || now);
+            let expected = decide(&model, Parsed::Transport(pkt), || now);
             let (action, counter) = testrun::run_frame(&mut kernel.ebpf, &kernel.maps, &frame);
             assert_eq!(
                 (action, counter),
@@ -363,12 +360,12 @@ fn run_case(kernel: &mut Kernel, checked: &mut Checked, sequences: &[Vec<u16>], 
                 sport,
                 dport: port,
                 tcp,
-                payload_len: if udp { 4 } else { 0 },
-                ip_at: 0,
-                l4_at: 0,
+                // The frame's UDP payload: four bytes.
+                payload: if udp { vec![0; 4] } else { Vec::new() },
+                destination: None,
             });
             let now = clock::boot_ns();
-            let expected = decide(&model, parsed, &Bytes::default(), || now);
+            let expected = decide(&model, parsed, || now);
             let (action, counter) = testrun::run_frame(&mut kernel.ebpf, &kernel.maps, &frame);
             assert_eq!(
                 (action, counter),
