@@ -7,6 +7,7 @@
 //! | part         | module         | what |
 //! |--------------|----------------|------|
 //! | `per-packet` | [`per_packet`] | every path through BPF_PROG_TEST_RUN, interleaved with the no-op |
+//! | `spa`        | [`spa`]        | SPA datagrams per packet; a valid datagram to an open door on a veth lab |
 //! | `scale`      | [`scale`]      | many distinct sources through the LRU maps |
 //! | `throughput` | [`throughput`] | live frames dropped by knock-xdp, iptables, nftables: rate and CPU per packet |
 //! | `footprint`  | [`footprint`]  | the real daemon's RSS and CPU, idle and under a flood |
@@ -22,6 +23,7 @@ pub mod latency;
 pub mod live;
 pub mod per_packet;
 pub mod scale;
+pub mod spa;
 pub mod throughput;
 
 use anyhow::{Context as _, Result};
@@ -37,7 +39,7 @@ pub struct Settings {
     pub repeat: u32,
     /// Interleaved (no-op, path) pairs per row; the median is reported.
     pub runs: usize,
-    /// Fresh sources per family for the knock-step rows (one packet each).
+    /// Fresh sources per family for the one-packet rows (knock steps, valid SPA).
     pub fresh_samples: usize,
     /// Distinct sources pushed through the knock-state and allow maps.
     pub scale_sources: u32,
@@ -47,7 +49,7 @@ pub struct Settings {
     pub live_runs: usize,
     /// Seconds of each daemon footprint window (idle, flood).
     pub footprint_secs: u64,
-    /// Knocks timed for the knock-to-open latency.
+    /// Knocks (and SPA datagrams) timed for the latency to an open door.
     pub latency_knocks: usize,
 }
 
@@ -97,6 +99,7 @@ impl Settings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Part {
     PerPacket,
+    Spa,
     Scale,
     Throughput,
     Footprint,
@@ -105,12 +108,13 @@ pub enum Part {
 
 impl Part {
     /// In the order they run.
-    pub const ALL: [Part; 5] =
-        [Part::PerPacket, Part::Scale, Part::Throughput, Part::Footprint, Part::Latency];
+    pub const ALL: [Part; 6] =
+        [Part::PerPacket, Part::Spa, Part::Scale, Part::Throughput, Part::Footprint, Part::Latency];
 
     pub const fn name(self) -> &'static str {
         match self {
             Part::PerPacket => "per-packet",
+            Part::Spa => "spa",
             Part::Scale => "scale",
             Part::Throughput => "throughput",
             Part::Footprint => "footprint",
@@ -134,6 +138,7 @@ pub struct Report {
     pub machine: Value,
     pub settings: String,
     pub paths: Option<Vec<PathRow>>,
+    pub spa: Option<spa::Spa>,
     pub scale: Option<scale::Scale>,
     pub throughput: Option<throughput::Throughput>,
     pub footprint: Option<footprint::Footprint>,
@@ -158,6 +163,7 @@ pub fn run_parts(settings: &Settings, parts: &[Part]) -> Result<Report> {
         let context = || format!("bench part {}", part.name());
         match part {
             Part::PerPacket => r.paths = Some(per_packet::run(settings).with_context(context)?),
+            Part::Spa => r.spa = Some(spa::run(settings).with_context(context)?),
             Part::Scale => r.scale = Some(scale::run(settings).with_context(context)?),
             Part::Throughput => {
                 r.throughput = Some(throughput::run(settings).with_context(context)?)
@@ -173,6 +179,7 @@ pub fn run_parts(settings: &Settings, parts: &[Part]) -> Result<Report> {
 /// Every per-packet row of the report, whichever part made it.
 pub fn all_rows(report: &Report) -> Vec<&PathRow> {
     let mut rows: Vec<&PathRow> = report.paths.iter().flatten().collect();
+    rows.extend(report.spa.iter().flat_map(|s| &s.rows));
     rows.extend(report.scale.iter().flat_map(|s| &s.rows));
     rows
 }
@@ -208,6 +215,9 @@ pub fn table(report: &Report) -> String {
             s.push_str(&r.line());
             s.push('\n');
         }
+    }
+    if let Some(spa) = &report.spa {
+        spa.table(&mut s);
     }
     if let Some(throughput) = &report.throughput {
         throughput.table(&mut s);
@@ -246,6 +256,7 @@ pub fn to_json(report: &Report) -> Value {
         "per_packet",
         report.paths.as_ref().map(|p| Value::from(p.iter().map(PathRow::json).collect::<Vec<_>>())),
     );
+    put("spa", report.spa.as_ref().map(spa::Spa::json));
     put("throughput", report.throughput.as_ref().map(throughput::Throughput::json));
     put("scale", report.scale.as_ref().map(scale::Scale::json));
     put("footprint", report.footprint.as_ref().map(footprint::Footprint::json));

@@ -31,12 +31,13 @@ fn bench_runs_and_its_numbers_are_sane() {
     eprintln!("{}", bench::table(&report));
 
     per_packet_rows(&report);
+    spa(&report, &settings);
     throughput(&report, &settings);
     scale(&report, &settings);
     footprint_and_latency(&report, &settings);
 
     let json = bench::to_json(&report);
-    for key in ["per_packet", "throughput", "scale", "footprint", "latency"] {
+    for key in ["per_packet", "spa", "throughput", "scale", "footprint", "latency"] {
         assert!(json[key].is_object() || json[key].is_array(), "no {key} in the JSON");
     }
     assert!(json["per_packet"].as_array().is_some_and(|a| a.len() == 18));
@@ -80,6 +81,34 @@ fn per_packet_rows(report: &bench::Report) {
             );
         }
     }
+}
+
+fn spa(report: &bench::Report, settings: &Settings) {
+    let spa = report.spa.as_ref().expect("the SPA part ran");
+    for family in ["ipv4", "ipv6"] {
+        let ns = |name: &str| {
+            spa.rows
+                .iter()
+                .find(|r| r.family == family && r.name == name)
+                .unwrap_or_else(|| panic!("no row {name} {family}"))
+                .ns
+        };
+        // The MAC is two SHA-256 compressions: it must cost more than the
+        // cheapest refusal, or the row did not measure it.
+        assert!(
+            ns("spa: wrong MAC") > 2.0 * ns("spa: bad version"),
+            "{family}: the wrong MAC ({} ns) costs no more than a wrong version ({} ns)",
+            ns("spa: wrong MAC"),
+            ns("spa: bad version")
+        );
+        sane("spa stale time", ns("spa: stale time"));
+        sane("spa valid", ns("spa: valid, opens"));
+    }
+    assert_eq!(spa.open_us.len(), settings.latency_knocks);
+    for us in &spa.open_us {
+        within("SPA datagram to open door, µs", *us, 3e6);
+    }
+    sane("SPA handshake", spa.handshake_median_us);
 }
 
 fn throughput(report: &bench::Report, settings: &Settings) {
