@@ -9,6 +9,7 @@
 //! | `per-packet` | [`per_packet`] | every path through BPF_PROG_TEST_RUN, interleaved with the no-op |
 //! | `spa`        | [`spa`]        | SPA datagrams per packet; a valid datagram to an open door on a veth lab |
 //! | `scale`      | [`scale`]      | many distinct sources through the LRU maps |
+//! | `clients`    | [`clients`]    | 4,096 clients: install, rotation, knock steps, map memory |
 //! | `throughput` | [`throughput`] | live frames dropped by knock-xdp, iptables, nftables: rate and CPU per packet |
 //! | `footprint`  | [`footprint`]  | the real daemon's RSS and CPU, idle and under a flood |
 //! | `latency`    | [`latency`]    | last knock to open door through the real daemon |
@@ -16,6 +17,7 @@
 //! Shared: [`harness`] (test runs, the no-op, the knock fixture, rows),
 //! [`host`] (namespaces, CPU time, lab frames), [`live`] (live frames).
 
+pub mod clients;
 pub mod footprint;
 pub mod harness;
 pub mod host;
@@ -43,6 +45,8 @@ pub struct Settings {
     pub fresh_samples: usize,
     /// Distinct sources pushed through the knock-state and allow maps.
     pub scale_sources: u32,
+    /// Clients installed in the clients part.
+    pub clients: u32,
     /// Frames per live-frames run (part 2).
     pub live_frames: u32,
     /// Live-frames rounds (each: knock-xdp, iptables, nftables, nothing, bare).
@@ -60,6 +64,7 @@ impl Settings {
             runs: 7,
             fresh_samples: 5_000,
             scale_sources: 1_000_000,
+            clients: 4_096,
             live_frames: 5_000_000,
             live_runs: 5,
             footprint_secs: 5,
@@ -73,6 +78,7 @@ impl Settings {
             runs: 5,
             fresh_samples: 1_000,
             scale_sources: 200_000,
+            clients: 4_096,
             live_frames: 1_000_000,
             live_runs: 3,
             footprint_secs: 2,
@@ -87,6 +93,7 @@ impl Settings {
             runs: 2,
             fresh_samples: 20,
             scale_sources: 2_000,
+            clients: 64,
             live_frames: 20_000,
             live_runs: 1,
             footprint_secs: 1,
@@ -101,6 +108,7 @@ pub enum Part {
     PerPacket,
     Spa,
     Scale,
+    Clients,
     Throughput,
     Footprint,
     Latency,
@@ -108,14 +116,22 @@ pub enum Part {
 
 impl Part {
     /// In the order they run.
-    pub const ALL: [Part; 6] =
-        [Part::PerPacket, Part::Spa, Part::Scale, Part::Throughput, Part::Footprint, Part::Latency];
+    pub const ALL: [Part; 7] = [
+        Part::PerPacket,
+        Part::Spa,
+        Part::Scale,
+        Part::Clients,
+        Part::Throughput,
+        Part::Footprint,
+        Part::Latency,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
             Part::PerPacket => "per-packet",
             Part::Spa => "spa",
             Part::Scale => "scale",
+            Part::Clients => "clients",
             Part::Throughput => "throughput",
             Part::Footprint => "footprint",
             Part::Latency => "latency",
@@ -140,6 +156,7 @@ pub struct Report {
     pub paths: Option<Vec<PathRow>>,
     pub spa: Option<spa::Spa>,
     pub scale: Option<scale::Scale>,
+    pub clients: Option<clients::Clients>,
     pub throughput: Option<throughput::Throughput>,
     pub footprint: Option<footprint::Footprint>,
     pub latency: Option<latency::Latency>,
@@ -165,6 +182,7 @@ pub fn run_parts(settings: &Settings, parts: &[Part]) -> Result<Report> {
             Part::PerPacket => r.paths = Some(per_packet::run(settings).with_context(context)?),
             Part::Spa => r.spa = Some(spa::run(settings).with_context(context)?),
             Part::Scale => r.scale = Some(scale::run(settings).with_context(context)?),
+            Part::Clients => r.clients = Some(clients::run(settings).with_context(context)?),
             Part::Throughput => {
                 r.throughput = Some(throughput::run(settings).with_context(context)?)
             }
@@ -181,6 +199,7 @@ pub fn all_rows(report: &Report) -> Vec<&PathRow> {
     let mut rows: Vec<&PathRow> = report.paths.iter().flatten().collect();
     rows.extend(report.spa.iter().flat_map(|s| &s.rows));
     rows.extend(report.scale.iter().flat_map(|s| &s.rows));
+    rows.extend(report.clients.iter().flat_map(|c| &c.rows));
     rows
 }
 
@@ -190,6 +209,9 @@ fn notes(report: &Report) -> Vec<String> {
         scale.notes(&mut notes);
     }
     notes.extend(all_rows(report).into_iter().filter_map(PathRow::missed));
+    if let Some(clients) = &report.clients {
+        clients.notes(&mut notes);
+    }
     if let Some(throughput) = &report.throughput {
         throughput.notes(&mut notes);
     }
@@ -225,6 +247,9 @@ pub fn table(report: &Report) -> String {
     if let Some(scale) = &report.scale {
         scale.table(&mut s);
     }
+    if let Some(clients) = &report.clients {
+        clients.table(&mut s);
+    }
     if let Some(footprint) = &report.footprint {
         footprint.table(&mut s);
     }
@@ -259,6 +284,7 @@ pub fn to_json(report: &Report) -> Value {
     put("spa", report.spa.as_ref().map(spa::Spa::json));
     put("throughput", report.throughput.as_ref().map(throughput::Throughput::json));
     put("scale", report.scale.as_ref().map(scale::Scale::json));
+    put("clients", report.clients.as_ref().map(clients::Clients::json));
     put("footprint", report.footprint.as_ref().map(footprint::Footprint::json));
     put("latency", report.latency.as_ref().map(latency::Latency::json));
     out

@@ -33,11 +33,11 @@ fn bench_runs_and_its_numbers_are_sane() {
     per_packet_rows(&report);
     spa(&report, &settings);
     throughput(&report, &settings);
-    scale(&report, &settings);
+    scale_and_clients(&report, &settings);
     footprint_and_latency(&report, &settings);
 
     let json = bench::to_json(&report);
-    for key in ["per_packet", "spa", "throughput", "scale", "footprint", "latency"] {
+    for key in ["per_packet", "spa", "throughput", "scale", "clients", "footprint", "latency"] {
         assert!(json[key].is_object() || json[key].is_array(), "no {key} in the JSON");
     }
     assert!(json["per_packet"].as_array().is_some_and(|a| a.len() == 18));
@@ -133,7 +133,7 @@ fn throughput(report: &bench::Report, settings: &Settings) {
     sane("iptables / knock-xdp", t.iptables_over_knock);
 }
 
-fn scale(report: &bench::Report, settings: &Settings) {
+fn scale_and_clients(report: &bench::Report, settings: &Settings) {
     let scale = report.scale.as_ref().expect("part 3 ran");
     assert_eq!(scale.sources, settings.scale_sources);
     assert!(scale.knock_state_entries > 0 && scale.allow_entries > 0);
@@ -142,6 +142,26 @@ fn scale(report: &bench::Report, settings: &Settings) {
     assert!(scale.sweep_deleted >= scale.allow_entries, "the sweep missed entries");
     sane("fill knock state", scale.fill_knock_state_s);
     assert_eq!(scale.rows.len(), 6);
+
+    let c = report.clients.as_ref().expect("the clients part ran");
+    assert_eq!(c.clients, settings.clients);
+    let edges = |maps: &[(String, u32, u64)]| {
+        maps.iter().find(|(n, ..)| n == "KNOCK_EDGES").map(|m| m.2).expect("a KNOCK_EDGES map")
+    };
+    // Sized from the limits: fewer clients than the default, a smaller trie.
+    assert!(settings.clients < 1024);
+    assert!(edges(&c.sized_memlock) < edges(&c.default_memlock), "the trie was not resized");
+    assert_eq!(c.sequences as u32, (c.clients - 1) * 4 + 1, "not every client installed");
+    assert!(c.edges > 0 && c.install_writes > c.edges && c.rotate_writes > 0);
+    sane("install ms", c.install_sync_ms);
+    sane("rotation ms", c.rotate_sync_ms);
+    assert!(c.rotated_with_limit >= c.clients);
+    assert_eq!(c.rows.len(), 6);
+    let growth = c.growth();
+    assert_eq!(growth.len(), 3, "{growth:?}");
+    for (step, g) in growth {
+        sane(&format!("{step} growth"), g);
+    }
 }
 
 fn footprint_and_latency(report: &bench::Report, settings: &Settings) {
