@@ -13,12 +13,14 @@
 //! | `throughput` | [`throughput`] | live frames dropped by knock-xdp, iptables, nftables: rate and CPU per packet |
 //! | `footprint`  | [`footprint`]  | the real daemon's RSS and CPU, idle and under a flood |
 //! | `latency`    | [`latency`]    | last knock to open door through the real daemon |
+//! | `fwknop`     | [`fwknop`]     | fwknopd beside knock-xdp's SPA: latency, floods, daemon CPU and RSS |
 //!
 //! Shared: [`harness`] (test runs, the no-op, the knock fixture, rows),
 //! [`host`] (namespaces, CPU time, lab frames), [`live`] (live frames).
 
 pub mod clients;
 pub mod footprint;
+pub mod fwknop;
 pub mod harness;
 pub mod host;
 pub mod latency;
@@ -55,6 +57,8 @@ pub struct Settings {
     pub footprint_secs: u64,
     /// Knocks (and SPA datagrams) timed for the latency to an open door.
     pub latency_knocks: usize,
+    /// Tries per system and condition in the fwknop part.
+    pub fwknop_tries: usize,
 }
 
 impl Settings {
@@ -69,6 +73,7 @@ impl Settings {
             live_runs: 5,
             footprint_secs: 5,
             latency_knocks: 20,
+            fwknop_tries: 20,
         }
     }
 
@@ -83,6 +88,7 @@ impl Settings {
             live_runs: 3,
             footprint_secs: 2,
             latency_knocks: 10,
+            fwknop_tries: 8,
         }
     }
 
@@ -98,6 +104,7 @@ impl Settings {
             live_runs: 1,
             footprint_secs: 1,
             latency_knocks: 2,
+            fwknop_tries: 2,
         }
     }
 }
@@ -112,11 +119,12 @@ pub enum Part {
     Throughput,
     Footprint,
     Latency,
+    Fwknop,
 }
 
 impl Part {
     /// In the order they run.
-    pub const ALL: [Part; 7] = [
+    pub const ALL: [Part; 8] = [
         Part::PerPacket,
         Part::Spa,
         Part::Scale,
@@ -124,6 +132,7 @@ impl Part {
         Part::Throughput,
         Part::Footprint,
         Part::Latency,
+        Part::Fwknop,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -135,6 +144,7 @@ impl Part {
             Part::Throughput => "throughput",
             Part::Footprint => "footprint",
             Part::Latency => "latency",
+            Part::Fwknop => "fwknop",
         }
     }
 
@@ -160,6 +170,7 @@ pub struct Report {
     pub throughput: Option<throughput::Throughput>,
     pub footprint: Option<footprint::Footprint>,
     pub latency: Option<latency::Latency>,
+    pub fwknop: Option<fwknop::Fwknop>,
     pub notes: Vec<String>,
 }
 
@@ -188,6 +199,7 @@ pub fn run_parts(settings: &Settings, parts: &[Part]) -> Result<Report> {
             }
             Part::Footprint => r.footprint = Some(footprint::run(settings).with_context(context)?),
             Part::Latency => r.latency = Some(latency::run(settings).with_context(context)?),
+            Part::Fwknop => r.fwknop = Some(fwknop::run(settings).with_context(context)?),
         }
     }
     r.notes = notes(&r);
@@ -214,6 +226,9 @@ fn notes(report: &Report) -> Vec<String> {
     }
     if let Some(throughput) = &report.throughput {
         throughput.notes(&mut notes);
+    }
+    if let Some(fwknop) = &report.fwknop {
+        fwknop.notes(&mut notes);
     }
     notes
 }
@@ -256,6 +271,9 @@ pub fn table(report: &Report) -> String {
     if let Some(latency) = &report.latency {
         latency.table(&mut s);
     }
+    if let Some(fwknop) = &report.fwknop {
+        fwknop.table(&mut s);
+    }
     if !report.notes.is_empty() {
         s.push_str("\nnotes:\n");
         for n in &report.notes {
@@ -287,5 +305,6 @@ pub fn to_json(report: &Report) -> Value {
     put("clients", report.clients.as_ref().map(clients::Clients::json));
     put("footprint", report.footprint.as_ref().map(footprint::Footprint::json));
     put("latency", report.latency.as_ref().map(latency::Latency::json));
+    put("fwknop", report.fwknop.as_ref().map(fwknop::Fwknop::json));
     out
 }

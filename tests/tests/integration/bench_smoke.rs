@@ -35,9 +35,12 @@ fn bench_runs_and_its_numbers_are_sane() {
     throughput(&report, &settings);
     scale_and_clients(&report, &settings);
     footprint_and_latency(&report, &settings);
+    fwknop(&report, &settings);
 
     let json = bench::to_json(&report);
-    for key in ["per_packet", "spa", "throughput", "scale", "clients", "footprint", "latency"] {
+    for key in
+        ["per_packet", "spa", "throughput", "scale", "clients", "footprint", "latency", "fwknop"]
+    {
         assert!(json[key].is_object() || json[key].is_array(), "no {key} in the JSON");
     }
     assert!(json["per_packet"].as_array().is_some_and(|a| a.len() == 18));
@@ -185,4 +188,34 @@ fn footprint_and_latency(report: &bench::Report, settings: &Settings) {
         within("knock to open door, µs", *us, 3e6);
     }
     assert!(l.max_us >= l.median_us);
+}
+
+fn fwknop(report: &bench::Report, settings: &Settings) {
+    let fw = report.fwknop.as_ref().expect("the fwknop part ran");
+    assert!(fw.version.contains("2.6"), "fwknopd version {:?}", fw.version);
+    let names: Vec<&str> = fw.systems.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["knock-xdp", "fwknopd", "fwknopd-udp"]);
+    for sys in &fw.systems {
+        assert_eq!(
+            sys.packet_open_us.len() + sys.client_open_us.len(),
+            settings.fwknop_tries,
+            "{}: every quiet try must open the door",
+            sys.name
+        );
+        for us in sys.packet_open_us.iter().chain(&sys.client_open_us) {
+            within(&format!("{} open µs", sys.name), *us, 3e6);
+        }
+        assert!(sys.idle_rss_kib > 0);
+        assert_eq!(sys.floods.len(), 2);
+        for flood in &sys.floods {
+            assert!(flood.frames_sent > 0, "{} {}: no flood", sys.name, flood.kind);
+            sane("flood window", flood.window_s);
+            assert!(flood.daemon_cpu_s.is_finite() && flood.daemon_cpu_s >= 0.0);
+            assert!(flood.opened <= flood.tries && flood.open_us.len() == flood.opened);
+        }
+    }
+    // knock-xdp verifies in the kernel: a flood must not cost the real client.
+    for flood in &fw.systems[0].floods {
+        assert_eq!(flood.opened, flood.tries, "knock-xdp under a flood of {}", flood.kind);
+    }
 }
