@@ -51,7 +51,10 @@ pub fn run(settings: &Settings) -> Result<Vec<PathRow>> {
             ratio: 1.0,
             goal: None,
             goal_ns: None,
-            method: format!("repeat={} x {} runs", settings.repeat, settings.runs),
+            method: format!(
+                "repeat={} x {} runs, thread CPU ns per packet",
+                settings.repeat, settings.runs
+            ),
             samples: settings.runs,
         });
     }
