@@ -11,7 +11,8 @@ pub struct Args {
     /// Fewer runs, frames and sources (about a minute; the numbers are noisier).
     #[arg(long)]
     quick: bool,
-    /// Only this part (per-packet, throughput, scale, footprint, latency); repeatable.
+    /// Only this part (per-packet, spa, scale, clients, throughput, footprint, latency,
+    /// fwknop); repeatable.
     #[arg(long, value_name = "PART")]
     only: Vec<String>,
 }

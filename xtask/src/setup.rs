@@ -17,7 +17,8 @@ use crate::{cargo, is_root, output_if_ok, run_cmd};
 /// peers and tools the tests use: knockd (its `knock` client), oathtool (an
 /// independent TOTP), zbar-tools (a QR decoder), python3-scapy (crafted
 /// frames for the adversarial tests), iptables and nftables (the benchmark's
-/// comparison), systemd (systemd-analyze checks the unit).
+/// comparison), fwknop-server and fwknop-client (the benchmark's SPA peer),
+/// systemd (systemd-analyze checks the unit).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -32,6 +33,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3-scapy",
     "iptables",
     "nftables",
+    "fwknop-server",
+    "fwknop-client",
     "systemd",
 ];
 
@@ -121,10 +124,12 @@ fn debian_packages(report: &impl Fn(&str)) -> Result<()> {
         println!("setup: package {pkg}: installing ...");
     }
     run_cmd(Command::new("apt-get").arg("update")).context("setup: apt-get update failed")?;
+    // Without recommendations: python3-scapy alone would bring about 150
+    // packages (ImageMagick, matplotlib, IPython) that nothing here uses.
     run_cmd(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y"])
+            .args(["install", "-y", "--no-install-recommends"])
             .args(&missing),
     )
     .with_context(|| format!("setup: installing Debian packages failed: {list}"))?;

@@ -18,11 +18,10 @@ fn main() -> Result<()> {
             "--out" => out = args.next().context("--out needs a path")?.into(),
             "--only" => {
                 let name = args.next().context("--only needs a part")?;
-                parts.push(Part::parse(&name).with_context(|| {
-                    format!(
-                        "unknown part {name:?} (per-packet, throughput, scale, footprint, latency)"
-                    )
-                })?);
+                parts.push(
+                    Part::parse(&name)
+                        .with_context(|| format!("unknown part {name:?} ({})", Part::names()))?,
+                );
             }
             other => bail!(
                 "unknown argument {other:?} (expected --quick, --smoke, --only PART, --out PATH)"
