@@ -80,60 +80,83 @@ impl Decision {
     }
 }
 
-/// Reads the clock at most once per packet, and only when needed.
-///
-/// `repr(C)` with the zero-sized reader first: the program's BTF describes
-/// this type (a path function takes it), and the kernel refuses a member
-/// placed at the very end of a struct, which Rust's own layout does.
-#[repr(C)]
-struct Clock<F: Fn() -> u64> {
-    read: F,
-    now: Option<u64>,
+/// The two clocks the decision reads.
+pub trait Clocks {
+    /// CLOCK_BOOTTIME ns: allow deadlines, knock timeouts, SPA times. It
+    /// keeps counting across suspend, so a window never outlives its
+    /// wall-clock length.
+    fn boot_ns(&self) -> u64;
+    /// CLOCK_MONOTONIC_COARSE ns: the times of flows only. Every packet of
+    /// every admitted session reads it, and it costs no hardware read (the
+    /// boot clock costs about 35 ns a packet in a VM). A tick's resolution
+    /// is plenty for idle timeouts; a flow's idle time does not count time
+    /// the host spent suspended.
+    fn flow_ns(&self) -> u64;
 }
 
-impl<F: Fn() -> u64> Clock<F> {
+/// One time for both clocks: what the model's tests use.
+impl<F: Fn() -> u64> Clocks for F {
+    fn boot_ns(&self) -> u64 {
+        self()
+    }
+    fn flow_ns(&self) -> u64 {
+        self()
+    }
+}
+
+/// Reads each clock at most once per packet, and only when needed.
+///
+/// `repr(C)` with the (zero-sized, in the program) clocks first: the
+/// program's BTF describes this type (a path function takes it), and the
+/// kernel refuses a member placed at the very end of a struct, which Rust's
+/// own layout does.
+#[repr(C)]
+struct Now<C: Clocks> {
+    clocks: C,
+    boot: Option<u64>,
+    flow: Option<u64>,
+}
+
+impl<C: Clocks> Now<C> {
     #[inline(always)]
-    fn now(&mut self) -> u64 {
-        *self.now.get_or_insert_with(&self.read)
+    fn boot(&mut self) -> u64 {
+        *self.boot.get_or_insert_with(|| self.clocks.boot_ns())
+    }
+
+    #[inline(always)]
+    fn flow(&mut self) -> u64 {
+        *self.flow.get_or_insert_with(|| self.clocks.flow_ns())
     }
 }
 
 /// Decides the fate of a parsed packet. Unrelated traffic costs one array
-/// load (the port's flags); the clock and the hash maps are only touched for
+/// load (the port's flags); the clocks and the hash maps are only touched for
 /// datagrams to SPA ports, attempts in a knock space and packets to
 /// protected ports from sources that may have been admitted.
 #[inline(always)]
-pub fn decide<M: Maps, T: Transport>(
-    maps: &M,
-    parsed: Parsed<T>,
-    clock: impl Fn() -> u64,
-) -> Decision {
+pub fn decide<M: Maps, T: Transport>(maps: &M, parsed: Parsed<T>, clocks: impl Clocks) -> Decision {
     let malformed = Decision::new(XDP_DROP, Counter::DroppedMalformed);
     match parsed {
         Parsed::Unrelated => Decision::new(XDP_PASS, Counter::Passed),
         Parsed::Malformed => malformed,
-        Parsed::Transport(pkt) => transport(maps, &pkt, clock).unwrap_or(malformed),
+        Parsed::Transport(pkt) => transport(maps, &pkt, clocks).unwrap_or(malformed),
     }
 }
 
 /// [`decide`] for a TCP or UDP packet; `None` when a header read fails.
 #[inline(always)]
-fn transport<M: Maps, T: Transport>(
-    maps: &M,
-    pkt: &T,
-    clock: impl Fn() -> u64,
-) -> Option<Decision> {
+fn transport<M: Maps, T: Transport>(maps: &M, pkt: &T, clocks: impl Clocks) -> Option<Decision> {
     let (proto, dport) = (pkt.proto(), pkt.dport());
     let flags = maps.port_flags(dport);
     if flags == 0 {
         return Some(Decision::new(XDP_PASS, Counter::Passed));
     }
-    let mut clock = Clock { read: clock, now: None };
+    let mut now = Now { clocks, boot: None, flow: None };
     let src = pkt.source()?;
     let is_protected = flags & proto.protected_flag() != 0;
     if flags & (proto.knock_space_flag() | port_flags::SPA_UDP) == 0 {
         return if is_protected {
-            admission(maps, &src, || arrival(pkt, src), &mut clock)
+            admission(maps, &src, || arrival(pkt, src), &mut now)
         } else {
             Some(Decision::new(XDP_PASS, Counter::Passed))
         };
@@ -150,20 +173,20 @@ fn transport<M: Maps, T: Transport>(
     let datagram_read =
         datagram && maps.with_scratch(|scratch| pkt.read_spa(scratch)) == Some(true);
     let decision = match is_protected {
-        true => Some(admission(maps, &src, || arrival(pkt, src), &mut clock)?),
+        true => Some(admission(maps, &src, || arrival(pkt, src), &mut now)?),
         false => None,
     };
     let counter = if datagram {
         // Like a knock, checked and never decided on: valid or not, the
         // datagram goes on to the host like any other.
         if datagram_read {
-            spa_datagram(maps, &src, clock.now());
+            spa_datagram(maps, &src, now.boot());
         }
         Counter::Spa
     } else if attempt {
         // Followed, never decided on: the packet goes on to the host, which
         // answers it exactly as it answers every other closed port.
-        match knock::on_attempt(maps, &src, proto, dport, clock.now()) {
+        match knock::on_attempt(maps, &src, proto, dport, now.boot()) {
             Attempt::Ignored => Counter::KnockLimited,
             _ => Counter::Knock,
         }
@@ -191,18 +214,18 @@ fn arrival<T: Transport>(pkt: &T, src: SourceKey) -> Option<(FlowKey, Segment)> 
 /// installed: then only the trie walk is left. Only then is the rest of
 /// the packet read.
 #[inline(always)]
-fn admission<M: Maps, F: Fn() -> u64>(
+fn admission<M: Maps, C: Clocks>(
     maps: &M,
     src: &SourceKey,
     arrival: impl FnOnce() -> Option<(FlowKey, Segment)>,
-    clock: &mut Clock<F>,
+    now: &mut Now<C>,
 ) -> Option<Decision> {
     let known = maps.may_be_admitted(src);
     if !known && !maps.has_allowed_networks() {
         return Some(Decision::new(XDP_DROP, Counter::DroppedProtected));
     }
     let (key, segment) = arrival()?;
-    Some(protected(maps, &key, segment, known, clock))
+    Some(protected(maps, &key, segment, known, now))
 }
 
 /// The datagram in this CPU's scratch, checked. A function of its own in
@@ -221,17 +244,17 @@ fn spa_datagram<M: Maps>(maps: &M, src: &SourceKey, now_ns: u64) {
 /// (see `spa_datagram`).
 #[cfg_attr(target_arch = "bpf", inline(never))]
 #[cfg_attr(not(target_arch = "bpf"), inline(always))]
-fn protected<M: Maps, F: Fn() -> u64>(
+fn protected<M: Maps, C: Clocks>(
     maps: &M,
     key: &FlowKey,
     segment: Segment,
     known: bool,
-    clock: &mut Clock<F>,
+    now: &mut Now<C>,
 ) -> Decision {
     let tcp = (key.proto == Proto::Tcp.number()).then_some(segment);
     if !known {
         return match maps.in_allowed_network(&key.src) {
-            true => open_flow(maps, key, tcp, Counter::PassedNetwork, 0, clock),
+            true => open_flow(maps, key, tcp, Counter::PassedNetwork, 0, now),
             false => Decision::new(XDP_DROP, Counter::DroppedProtected),
         };
     }
@@ -242,7 +265,7 @@ fn protected<M: Maps, F: Fn() -> u64>(
         return Decision::new(XDP_DROP, Counter::DroppedProtected);
     };
     let update = maps.update_flow(key, |entry| {
-        let update = entry.on_packet(tcp, clock.now(), settings);
+        let update = entry.on_packet(tcp, now.flow(), settings);
         if let FlowUpdate::Counted(next) = update {
             *entry = next;
         }
@@ -258,7 +281,7 @@ fn protected<M: Maps, F: Fn() -> u64>(
 
     let (counter, client) = match maps.allowed(&key.src) {
         // The kernel enforces the deadline itself: userspace may sweep late.
-        Some(AllowEntry { deadline_ns, client, .. }) if clock.now() < deadline_ns => {
+        Some(AllowEntry { deadline_ns, client, .. }) if now.boot() < deadline_ns => {
             (Counter::PassedAllowed, client)
         }
         _ if maps.in_allowed_network(&key.src) => (Counter::PassedNetwork, 0),
@@ -269,21 +292,21 @@ fn protected<M: Maps, F: Fn() -> u64>(
     if foreign {
         return Decision::new(XDP_PASS, counter);
     }
-    open_flow(maps, key, tcp, counter, client, clock)
+    open_flow(maps, key, tcp, counter, client, now)
 }
 
 /// Passes an admitted packet and follows its flow from now on.
 #[inline(always)]
-fn open_flow<M: Maps, F: Fn() -> u64>(
+fn open_flow<M: Maps, C: Clocks>(
     maps: &M,
     key: &FlowKey,
     tcp: Option<Segment>,
     counter: Counter,
     client: u32,
-    clock: &mut Clock<F>,
+    now: &mut Now<C>,
 ) -> Decision {
     if let Some(settings) = maps.settings() {
-        maps.insert_flow(key, &FlowEntry::opened(clock.now(), client, tcp, settings));
+        maps.insert_flow(key, &FlowEntry::opened(now.flow(), client, tcp, settings));
     }
     Decision::new(XDP_PASS, counter)
 }

@@ -4,12 +4,12 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::source::SourceKey;
 
-/// What happened to a knock.
+/// What happened to a knock. Steps that only go on are not told: an
+/// event costs a knock step more than the rest of it, and the end of an
+/// attempt (opened, reset, timed out) names the step it reached.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum EventKind {
-    /// A knock matched; `step` knocks so far.
-    Progress = 1,
     /// A sequence completed and the source was admitted.
     Opened = 2,
     /// A sequence completed but had been used already.
@@ -33,8 +33,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 10] = [
-        EventKind::Progress,
+    pub const ALL: [EventKind; 9] = [
         EventKind::Opened,
         EventKind::Replay,
         EventKind::Reset,
@@ -53,7 +52,6 @@ impl EventKind {
     /// Stable name used in logs, the audit trail and metrics.
     pub const fn name(self) -> &'static str {
         match self {
-            EventKind::Progress => "progress",
             EventKind::Opened => "opened",
             EventKind::Replay => "replay",
             EventKind::Reset => "reset",
@@ -70,7 +68,7 @@ impl EventKind {
     /// followed by any packet is a reset): they are logged on a budget, and
     /// may fill the ring buffer only halfway so an opening always finds room.
     pub const fn is_refusal(self) -> bool {
-        !matches!(self, EventKind::Progress | EventKind::Opened | EventKind::SpaOpened)
+        !matches!(self, EventKind::Opened | EventKind::SpaOpened)
     }
 }
 

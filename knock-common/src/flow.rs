@@ -58,14 +58,15 @@ impl FlowKey {
     }
 }
 
-/// An admitted flow.
+/// An admitted flow. Its times are on the flow clock
+/// ([`Clocks::flow_ns`](crate::decide::Clocks::flow_ns)).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct FlowEntry {
-    /// Boot ns of the client's last packet that counted.
+    /// When the client's last packet that counted arrived.
     pub last_seen_ns: u64,
-    /// Non-zero once the client sent FIN or RST: boot ns after which the
-    /// flow admits nothing more.
+    /// Non-zero once the client sent FIN or RST: when the flow stops
+    /// admitting anything.
     pub closing_until_ns: u64,
     /// The client whose knock admitted the flow (0: a manual allow, an
     /// always-allowed network, or a connection kept from before protection),

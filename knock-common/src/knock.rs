@@ -182,7 +182,6 @@ fn advance<M: KnockMaps>(
         state.node = KnockState::DONE;
         complete(m, src, edge, state.step, now_ns, settings)
     } else {
-        emit_via(m, EventKind::Progress, src, state.via, state.step);
         Attempt::Progress
     };
     m.set_knock_state(src, &state);

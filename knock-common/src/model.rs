@@ -8,7 +8,7 @@ use std::{cell::RefCell, collections::HashMap, vec::Vec};
 
 use crate::{
     allow::AllowEntry,
-    decide::{Decision, Maps, Parsed, Transport, decide},
+    decide::{Clocks, Decision, Maps, Parsed, Transport, decide},
     event::{Event, EventKind},
     flow::{FlowEntry, FlowKey, Segment},
     knock::KnockMaps,
@@ -160,6 +160,23 @@ impl Model {
 
     pub fn saw(&self, kind: EventKind) -> bool {
         self.events.borrow().iter().any(|e| e.kind == kind as u32)
+    }
+}
+
+/// Readings of both clocks, for a caller that compares the model with the
+/// program (which reads two different clocks).
+#[derive(Clone, Copy, Debug)]
+pub struct At {
+    pub boot_ns: u64,
+    pub flow_ns: u64,
+}
+
+impl Clocks for At {
+    fn boot_ns(&self) -> u64 {
+        self.boot_ns
+    }
+    fn flow_ns(&self) -> u64 {
+        self.flow_ns
     }
 }
 

@@ -10,7 +10,7 @@ use knock_common::decide::decide;
 
 #[xdp]
 pub fn knock(ctx: XdpContext) -> u32 {
-    let decision = decide(&maps::BpfMaps, parse::parse(&ctx), maps::now_ns);
+    let decision = decide(&maps::BpfMaps, parse::parse(&ctx), maps::KernelClocks);
     maps::count(decision.counter);
     decision.action
 }

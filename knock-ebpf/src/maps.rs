@@ -3,13 +3,13 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
-    helpers::bpf_ktime_get_boot_ns,
+    helpers::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use knock_common::{
     allow::AllowEntry,
-    decide::Maps,
+    decide::{Clocks, Maps},
     event::{Event, EventKind},
     filter,
     flow::{FlowEntry, FlowKey},
@@ -181,6 +181,15 @@ impl KnockMaps for BpfMaps {
 
     #[inline(always)]
     fn set_knock_state(&self, src: &SourceKey, state: &KnockState) {
+        // In place when the source has a state (every knock after the
+        // first): an LRU update takes a fresh node, several times the cost
+        // of the lookup.
+        if let Some(slot) = KNOCK_STATE.get_ptr_mut(src) {
+            // SAFETY: a valid map value; CPUs racing on one source store
+            // states a packet apart.
+            unsafe { *slot = *state };
+            return;
+        }
         // An LRU insert only fails on allocation failure; the knock is then
         // simply not followed, which fails closed.
         let _ = KNOCK_STATE.insert(src, state, u64::from(BPF_ANY));
@@ -261,13 +270,21 @@ impl KnockMaps for BpfMaps {
     }
 }
 
-/// CLOCK_BOOTTIME, the clock all deadlines are written in. Unlike the
-/// monotonic clock it keeps counting across suspend, so a window never
-/// outlives its wall-clock length.
-#[inline(always)]
-pub fn now_ns() -> u64 {
-    // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_boot_ns() }
+/// The kernel's clocks (see [`Clocks`] for which serves what).
+pub struct KernelClocks;
+
+impl Clocks for KernelClocks {
+    #[inline(always)]
+    fn boot_ns(&self) -> u64 {
+        // SAFETY: a helper without arguments.
+        unsafe { bpf_ktime_get_boot_ns() }
+    }
+
+    #[inline(always)]
+    fn flow_ns(&self) -> u64 {
+        // SAFETY: a helper without arguments.
+        unsafe { bpf_ktime_get_coarse_ns() }
+    }
 }
 
 #[inline(always)]

@@ -106,8 +106,8 @@ fn previous(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Appends a record to its file (the daemon calls this for every event but
-/// progress; commands for removals, revocations and forced changes).
+/// Appends a record to its file (the daemon calls this for every event;
+/// commands for removals, revocations and forced changes).
 pub fn append(state: &StateDir, record: &Record) -> Result<()> {
     let path = if record.is_kept() { audit_path(state) } else { refusals_path(state) };
     if fs::symlink_metadata(&path).is_ok_and(|m| m.len() > MAX_BYTES) {

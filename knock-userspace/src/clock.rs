@@ -1,15 +1,25 @@
-//! The clock allow deadlines are written in: CLOCK_BOOTTIME, which the XDP
-//! program reads with `bpf_ktime_get_boot_ns()`.
+//! The program's clocks, read from userspace: CLOCK_BOOTTIME for deadlines
+//! (`bpf_ktime_get_boot_ns()`), CLOCK_MONOTONIC_COARSE for the times of flows
+//! (`bpf_ktime_get_coarse_ns()`; see `knock_common::decide::Clocks`).
 
 use std::time::Duration;
 
+fn read(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer; both clocks always exist on Linux.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime cannot fail on Linux's own clocks");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Nanoseconds since boot, including time spent suspended.
 pub fn boot_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid out-pointer; CLOCK_BOOTTIME always exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) cannot fail");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    read(libc::CLOCK_BOOTTIME)
+}
+
+/// The clock flows are timed with.
+pub fn flow_ns() -> u64 {
+    read(libc::CLOCK_MONOTONIC_COARSE)
 }
 
 /// A deadline `after` from now, in boot-clock nanoseconds.

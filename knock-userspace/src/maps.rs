@@ -30,7 +30,7 @@ use knock_common::{
     trie::{Edge, EdgeKey, KnockSink, KnockState, SequenceInfo, UsedKey},
 };
 
-use crate::{admit_filter::AdmitFilter, nets::Cidr};
+use crate::{admit_filter::AdmitFilter, clock, nets::Cidr};
 
 pub struct KernelMaps {
     port_flags: Array<MapData, u32>,
@@ -311,9 +311,9 @@ impl KernelMaps {
     /// Follows already established TCP connections (to a port about to be
     /// protected) as if they had been admitted now; their first packet
     /// teaches the flow its sequence numbers.
-    pub fn seed_flows(&mut self, keys: &[FlowKey], now_ns: u64) -> Result<()> {
+    pub fn seed_flows(&mut self, keys: &[FlowKey]) -> Result<()> {
         for key in keys {
-            let entry = FlowEntry { last_seen_ns: now_ns, ..FlowEntry::default() };
+            let entry = FlowEntry { last_seen_ns: clock::flow_ns(), ..FlowEntry::default() };
             self.flows.insert(key, entry, 0).context("cannot write FLOWS")?;
             self.filter.mark(&key.src);
         }

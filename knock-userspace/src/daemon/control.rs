@@ -333,6 +333,7 @@ impl Daemon {
             .collect();
         allowed.sort_by_key(|a| a.addr);
         let settings = super::settings(&self.options);
+        let now = clock::flow_ns();
         let mut flows: Vec<Flow> = self
             .maps
             .flows()?

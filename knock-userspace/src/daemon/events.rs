@@ -12,7 +12,7 @@ use knock_common::{
     event::{Event, EventKind},
     trie::STATIC_SLOT,
 };
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::Daemon;
 use crate::audit;
@@ -26,9 +26,7 @@ impl Daemon {
         let Some(kind) = EventKind::from_u32(event.kind) else {
             return warn!(kind = event.kind, "unknown event from the XDP program");
         };
-        if kind != EventKind::Progress {
-            *self.knock_outcomes.entry(kind.name()).or_default() += 1;
-        }
+        *self.knock_outcomes.entry(kind.name()).or_default() += 1;
         if kind.is_refusal() && !self.refusals.admit(Instant::now()) {
             return;
         }
@@ -40,7 +38,6 @@ impl Daemon {
             if event.slot == STATIC_SLOT { "static".to_owned() } else { event.slot.to_string() };
         self.audit(kind, &event, &source);
         match kind {
-            EventKind::Progress => debug!(%client, %source, step, "knock"),
             EventKind::Opened => {
                 let window = format_duration(self.options.open_window);
                 info!(%client, %source, %slot, %window, "door opened")
@@ -81,11 +78,8 @@ impl Daemon {
         }
     }
 
-    /// Records openings and refusals in the audit trail (not progress).
+    /// Records openings and refusals in the audit trail.
     fn audit(&mut self, kind: EventKind, event: &Event, source: &str) {
-        if kind == EventKind::Progress {
-            return;
-        }
         let mut record = audit::Record::now(kind.name(), source.to_owned());
         record.client = (event.client != 0).then(|| self.client_name(event.client));
         record.slot = (event.client != 0 && event.slot != STATIC_SLOT).then_some(event.slot);

@@ -180,9 +180,5 @@ impl Daemon {
 
 /// Every outcome starts at zero (only `opened` is exported; see the module docs).
 pub(super) fn outcome_counters() -> BTreeMap<&'static str, u64> {
-    knock_common::event::EventKind::ALL
-        .into_iter()
-        .filter(|k| *k != knock_common::event::EventKind::Progress)
-        .map(|k| (k.name(), 0))
-        .collect()
+    knock_common::event::EventKind::ALL.into_iter().map(|k| (k.name(), 0)).collect()
 }

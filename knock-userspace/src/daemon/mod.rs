@@ -28,7 +28,6 @@ use tracing::{info, warn};
 
 use crate::{
     clients::{Client, ClientStore},
-    clock,
     config::{Config, FailedKnocks},
     loader::{self, Mode, Program},
     maps::{self, KernelMaps},
@@ -357,7 +356,7 @@ pub(crate) fn keep_established(maps: &mut KernelMaps, ports: &BTreeSet<ProtoPort
     let established = procnet::established_to(&tcp);
     let keys: Vec<_> =
         established.iter().map(|&(ip, port, local)| maps::tcp_flow(ip, port, local)).collect();
-    maps.seed_flows(&keys, clock::boot_ns())?;
+    maps.seed_flows(&keys)?;
     for (ip, port, local) in established {
         info!(source = %ip, source_port = port, port = local, "established connection kept open");
     }

@@ -25,7 +25,7 @@ impl Daemon {
 
     /// Removes flows the kernel no longer admits, to free their slots.
     pub(super) fn sweep_flows(&mut self) {
-        let now = clock::boot_ns();
+        let now = clock::flow_ns();
         let settings = super::settings(&self.options);
         if let Err(err) = self.maps.end_flows(|_, entry| entry.is_dead(now, &settings)) {
             warn!("flow sweep: {err:#}");

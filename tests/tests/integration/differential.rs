@@ -28,10 +28,10 @@ use knock_common::{
     flow::Segment,
     knock::KnockMaps as _,
     maps::{Counter, Runtime, Settings, port_flags},
-    model::{Model, Packet},
+    model::{At, Model, Packet},
     source::SourceKey,
     spa::{self, key_from_secret, spa_key},
-    trie::KnockTable,
+    trie::{KnockTable, SequenceInfo},
 };
 use knock_tests::{frames::Frame, privileged, testrun};
 use knock_userspace::{clock, loader, maps::KernelMaps, ports::ProtoPort};
@@ -84,11 +84,15 @@ enum Op {
     /// SYN to the spoiler port that ends any knock in progress, then
     /// connects to the protected TCP port.
     Knock { source: usize, client: usize },
+    /// The same for one of the [`background`] clients (its index there).
+    KnockBackground { source: usize, client: usize },
     /// `allow SOURCE --for` 10 minutes or 2 hours (the knock's window is 1 h).
     Allow { source: usize, long: bool },
     /// An SPA datagram from `source`: 0 valid and fresh, 1 a replay of the
     /// last valid one, 2 a flipped byte, 3 a minute old, 4 for another server.
     Spa { source: usize, kind: u8 },
+    /// The daemon rebuilds the admission filter (the model has none).
+    RebuildFilter,
 }
 
 fn port_of(index: usize) -> u16 {
@@ -107,15 +111,18 @@ fn op() -> impl Strategy<Value = Op> {
               40000..40003u16, prop::sample::select(vec![1u32, 2, 3, 77_777]))
             .prop_map(|(source, udp, port, flags, sport, seq)| Op::Packet { source, udp, port, flags, sport, seq }),
         3 => (0..SOURCES.len(), 0..3usize).prop_map(|(source, client)| Op::Knock { source, client }),
+        1 => (0..SOURCES.len(), 0..BACKGROUND)
+            .prop_map(|(source, client)| Op::KnockBackground { source, client }),
         1 => (0..SOURCES.len(), any::<bool>()).prop_map(|(source, long)| Op::Allow { source, long }),
         2 => (0..SOURCES.len(), 0..5u8).prop_map(|(source, kind)| Op::Spa { source, kind }),
+        1 => Just(Op::RebuildFilter),
     ]
 }
 
 /// Three clients' sequences (1-3 TCP knocks from the pool, distinct ports
 /// within a sequence; clients may share ports, but no sequence is a prefix
 /// of another, or the shorter one would complete first, by design) and a
-/// packet stream.
+/// packet stream. [`background`] clients are installed beside them.
 fn case() -> impl Strategy<Value = (Vec<Vec<u16>>, Vec<Op>)> {
     let sequence = prop::sample::subsequence(POOL.to_vec(), 1..=3).prop_shuffle();
     let sequences = prop::collection::vec(sequence, 3).prop_filter("prefix-free", |s| {
@@ -124,6 +131,36 @@ fn case() -> impl Strategy<Value = (Vec<Vec<u16>>, Vec<Op>)> {
             .all(|(i, a)| s.iter().enumerate().all(|(j, b)| i == j || !b.starts_with(a)))
     });
     (sequences, prop::collection::vec(op(), 1..50))
+}
+
+/// Clients beside the three a case knocks for, so the trie holds hundreds
+/// of sequences: 4 knocks each from the same pool, so they share prefixes
+/// with each other and with the three, and some are identical (up to the
+/// four finishers a node holds). Streams of random packets complete some.
+const BACKGROUND: usize = 300;
+
+fn background() -> Vec<Vec<u16>> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        // xorshift64: the same clients in every run.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut seen: BTreeMap<Vec<u16>, usize> = BTreeMap::new();
+    let mut out = Vec::new();
+    while out.len() < BACKGROUND {
+        let mut ports = POOL.to_vec();
+        let sequence: Vec<u16> =
+            (0..4).map(|_| ports.remove(next() as usize % ports.len())).collect();
+        let copies = seen.entry(sequence.clone()).or_default();
+        if *copies < knock_common::trie::MAX_FINISHERS {
+            *copies += 1;
+            out.push(sequence);
+        }
+    }
+    out
 }
 
 struct Kernel {
@@ -141,6 +178,8 @@ struct Checked {
     longer_windows_kept: u32,
     spa_opened: u32,
     spa_refused: u32,
+    filter_rebuilds: u32,
+    background_opened: u32,
 }
 
 #[test]
@@ -179,10 +218,16 @@ fn the_program_and_the_model_agree_on_generated_streams() {
     assert!(checked.replays_refused >= 20, "{checked:?}");
     assert!(checked.longer_windows_kept >= 3, "{checked:?}");
     assert!(checked.spa_opened >= 20 && checked.spa_refused >= 40, "{checked:?}");
+    assert!(checked.filter_rebuilds >= 20 && checked.background_opened >= 20, "{checked:?}");
 }
 
 fn unix_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+/// The program's two clocks, read now.
+fn clocks_now() -> At {
+    At { boot_ns: clock::boot_ns(), flow_ns: clock::flow_ns() }
 }
 
 fn source_key(source: usize) -> SourceKey {
@@ -209,16 +254,28 @@ fn run_case(kernel: &mut Kernel, checked: &mut Checked, sequences: &[Vec<u16>], 
     // Checked: the boot clock may be younger than the hour subtracted.
     let valid = (now.saturating_sub(HOUR), now + HOUR);
     let mut table = KnockTable::new();
+    let knocked = sequences;
+    let sequences: Vec<Vec<u16>> = knocked.iter().cloned().chain(background()).collect();
     for (client, ports) in sequences.iter().enumerate() {
         // Client c's sequence sits at index 4c, as the daemon places slot 0.
         let index = client as u32 * 4;
         let id = client as u32 + 1;
-        testrun::install_tcp_sequence(&mut kernel.maps, &mut table, index, id, 7, ports, valid);
+        let steps: Vec<ProtoPort> = ports.iter().map(|&p| ProtoPort::new(Proto::Tcp, p)).collect();
+        let info = SequenceInfo {
+            valid_from_ns: valid.0,
+            valid_until_ns: valid.1,
+            slot: 7,
+            client: id,
+            length: steps.len() as u32,
+        };
+        table.install(index, info, &steps).unwrap();
         model.install(index, id, 7, ports);
         let info = model.sequences.get_mut(&index).unwrap();
         (info.valid_from_ns, info.valid_until_ns) = valid;
     }
-    let context = || format!("\nsequences {sequences:?}\nops {ops:?}");
+    // One write of the whole table (the knock space holds the pool already).
+    table.sync(&mut kernel.maps).unwrap();
+    let context = || format!("\nsequences {knocked:?}\nops {ops:?}");
 
     // What each source sent, for the properties below.
     let mut sent: Vec<Vec<(bool, u16)>> = vec![Vec::new(); SOURCES.len()];
@@ -282,8 +339,7 @@ fn run_case(kernel: &mut Kernel, checked: &mut Checked, sequences: &[Vec<u16>], 
                 .iter()
                 .filter(|e| e.kind == EventKind::SpaOpened as u32)
                 .count();
-            let now = clock::boot_ns();
-            let expected = decide(&model, Parsed::Transport(pkt), || now);
+            let expected = decide(&model, Parsed::Transport(pkt), clocks_now());
             let (action, counter) = testrun::run_frame(&mut kernel.ebpf, &kernel.maps, &frame);
             assert_eq!(
                 (action, counter),
@@ -316,7 +372,11 @@ fn run_case(kernel: &mut Kernel, checked: &mut Checked, sequences: &[Vec<u16>], 
                 vec![(source, udp, port_of(port), flags, sport, seq)]
             }
             // The client then connects, as a real one would.
-            Op::Knock { source, client } => {
+            Op::Knock { source, client } | Op::KnockBackground { source, client } => {
+                let client = match *op {
+                    Op::Knock { .. } => client,
+                    _ => knocked.len() + client,
+                };
                 std::iter::once((source, false, SPOILER, SYN, 40000, 1))
                     .chain(
                         sequences[client].iter().map(|&port| (source, false, port, SYN, 40000, 1)),
@@ -334,6 +394,11 @@ fn run_case(kernel: &mut Kernel, checked: &mut Checked, sequences: &[Vec<u16>], 
                 kernel.maps.allow(SOURCES[source].parse().unwrap(), deadline).unwrap();
                 model.allow.borrow_mut().insert(source_key(source), entry);
                 allowed_by_hand[source] = true;
+                continue;
+            }
+            Op::RebuildFilter => {
+                kernel.maps.rebuild_filter().unwrap();
+                checked.filter_rebuilds += 1;
                 continue;
             }
             Op::Spa { .. } => unreachable!("sent above"),
@@ -364,8 +429,7 @@ fn run_case(kernel: &mut Kernel, checked: &mut Checked, sequences: &[Vec<u16>], 
                 payload: if udp { vec![0; 4] } else { Vec::new() },
                 destination: None,
             });
-            let now = clock::boot_ns();
-            let expected = decide(&model, parsed, || now);
+            let expected = decide(&model, parsed, clocks_now());
             let (action, counter) = testrun::run_frame(&mut kernel.ebpf, &kernel.maps, &frame);
             assert_eq!(
                 (action, counter),
@@ -428,6 +492,12 @@ fn run_case(kernel: &mut Kernel, checked: &mut Checked, sequences: &[Vec<u16>], 
             }
         }
     }
+    checked.background_opened += model
+        .events
+        .borrow()
+        .iter()
+        .filter(|e| e.kind == EventKind::Opened as u32 && e.client as usize > knocked.len())
+        .count() as u32;
     compare_maps(kernel, &model, &context());
 }
 
