@@ -64,7 +64,7 @@ impl fmt::Display for ServerIdError {
             }
             ServerIdError::BadCharacter(c) => write!(
                 f,
-                "a server name holds letters, digits, hyphens and dots, not {:?}",
+                "a server name holds letters, digits, hyphens and dots, not '{}'",
                 c.escape_default()
             ),
             ServerIdError::BadLabel => f.write_str(
@@ -250,6 +250,10 @@ mod tests {
             assert_eq!(ServerId::parse(text), Err(err), "{text:?}");
             assert!(!err.to_string().contains('\n'));
         }
+        assert_eq!(
+            BadCharacter('_').to_string(),
+            "a server name holds letters, digits, hyphens and dots, not '_'"
+        );
         let label = "a".repeat(63);
         assert!(ServerId::parse(&label).is_ok());
         assert_eq!(ServerId::parse(&"a".repeat(64)), Err(BadLabel));
