@@ -254,9 +254,15 @@ pub enum Command {
     Reload,
     /// Write a systemd unit that runs 'attach' on IFACE... (and start it when
     /// systemd runs this system).
+    ///
+    /// Without --iface, the unit runs 'attach' alone, which attaches to the
+    /// config file's `interfaces` (and reads its ports, networks and
+    /// server_name) at every start: one unit for every server of a fleet,
+    /// each with its own config file. 'systemctl reload' sends SIGHUP.
     Install {
-        /// Interfaces the service attaches to.
-        #[arg(long = "iface", value_name = "IFACE", required = true)]
+        /// Interfaces the service attaches to (default: `interfaces` of the
+        /// config file, read at every start).
+        #[arg(long = "iface", value_name = "IFACE")]
         ifaces: Vec<String>,
         /// Where to write knock-xdp.service.
         #[arg(long, value_name = "DIR", default_value = system::DEFAULT_UNIT_DIR)]
@@ -566,7 +572,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Client(command) => client::run(&state, cli_config.as_deref(), command)?,
         Command::Reload => print_changed(control::request(&state, &Request::Reload)?),
-        Command::Install { ifaces, unit_dir } => system::install(&state, &unit_dir, &ifaces)?,
+        Command::Install { ifaces, unit_dir } => {
+            system::install(&state, &unit_dir, &ifaces, cli_config.as_deref())?
+        }
         Command::Uninstall { unit_dir } => system::uninstall(&unit_dir)?,
         Command::Completions { shell } => system::completions(shell),
         Command::Manpage => system::manpage()?,
