@@ -9,6 +9,7 @@ mod crafted;
 mod differential;
 mod end_to_end;
 mod faults;
+mod fleet;
 mod footguns;
 mod hardening;
 mod knock_client;
