@@ -13,7 +13,7 @@
 
 use std::{
     fs,
-    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _, symlink},
     path::{Path, PathBuf},
     process::{Command, Output},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -25,6 +25,13 @@ use knock_tests::{
         SecondLink, binary, parse_sequence,
     },
     privileged,
+};
+use knock_userspace::{
+    clients::ClientStore,
+    config::Config,
+    ports::Proto,
+    profile::{self, Key, Profile},
+    state::StateDir,
 };
 
 const SERVICE: u16 = 8022;
@@ -360,5 +367,106 @@ fn a_fleet_unit_is_driven_by_the_config_file() {
     let out = run(&["--config", config.to_str().unwrap(), "install", "--unit-dir", units_arg]);
     assert!(!out.status.success() && text(&out).contains("server_name"), "{}", text(&out));
     assert!(!units.join("knock-xdp.service").exists());
+    let _ = fs::remove_dir_all(&base);
+}
+
+/// The text of the ConfigMap key `key` (a `|` block) of the Kubernetes
+/// manifest.
+fn manifest_block(key: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/daemonset.yaml");
+    let text = fs::read_to_string(&path).unwrap();
+    let head = format!("  {key}: |");
+    let body: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != head)
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| l.get(4..).unwrap_or(""))
+        .collect();
+    assert!(!body.is_empty(), "no {key} in {}", path.display());
+    body.join("\n") + "\n"
+}
+
+fn fleet_profile(name: &str) -> Profile {
+    Profile {
+        name: name.into(),
+        knock: profile::Knock::Rotating {
+            key: Key::Random([7; 32]),
+            proto: Proto::Tcp,
+            length: 4,
+            slot_secs: 30,
+            ports: (61000, 65535),
+            exclude: vec![],
+            fleet: true,
+        },
+    }
+}
+
+#[test]
+fn the_kubernetes_manifest_gives_the_daemon_a_config_and_clients_it_accepts() {
+    if !privileged("the_kubernetes_manifest_gives_the_daemon_a_config_and_clients_it_accepts") {
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("knock-fleet-k8s-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&base);
+    fs::create_dir_all(&base).unwrap();
+
+    // The ConfigMap's config file reads, and names no server: each node's
+    // name comes from the downward API.
+    let config = base.join("config.toml");
+    fs::write(&config, manifest_block("config.toml")).unwrap();
+    let loaded = Config::load(Some(&config)).unwrap();
+    assert!(!loaded.interfaces.is_empty() && !loaded.protected.is_empty());
+    assert!(loaded.server_name.is_none());
+
+    // A client's server copy, in a Secret volume as the kubelet lays one
+    // out: every file a link into a timestamped directory through ..data.
+    let scratch = StateDir::new(base.join("scratch"));
+    scratch.create().unwrap();
+    let client = ClientStore::new(&scratch).add(fleet_profile("laptop")).unwrap();
+    let secret = base.join("secret");
+    let stamp = secret.join("..2026_11_26_12_00_00.000000000");
+    fs::create_dir_all(&stamp).unwrap();
+    fs::copy(scratch.path().join("clients/laptop.toml"), stamp.join("laptop.toml")).unwrap();
+    symlink(stamp.file_name().unwrap(), secret.join("..data")).unwrap();
+    symlink("..data/laptop.toml", secret.join("laptop.toml")).unwrap();
+
+    // Mounted as the clients directory, those links would be refused.
+    let direct = StateDir::new(base.join("linked"));
+    direct.create().unwrap();
+    fs::DirBuilder::new().mode(0o700).create(direct.path().join("clients")).unwrap();
+    symlink(secret.join("laptop.toml"), direct.path().join("clients/laptop.toml")).unwrap();
+    let err = format!("{:#}", direct.check().unwrap_err());
+    assert!(err.contains("symbolic link"), "{err}");
+
+    // The node's state directory, with a client the Secret no longer holds.
+    let state = StateDir::new(base.join("state"));
+    state.create().unwrap();
+    ClientStore::new(&state).add(fleet_profile("gone")).unwrap();
+
+    let script = manifest_block("sync-clients.sh")
+        .replace("/run/knock-xdp/clients", secret.to_str().unwrap())
+        .replace("/var/lib/knock-xdp", state.path().to_str().unwrap())
+        .replace("/etc/knock-xdp/config.toml", config.to_str().unwrap());
+    let script_path = base.join("sync-clients.sh");
+    fs::write(&script_path, script).unwrap();
+    for run in 0..2 {
+        let out = Command::new("sh").arg(&script_path).arg("--once").output().unwrap();
+        assert!(out.status.success(), "run {run}: {}", text(&out));
+        let clients: Vec<String> = fs::read_dir(state.path().join("clients"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(clients, ["laptop.toml"], "run {run}: only the Secret's clients, no leftovers");
+        let copied = state.path().join("clients/laptop.toml");
+        let meta = fs::symlink_metadata(&copied).unwrap();
+        assert!(meta.file_type().is_file(), "a regular file, not a link");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // What the daemon checks and loads at start.
+        state.check().unwrap();
+        let loaded = ClientStore::new(&state).load().unwrap();
+        assert_eq!(loaded, [client.clone()]);
+        assert!(loaded[0].profile.is_fleet());
+    }
     let _ = fs::remove_dir_all(&base);
 }
