@@ -218,6 +218,61 @@ fn without_fleet_a_sequence_seen_at_one_server_opens_the_other() {
     );
 }
 
+#[test]
+fn a_new_server_name_waits_for_a_restart_and_then_wins_over_a_kept_program() {
+    if !privileged("a_new_server_name_waits_for_a_restart_and_then_wins_over_a_kept_program") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.tcp_echo(SERVER_V4, SERVICE);
+    // Fail closed (nsenter keeps the host's bpffs), so a killed daemon
+    // leaves its program and sequences for the next one to take over.
+    let mut knock = Instance::new(&lab.server, Entry::NsenterNet);
+    let config = knock.side_file("config.toml");
+    let write_config = |name: &str| {
+        let text = format!(
+            "interfaces = [\"{}\"]\nprotected = [\"{SERVICE}/tcp\"]\nserver_name = \"{name}\"\n",
+            lab.server_if
+        );
+        fs::write(&config, text).unwrap();
+    };
+    write_config("old.fleet.test");
+    let config_arg = config.to_str().unwrap().to_owned();
+    knock.attach(&["--config", &config_arg]);
+    let profile = knock.add_client("roamer", &["--fleet", "--slot", "60s"]);
+    let (at, slot) = middle_of_this_slot();
+
+    // A reload reads the new name but keeps the old one until a restart.
+    write_config("new.fleet.test");
+    let reloaded = knock.ok(&["reload"]);
+    assert!(reloaded.contains("until the daemon restarts"), "{reloaded}");
+    assert_eq!(knock.status()["server_name"], "old.fleet.test");
+
+    // Killed and started again: the new daemon takes over the program,
+    // whose sequences were derived for the old name, and derives them anew.
+    knock.kill_daemon();
+    knock.attach(&["--config", &config_arg]);
+    assert!(knock.daemon_log().contains("took over"), "{}", knock.daemon_log());
+    assert_eq!(knock.status()["server_name"], "new.fleet.test");
+    let old = sequence(&lab, &profile, &at, &["--server", "old.fleet.test"]);
+    lab.send_knocks(CLIENT2_V4, SERVER_V4, &old, GAP);
+    assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, SERVICE), "the old name's sequence opened");
+    let new = format!("new.fleet.test={SERVER_V4}");
+    let out = lab.client_cli(&[
+        "knock",
+        &new,
+        "--profile",
+        profile.to_str().unwrap(),
+        "--at",
+        &at,
+        "--check",
+        &SERVICE.to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out), knock.daemon_log());
+    assert!(text(&out).contains(&format!("(slot {slot})")), "{}", text(&out));
+    assert!(text(&out).contains("open after 1 try"), "{}", text(&out));
+}
+
 /// `/etc/netns/<client namespace>/hosts`, which `ip netns exec` mounts over
 /// `/etc/hosts` for commands in that namespace: the fleet's names, for the
 /// client alone. Removed on drop.
@@ -465,7 +520,7 @@ fn the_kubernetes_manifest_gives_the_daemon_a_config_and_clients_it_accepts() {
         // What the daemon checks and loads at start.
         state.check().unwrap();
         let loaded = ClientStore::new(&state).load().unwrap();
-        assert_eq!(loaded, [client.clone()]);
+        assert_eq!(loaded, std::slice::from_ref(&client));
         assert!(loaded[0].profile.is_fleet());
     }
     let _ = fs::remove_dir_all(&base);
