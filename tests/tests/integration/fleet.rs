@@ -27,10 +27,8 @@ use knock_tests::{
     privileged,
 };
 use knock_userspace::{
-    clients::ClientStore,
+    clients::{Client, ClientStore},
     config::Config,
-    ports::Proto,
-    profile::{self, Key, Profile},
     state::StateDir,
 };
 
@@ -442,19 +440,17 @@ fn manifest_block(key: &str) -> String {
     body.join("\n") + "\n"
 }
 
-fn fleet_profile(name: &str) -> Profile {
-    Profile {
-        name: name.into(),
-        knock: profile::Knock::Rotating {
-            key: Key::Random([7; 32]),
-            proto: Proto::Tcp,
-            length: 4,
-            slot_secs: 30,
-            ports: (61000, 65535),
-            exclude: vec![],
-            fleet: true,
-        },
-    }
+/// `client add NAME --fleet` in the state directory `state`, as an admin
+/// makes a fleet's clients; the client's server copy.
+fn add_fleet_client(state: &StateDir, name: &str) -> Client {
+    let out = Command::new(binary())
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["client", "add", name, "--fleet"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    ClientStore::new(state).get(name).unwrap()
 }
 
 #[test]
@@ -477,8 +473,7 @@ fn the_kubernetes_manifest_gives_the_daemon_a_config_and_clients_it_accepts() {
     // A client's server copy, in a Secret volume as the kubelet lays one
     // out: every file a link into a timestamped directory through ..data.
     let scratch = StateDir::new(base.join("scratch"));
-    scratch.create().unwrap();
-    let client = ClientStore::new(&scratch).add(fleet_profile("laptop")).unwrap();
+    let client = add_fleet_client(&scratch, "laptop");
     let secret = base.join("secret");
     let stamp = secret.join("..2026_11_26_12_00_00.000000000");
     fs::create_dir_all(&stamp).unwrap();
@@ -496,8 +491,7 @@ fn the_kubernetes_manifest_gives_the_daemon_a_config_and_clients_it_accepts() {
 
     // The node's state directory, with a client the Secret no longer holds.
     let state = StateDir::new(base.join("state"));
-    state.create().unwrap();
-    ClientStore::new(&state).add(fleet_profile("gone")).unwrap();
+    add_fleet_client(&state, "gone");
 
     let script = manifest_block("sync-clients.sh")
         .replace("/run/knock-xdp/clients", secret.to_str().unwrap())
