@@ -33,6 +33,8 @@ pub mod proto;
 pub mod secret;
 #[cfg(feature = "sequence")]
 pub mod sequence;
+#[cfg(feature = "sequence")]
+pub mod server_id;
 pub mod sha256;
 pub mod source;
 pub mod spa;

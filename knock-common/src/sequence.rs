@@ -1,8 +1,12 @@
-//! Knock sequence derivation, spec version 1 (`docs/sequence-v1.md`).
+//! Knock sequence derivation: spec version 1 (`docs/sequence-v1.md`) and
+//! version 2 (`docs/sequence-v2.md`), which adds a server identity.
 //!
 //! A client holding a 256-bit secret knocks, in time slot `s`, on a list of
 //! distinct ports drawn from a candidate range with HMAC-SHA256 keyed by the
-//! secret. The server derives the same list to recognise the knock.
+//! secret. The server derives the same list to recognise the knock. A fleet
+//! client (version 2) gets a different list for every server, so a sequence
+//! seen at one server is useless at another; the two versions differ only in
+//! the HMAC message.
 //!
 //! This module is `no_std` and allocation-free: the candidate ports live in a
 //! fixed 8 KiB bitmap on the stack (see `Candidates`). It is userspace only
@@ -13,8 +17,11 @@ use core::fmt;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-/// Spec version implemented here; it is also the `v1` in [`DOMAIN_TAG`].
+/// Spec version of [`derive`]; it is also the `v1` in [`DOMAIN_TAG`].
 pub const SPEC_VERSION: u32 = 1;
+
+/// Spec version of [`derive_v2`], the `v2` in [`DOMAIN_TAG_V2`].
+pub const SPEC_VERSION_V2: u32 = 2;
 
 /// Most ports a sequence can have.
 pub const MAX_SEQUENCE_LEN: usize = 16;
@@ -22,8 +29,15 @@ pub const MAX_SEQUENCE_LEN: usize = 16;
 /// Longest slot a profile may use, in seconds (one day).
 pub const MAX_SLOT_SECS: u32 = 86_400;
 
-/// ASCII prefix of every HMAC message.
+/// ASCII prefix of every version 1 HMAC message.
 pub const DOMAIN_TAG: &[u8] = b"knock-xdp sequence v1";
+
+/// ASCII prefix of every version 2 HMAC message. As long as the v1 tag, so
+/// no v1 message is the prefix of a v2 one or the other way round.
+pub const DOMAIN_TAG_V2: &[u8] = b"knock-xdp sequence v2";
+
+/// Longest server identity version 2 takes: its length is one byte.
+pub const MAX_IDENTITY_LEN: usize = 255;
 
 /// Number of HMAC blocks after which derivation gives up with
 /// [`SequenceError::Exhausted`].
@@ -31,8 +45,56 @@ pub const MAX_BLOCKS: u32 = 4096;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Length of an HMAC message: tag, u64 slot, u32 block counter.
-const MESSAGE_LEN: usize = DOMAIN_TAG.len() + 8 + 4;
+/// Longest HMAC message: the v2 tag, the identity's length byte and its
+/// bytes, the u64 slot and the u32 block counter.
+const MAX_MESSAGE_LEN: usize = DOMAIN_TAG_V2.len() + 1 + MAX_IDENTITY_LEN + 8 + 4;
+
+/// The HMAC message of one slot, its block counter (the last 4 bytes)
+/// filled in block by block.
+struct Message {
+    bytes: [u8; MAX_MESSAGE_LEN],
+    len: usize,
+}
+
+impl Message {
+    /// Version 1: tag || u64be(slot) || u32be(block).
+    fn v1(slot: u64) -> Self {
+        let mut m = Message { bytes: [0; MAX_MESSAGE_LEN], len: 0 };
+        m.push(DOMAIN_TAG);
+        m.push(&slot.to_be_bytes());
+        m.push(&[0; 4]);
+        m
+    }
+
+    /// Version 2: tag || u8(len(identity)) || identity || u64be(slot) ||
+    /// u32be(block). The length byte keeps every (identity, slot) pair its
+    /// own message.
+    fn v2(identity: &[u8], slot: u64) -> Result<Self, SequenceError> {
+        if identity.is_empty() || identity.len() > MAX_IDENTITY_LEN {
+            return Err(SequenceError::BadIdentity);
+        }
+        let mut m = Message { bytes: [0; MAX_MESSAGE_LEN], len: 0 };
+        m.push(DOMAIN_TAG_V2);
+        m.push(&[identity.len() as u8]);
+        m.push(identity);
+        m.push(&slot.to_be_bytes());
+        m.push(&[0; 4]);
+        Ok(m)
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn set_block(&mut self, block: u32) {
+        self.bytes[self.len - 4..self.len].copy_from_slice(&block.to_be_bytes());
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
 
 /// The time slot that UNIX time `unix_secs` (whole seconds, UTC) falls in, for
 /// slots of `slot_secs` seconds: `floor(unix_secs / slot_secs)`.
@@ -91,6 +153,9 @@ pub enum SequenceError {
     TooFewPorts { available: u32, needed: u8 },
     /// [`MAX_BLOCKS`] HMAC blocks did not yield enough distinct ports.
     Exhausted,
+    /// A version 2 server identity that is empty or longer than
+    /// [`MAX_IDENTITY_LEN`] bytes.
+    BadIdentity,
 }
 
 impl fmt::Display for SequenceError {
@@ -109,6 +174,9 @@ impl fmt::Display for SequenceError {
             SequenceError::Exhausted => {
                 write!(f, "no sequence of distinct ports found within {MAX_BLOCKS} HMAC blocks")
             }
+            SequenceError::BadIdentity => {
+                write!(f, "a server identity has 1 to {MAX_IDENTITY_LEN} bytes")
+            }
         }
     }
 }
@@ -124,16 +192,30 @@ pub fn available_ports(params: &Params) -> u32 {
     }
 }
 
-/// Derives the knock sequence of `secret` for time `slot`.
+/// Derives the knock sequence of `secret` for time `slot` (version 1: the
+/// same on every server).
 pub fn derive(secret: &[u8; 32], slot: u64, params: &Params) -> Result<Sequence, SequenceError> {
-    derive_bounded(secret, slot, params, MAX_BLOCKS)
+    derive_bounded(secret, Message::v1(slot), params, MAX_BLOCKS)
 }
 
-/// [`derive`] with the block limit as a parameter, so tests can reach
-/// [`SequenceError::Exhausted`].
+/// Derives the knock sequence of `secret` for time `slot` at the server
+/// named `identity` (version 2). `identity` is taken as given, 1 to
+/// [`MAX_IDENTITY_LEN`] bytes; [`crate::server_id::ServerId`] gives the
+/// normalized form both sides must agree on.
+pub fn derive_v2(
+    secret: &[u8; 32],
+    identity: &[u8],
+    slot: u64,
+    params: &Params,
+) -> Result<Sequence, SequenceError> {
+    derive_bounded(secret, Message::v2(identity, slot)?, params, MAX_BLOCKS)
+}
+
+/// The derivation over a ready message, with the block limit as a
+/// parameter, so tests can reach [`SequenceError::Exhausted`].
 fn derive_bounded(
     secret: &[u8; 32],
-    slot: u64,
+    mut message: Message,
     params: &Params,
     max_blocks: u32,
 ) -> Result<Sequence, SequenceError> {
@@ -152,16 +234,12 @@ fn derive_bounded(
 
     // HMAC accepts keys of any length, so this cannot fail.
     let keyed = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
-    let mut message = [0u8; MESSAGE_LEN];
-    let (tag, rest) = message.split_at_mut(DOMAIN_TAG.len());
-    tag.copy_from_slice(DOMAIN_TAG);
-    rest[..8].copy_from_slice(&slot.to_be_bytes());
 
     let mut seq = Sequence { ports: [0; MAX_SEQUENCE_LEN], len: 0 };
     for block in 0..max_blocks {
-        message[MESSAGE_LEN - 4..].copy_from_slice(&block.to_be_bytes());
+        message.set_block(block);
         let mut mac = keyed.clone();
-        mac.update(&message);
+        mac.update(message.as_bytes());
         let digest = mac.finalize().into_bytes();
         for pair in digest.chunks_exact(2) {
             let v = u32::from(u16::from_be_bytes([pair[0], pair[1]]));
@@ -298,8 +376,54 @@ mod tests {
 
     #[test]
     fn message_layout() {
-        assert_eq!(MESSAGE_LEN, 33);
         assert_eq!(DOMAIN_TAG.len(), 21);
+        assert_eq!(DOMAIN_TAG_V2.len(), 21);
+        let mut v1 = Message::v1(0x0102_0304_0506_0708);
+        v1.set_block(0x0a0b_0c0d);
+        assert_eq!(v1.as_bytes().len(), 33);
+        assert_eq!(&v1.as_bytes()[..21], b"knock-xdp sequence v1");
+        assert_eq!(&v1.as_bytes()[21..], [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13]);
+
+        // The spec's example: tag, length byte, identity, slot, block.
+        let mut v2 = Message::v2(b"web1.example.org", 58_802_400).unwrap();
+        v2.set_block(1);
+        let bytes = v2.as_bytes();
+        assert_eq!(bytes.len(), 21 + 1 + 16 + 8 + 4);
+        assert_eq!(&bytes[..21], b"knock-xdp sequence v2");
+        assert_eq!(bytes[21], 16);
+        assert_eq!(&bytes[22..38], b"web1.example.org");
+        assert_eq!(&bytes[38..46], 58_802_400u64.to_be_bytes());
+        assert_eq!(&bytes[46..], [0, 0, 0, 1]);
+        let longest = [b'a'; MAX_IDENTITY_LEN];
+        assert_eq!(Message::v2(&longest, 0).unwrap().as_bytes().len(), MAX_MESSAGE_LEN);
+    }
+
+    #[test]
+    fn version_2_depends_on_the_identity_and_differs_from_version_1() {
+        let p = params(4, 61_000, 65_535, &[]);
+        let v1 = derive(&SECRET, 100, &p).unwrap();
+        let web1 = derive_v2(&SECRET, b"web1.example.org", 100, &p).unwrap();
+        let web2 = derive_v2(&SECRET, b"web2.example.org", 100, &p).unwrap();
+        assert_valid(&web1, &p);
+        assert_ne!(web1, v1);
+        assert_ne!(web1, web2);
+        assert_eq!(derive_v2(&SECRET, b"web1.example.org", 100, &p).unwrap(), web1);
+        assert_ne!(derive_v2(&SECRET, b"web1.example.org", 101, &p).unwrap(), web1);
+        assert_ne!(derive_v2(&[0; 32], b"web1.example.org", 100, &p).unwrap(), web1);
+        // One byte and 255 bytes are the shortest and longest identities.
+        assert!(derive_v2(&SECRET, b"a", 100, &p).is_ok());
+        assert!(derive_v2(&SECRET, &[b'a'; 255], 100, &p).is_ok());
+        assert_eq!(derive_v2(&SECRET, b"", 100, &p), Err(SequenceError::BadIdentity));
+        assert_eq!(derive_v2(&SECRET, &[b'a'; 256], 100, &p), Err(SequenceError::BadIdentity));
+        // The rest of the derivation is version 1's: parameters are checked
+        // the same way, and a shorter sequence is a prefix of a longer one.
+        assert_eq!(
+            derive_v2(&SECRET, b"a", 0, &params(0, 61_000, 65_535, &[])),
+            Err(SequenceError::BadLength)
+        );
+        let long = derive_v2(&SECRET, b"web1", 7, &params(16, 61_000, 65_535, &[])).unwrap();
+        let short = derive_v2(&SECRET, b"web1", 7, &params(5, 61_000, 65_535, &[])).unwrap();
+        assert_eq!(short.as_slice(), &long.as_slice()[..5]);
     }
 
     #[test]
@@ -430,11 +554,11 @@ mod tests {
     #[test]
     fn block_limit_gives_exhausted() {
         let p = params(16, 40_000, 40_015, &[]);
-        assert_eq!(derive_bounded(&SECRET, 0, &p, 0), Err(SequenceError::Exhausted));
+        assert_eq!(derive_bounded(&SECRET, Message::v1(0), &p, 0), Err(SequenceError::Exhausted));
         // One block is 16 values: 16 distinct out of 16 from it would be a
         // 16!/16^16 (about 1e-6) chance.
-        assert_eq!(derive_bounded(&SECRET, 0, &p, 1), Err(SequenceError::Exhausted));
-        assert!(derive_bounded(&SECRET, 0, &p, MAX_BLOCKS).is_ok());
+        assert_eq!(derive_bounded(&SECRET, Message::v1(0), &p, 1), Err(SequenceError::Exhausted));
+        assert!(derive_bounded(&SECRET, Message::v1(0), &p, MAX_BLOCKS).is_ok());
     }
 
     #[test]
@@ -445,6 +569,7 @@ mod tests {
             SequenceError::BadRange,
             SequenceError::TooFewPorts { available: 3, needed: 4 },
             SequenceError::Exhausted,
+            SequenceError::BadIdentity,
         ] {
             let text = err.to_string();
             assert!(!text.is_empty() && !text.contains('\n'), "{text:?}");

@@ -26,6 +26,7 @@
 //! metrics_public = false         # needed for a non-loopback metrics_listen
 //! log_level = "info"             # error | warn | info | debug | trace
 //! log_format = "human"           # human | json
+//! server_name = "web1.example.org" # fleet clients derive with it; default the host name
 //! ```
 
 use std::{
@@ -36,6 +37,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use knock_common::server_id::ServerId;
 use serde::Deserialize;
 
 use knock_common::maps::Limits;
@@ -73,6 +75,7 @@ struct ConfigFile {
     metrics_public: Option<bool>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
+    server_name: Option<String>,
 }
 
 /// The config file, checked.
@@ -98,6 +101,30 @@ pub struct Config {
     pub metrics_public: bool,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
+    /// This server's identity for fleet clients (docs/sequence-v2.md),
+    /// normalized; `None`: the host name.
+    pub server_name: Option<ServerId>,
+}
+
+/// The host name as this server's identity, or why it cannot be one (fleet
+/// clients are then skipped until `server_name` is set). The kernel's host
+/// name is usually the short one (`web1`), which is what clients must type
+/// then; `server_name` says otherwise.
+pub fn host_name_identity() -> Result<ServerId, String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: a valid buffer of the given length; gethostname writes at most that.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return Err(format!(
+            "cannot read the host name ({}): set server_name in the config file",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..len]).into_owned();
+    ServerId::parse(&name).map_err(|e| {
+        format!("the host name '{name}' is no valid server name ({e}): set server_name in the config file")
+    })
 }
 
 /// The `[limits]` table: every key optional, the defaults of
@@ -247,6 +274,12 @@ impl Config {
             metrics_public: file.metrics_public.unwrap_or(false),
             log_level: file.log_level,
             log_format: file.log_format,
+            server_name: file
+                .server_name
+                .as_deref()
+                .map(ServerId::parse)
+                .transpose()
+                .map_err(|e| at("server_name", e.to_string()))?,
             path: Some(path),
             requested: defaults.requested,
         })
@@ -291,6 +324,7 @@ metrics_listen = "127.0.0.1:9419"
 metrics_public = true
 log_level = "debug"
 log_format = "json"
+server_name = "Web1.Example.org."
 "#,
         );
         let c = Config::load(Some(&path)).unwrap();
@@ -304,6 +338,7 @@ log_format = "json"
             c.failed_knocks,
             Some(FailedKnocks { burst: 4, interval: Duration::from_secs(30) })
         );
+        assert_eq!(c.server_name.map(|n| n.to_string()).as_deref(), Some("web1.example.org"));
         std::fs::remove_file(path).unwrap();
     }
 
@@ -316,6 +351,7 @@ log_format = "json"
             ("duration", "open_window = \"soon\"\n", "open_window: invalid duration"),
             ("level", "log_level = \"loud\"\n", "log_level"),
             ("limit", "failed_knocks = \"16\"\n", "failed_knocks: invalid"),
+            ("server", "server_name = \"web_1\"\n", "server_name: a server name holds"),
         ] {
             let path = write(name, text);
             let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());
@@ -328,5 +364,15 @@ log_format = "json"
             std::fs::remove_file(path).unwrap();
         }
         assert!(Config::load(Some(Path::new("/nonexistent/knock.toml"))).is_err());
+    }
+
+    #[test]
+    fn the_host_name_is_the_default_server_name() {
+        // Whatever this machine is called: normalized, or a reason that
+        // names the config key to set.
+        match host_name_identity() {
+            Ok(id) => assert!(!id.as_str().is_empty() && id.as_str() == id.as_str().to_lowercase()),
+            Err(why) => assert!(why.contains("server_name"), "{why}"),
+        }
     }
 }

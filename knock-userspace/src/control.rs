@@ -138,6 +138,10 @@ pub struct Status {
     /// Clients whose sequences cannot be derived (skipped; see the log).
     #[serde(default)]
     pub broken_clients: Vec<String>,
+    /// The name fleet clients' sequences derive from (`None`: no valid one,
+    /// fleet clients are skipped).
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -1,6 +1,8 @@
 //! The knock client: sends a profile's sequence to a host and, with
 //! `--check`, knocks again with the next sequence the server accepts while
-//! the port stays filtered.
+//! the port stays filtered. A fleet profile's sequence is derived for each
+//! server from the server's identity: the host as typed, or the NAME of a
+//! `NAME=ADDRESS` argument.
 
 use std::{
     net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs as _, UdpSocket},
@@ -9,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use knock_common::spa;
+use knock_common::{server_id::ServerId, spa};
 
 use crate::{
     check::{self, PortState},
@@ -50,6 +52,46 @@ pub fn resolve(host: &str) -> Result<IpAddr> {
         .with_context(|| format!("'{host}' has no address"))
 }
 
+/// One server to knock on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Server {
+    /// Where the knocks go.
+    pub addr: IpAddr,
+    /// What a fleet profile derives the server's sequences from (`None`
+    /// for other profiles, whose sequences are the same everywhere).
+    pub id: Option<ServerId>,
+}
+
+impl Server {
+    /// The key of the slots record: a fleet profile's sequences belong to
+    /// the server's identity (reached at any of its addresses), any other
+    /// profile's to the address.
+    pub fn record_key(&self) -> ServerId {
+        self.id.unwrap_or_else(|| ServerId::from_ip(self.addr))
+    }
+}
+
+/// A `knock` HOST argument for `profile`: `HOST` (an address, `[v6]` or a
+/// name), or `NAME=ADDRESS` to knock on ADDRESS as the server named NAME.
+/// Only a fleet profile needs the name; it must then be a valid server
+/// identity (docs/sequence-v2.md, section 2), and is checked before any
+/// name is resolved.
+pub fn server(profile: &Profile, host: &str) -> Result<Server> {
+    let (name, addr) = host.split_once('=').unwrap_or((host, host));
+    let id = if profile.is_fleet() {
+        let id = ServerId::parse(name).map_err(|e| {
+            anyhow!(
+                "'{name}' cannot name a server for a fleet profile: {e} (knock NAME=ADDRESS, \
+                 with NAME the server's server_name)"
+            )
+        })?;
+        Some(id)
+    } else {
+        None
+    };
+    Ok(Server { addr: resolve(addr)?, id })
+}
+
 /// The sequence for `at` as one line: `61001 62002 63003:udp`.
 pub fn sequence_line(steps: &[ProtoPort]) -> String {
     steps.iter().map(knock_syntax).collect::<Vec<_>>().join(" ")
@@ -85,13 +127,15 @@ pub fn send(target: IpAddr, steps: &[ProtoPort], delay: Duration) -> Result<()> 
     Ok(())
 }
 
-/// The knocks a profile makes at `at` (now when `None`), with the slot.
+/// The knocks a profile makes at `at` (now when `None`) at `server` (for a
+/// fleet profile), with the slot.
 pub fn steps_at(
     profile: &Profile,
     at: Option<SystemTime>,
+    server: Option<&ServerId>,
 ) -> Result<(Option<u64>, Vec<ProtoPort>)> {
     let unix = unix_secs(at.unwrap_or_else(SystemTime::now))?;
-    Ok((profile.slot_at(unix), profile.sequence_at(unix)?))
+    Ok((profile.slot_at(unix), profile.sequence_at(unix, server)?))
 }
 
 /// The slots whose sequences the server accepts at `now` (since the epoch),
@@ -139,13 +183,14 @@ pub struct Outcome {
     pub exhausted: bool,
 }
 
-/// Knocks on `target` with `profile`, reporting each try (the line `knock`
+/// Knocks on `server` with `profile`, reporting each try (the line `knock`
 /// prints) to `on_try`.
 ///
 /// A rotating sequence is sent at most once per server: the server admits a
 /// sequence once and refuses it afterwards as a replay. So a retry takes the
 /// next slot of [`slot_order`] that `record` has not seen sent to this
-/// server, in this run or an earlier one. A run that leaves the port
+/// server, in this run or an earlier one. A fleet profile derives each
+/// server's sequences from `server.id`, and `record` keeps them by that. A run that leaves the port
 /// filtered forgets its slots again: none of them let us in, and they most
 /// likely never counted (knocks lost on the way, a mistyped passphrase), so
 /// a later run may use them. A static sequence can be sent again. An
@@ -155,10 +200,11 @@ pub struct Outcome {
 pub fn knock(
     profile: &Profile,
     record: &mut KnockRecord,
-    target: IpAddr,
+    server: &Server,
     options: &Options,
     mut on_try: impl FnMut(&str),
 ) -> Result<Outcome> {
+    let target = server.addr;
     let (slot_secs, totp) = match &profile.knock {
         Knock::Rotating { slot_secs, key, .. } => {
             (Some(*slot_secs), matches!(key, Key::Totp { .. }))
@@ -166,6 +212,12 @@ pub fn knock(
         Knock::Static { .. } => (None, false),
         Knock::Spa { .. } => return knock_spa(profile, target, options, on_try),
     };
+    let fleet = profile.is_fleet();
+    let id = server.id.filter(|_| fleet);
+    if fleet && id.is_none() {
+        bail!("a fleet profile knocks a different sequence at every server: name the server");
+    }
+    let key = server.record_key();
     let started = Instant::now();
     let mut sent: Vec<u64> = Vec::new();
     let mut outcome = Outcome { tries: 0, elapsed: Duration::ZERO, port: None, exhausted: false };
@@ -180,14 +232,17 @@ pub fn knock(
             Some(slot_secs) => {
                 let order = slot_order(now, slot_secs);
                 let fresh: Vec<u64> =
-                    order.into_iter().filter(|s| !record.sent_to(target, *s)).collect();
+                    order.into_iter().filter(|s| !record.sent_to(&key, *s)).collect();
                 // A slot sent to another address may have gone to this very
                 // server (its IPv4 and IPv6 addresses, say), where it would
                 // be a replay: prefer one sent nowhere. Not for an
-                // authenticator code, which fits one step only.
+                // authenticator code, which fits one step only, nor for a
+                // fleet profile, whose record knows the server, not just
+                // the address, and whose other servers have sequences of
+                // their own.
                 let best = fresh
                     .iter()
-                    .find(|s| totp || !record.sent_elsewhere(target, **s))
+                    .find(|s| totp || fleet || !record.sent_elsewhere(&key, **s))
                     .or(fresh.first());
                 match best {
                     Some(&slot) => Some(slot),
@@ -203,17 +258,18 @@ pub fn knock(
                 }
             }
         };
-        let steps = profile.sequence_for_slot(slot.unwrap_or(0))?;
+        let steps = profile.sequence_for_slot(slot.unwrap_or(0), id.as_ref())?;
         send(target, &steps, options.delay)?;
         outcome.tries += 1;
         if let (Some(slot), Some(slot_secs)) = (slot, slot_secs) {
             sent.push(slot);
             let live = now.as_secs() / u64::from(slot_secs);
             let real = unix_secs(SystemTime::now())? / u64::from(slot_secs);
-            record.remember(target, slot, live.min(real).saturating_sub(1));
+            record.remember(&key, slot, live.min(real).saturating_sub(1));
         }
         let label = slot.map_or_else(|| "static".to_owned(), |s| format!("slot {s}"));
-        on_try(&format!("knocked {target}: {} ({label})", sequence_line(&steps)));
+        let to = id.map_or_else(|| target.to_string(), |id| format!("{target} as {id}"));
+        on_try(&format!("knocked {to}: {} ({label})", sequence_line(&steps)));
         let Some(port) = options.check else {
             break;
         };
@@ -226,7 +282,7 @@ pub fn knock(
         }
     }
     if matches!(outcome.port, Some((_, PortState::Filtered))) {
-        record.forget(target, &sent);
+        record.forget(&key, &sent);
     }
     outcome.elapsed = started.elapsed();
     Ok(outcome)
@@ -285,6 +341,52 @@ fn knock_spa(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::Proto;
+
+    fn profile(fleet: bool) -> Profile {
+        Profile {
+            name: "laptop".into(),
+            knock: Knock::Rotating {
+                key: Key::Random([1; 32]),
+                proto: Proto::Tcp,
+                length: 4,
+                slot_secs: 30,
+                ports: (61000, 65535),
+                exclude: vec![],
+                fleet,
+            },
+        }
+    }
+
+    #[test]
+    fn a_fleet_profile_takes_the_server_name_as_typed_or_before_the_equals_sign() {
+        let fleet = profile(true);
+        let id = |text: &str| Some(ServerId::parse(text).unwrap());
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(server(&fleet, "192.0.2.1").unwrap(), Server { addr: v4, id: id("192.0.2.1") });
+        assert_eq!(
+            server(&fleet, "[2001:DB8::1]").unwrap(),
+            Server { addr: v6, id: id("2001:db8::1") }
+        );
+        let named = server(&fleet, "Web1.Example.org.=192.0.2.1").unwrap();
+        assert_eq!(named, Server { addr: v4, id: id("web1.example.org") });
+        assert_eq!(named.record_key(), ServerId::parse("web1.example.org").unwrap());
+        assert_eq!(
+            server(&fleet, "web1.example.org=[2001:db8::1]").unwrap(),
+            Server { addr: v6, id: id("web1.example.org") }
+        );
+        // The name is checked before anything is resolved.
+        for bad in ["web_1=192.0.2.1", "=192.0.2.1", "fe80::1%eth0"] {
+            let err = server(&fleet, bad).unwrap_err().to_string();
+            assert!(err.contains("cannot name a server for a fleet profile"), "{bad}: {err}");
+        }
+        // Other profiles need no name: the address is the record's key.
+        let plain = profile(false);
+        let any = server(&plain, "not_a_server_name=192.0.2.1").unwrap();
+        assert_eq!(any, Server { addr: v4, id: None });
+        assert_eq!(any.record_key(), ServerId::parse("192.0.2.1").unwrap());
+    }
 
     #[test]
     fn the_current_slot_first_then_the_neighbour_across_the_nearer_boundary() {

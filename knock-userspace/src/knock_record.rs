@@ -1,5 +1,7 @@
 //! What the knock client remembers between runs: for each profile, the slots
-//! whose sequences it lately sent, per server address.
+//! whose sequences it lately sent, per server: its address, or for a fleet
+//! profile (whose sequences differ per server) the server's identity, so
+//! the same server reached at two addresses is one entry.
 //!
 //! A rotating sequence opens the door once (the server refuses it as a replay
 //! afterwards), so a second knock in the same slot, from a new address, must
@@ -17,12 +19,12 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs::{self, DirBuilder, OpenOptions},
     io::Write as _,
-    net::IpAddr,
     os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result};
+use knock_common::server_id::ServerId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -38,7 +40,8 @@ const IDENTITY_TAG: &[u8] = b"knock-xdp knock record v1\n";
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RecordFile {
-    /// Server address → slots sent to it that the server may still accept.
+    /// Server (address or identity) → slots sent to it that the server may
+    /// still accept.
     #[serde(default)]
     sent: BTreeMap<String, BTreeSet<u64>>,
 }
@@ -49,7 +52,7 @@ pub struct KnockRecord {
     /// `None` when nothing is remembered: static and authenticator profiles,
     /// or no place to keep the file.
     path: Option<PathBuf>,
-    sent: BTreeMap<IpAddr, BTreeSet<u64>>,
+    sent: BTreeMap<ServerId, BTreeSet<u64>>,
     warned: bool,
 }
 
@@ -87,21 +90,21 @@ impl KnockRecord {
     }
 
     /// Was `slot` sent to `server`?
-    pub fn sent_to(&self, server: IpAddr, slot: u64) -> bool {
-        self.sent.get(&server).is_some_and(|slots| slots.contains(&slot))
+    pub fn sent_to(&self, server: &ServerId, slot: u64) -> bool {
+        self.sent.get(server).is_some_and(|slots| slots.contains(&slot))
     }
 
     /// Was `slot` sent to some other server?
-    pub fn sent_elsewhere(&self, server: IpAddr, slot: u64) -> bool {
-        self.sent.iter().any(|(addr, slots)| *addr != server && slots.contains(&slot))
+    pub fn sent_elsewhere(&self, server: &ServerId, slot: u64) -> bool {
+        self.sent.iter().any(|(other, slots)| other != server && slots.contains(&slot))
     }
 
     /// Remembers that `slot` went to `server` (for the rest of this run even
     /// when there is no file), forgetting slots below `oldest_live` (no
     /// server accepts them any more), and saves the record.
-    pub fn remember(&mut self, server: IpAddr, slot: u64, oldest_live: u64) {
+    pub fn remember(&mut self, server: &ServerId, slot: u64, oldest_live: u64) {
         self.update(|sent| {
-            sent.entry(server).or_default().insert(slot);
+            sent.entry(*server).or_default().insert(slot);
             for slots in sent.values_mut() {
                 slots.retain(|&s| s >= oldest_live);
             }
@@ -109,9 +112,9 @@ impl KnockRecord {
     }
 
     /// Forgets that `slots` went to `server`, and saves the record.
-    pub fn forget(&mut self, server: IpAddr, slots: &[u64]) {
+    pub fn forget(&mut self, server: &ServerId, slots: &[u64]) {
         self.update(|sent| {
-            if let Some(sent) = sent.get_mut(&server) {
+            if let Some(sent) = sent.get_mut(server) {
                 sent.retain(|s| !slots.contains(s));
             }
         });
@@ -120,14 +123,14 @@ impl KnockRecord {
     /// Applies `change` to the record and saves it. The file is read again
     /// first, so a knock running at the same time loses nothing but what it
     /// wrote in the same instant.
-    fn update(&mut self, change: impl Fn(&mut BTreeMap<IpAddr, BTreeSet<u64>>)) {
+    fn update(&mut self, change: impl Fn(&mut BTreeMap<ServerId, BTreeSet<u64>>)) {
         change(&mut self.sent);
         let Some(path) = self.path.clone() else {
             return;
         };
         if let Ok(on_disk) = read(&path) {
-            for (addr, slots) in on_disk {
-                self.sent.entry(addr).or_default().extend(slots);
+            for (server, slots) in on_disk {
+                self.sent.entry(server).or_default().extend(slots);
             }
             change(&mut self.sent);
         }
@@ -200,7 +203,7 @@ fn file_name(profile: &Profile) -> String {
     format!("{}.toml", crate::profile::to_hex(&hash[..16]))
 }
 
-fn read(path: &Path) -> Result<BTreeMap<IpAddr, BTreeSet<u64>>> {
+fn read(path: &Path) -> Result<BTreeMap<ServerId, BTreeSet<u64>>> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
@@ -208,16 +211,17 @@ fn read(path: &Path) -> Result<BTreeMap<IpAddr, BTreeSet<u64>>> {
     };
     let file: RecordFile = parse_toml(&text, path)?;
     // An entry that does not parse is skipped: it can only cost a retry.
+    // An address written by an earlier version reads as the same key.
     Ok(file
         .sent
         .into_iter()
-        .filter_map(|(addr, slots)| Some((addr.parse().ok()?, slots)))
+        .filter_map(|(server, slots)| Some((ServerId::parse(&server).ok()?, slots)))
         .collect())
 }
 
 /// Writes the whole file under a temporary name, then renames it over the old
 /// one: readers see the old file or the new one, never a part.
-fn write(path: &Path, sent: &BTreeMap<IpAddr, BTreeSet<u64>>) -> Result<()> {
+fn write(path: &Path, sent: &BTreeMap<ServerId, BTreeSet<u64>>) -> Result<()> {
     let dir = path.parent().context("the record has no directory")?;
     DirBuilder::new()
         .recursive(true)
@@ -225,7 +229,7 @@ fn write(path: &Path, sent: &BTreeMap<IpAddr, BTreeSet<u64>>) -> Result<()> {
         .create(dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
     let file = RecordFile {
-        sent: sent.iter().map(|(addr, slots)| (addr.to_string(), slots.clone())).collect(),
+        sent: sent.iter().map(|(server, slots)| (server.to_string(), slots.clone())).collect(),
     };
     let text = format!(
         "# knock-xdp: the slots this profile knocked with lately, per server; no secret.\n{}",
@@ -263,8 +267,13 @@ mod tests {
                 slot_secs: 30,
                 ports: (61000, 65535),
                 exclude: vec![],
+                fleet: false,
             },
         }
+    }
+
+    fn id(text: &str) -> ServerId {
+        ServerId::parse(text).unwrap()
     }
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -276,8 +285,7 @@ mod tests {
     #[test]
     fn the_record_survives_runs_and_forgets_dead_slots() {
         let dir = temp_dir("runs");
-        let (a, b): (IpAddr, IpAddr) =
-            ("192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap());
+        let (a, b) = (&id("192.0.2.1"), &id("2001:db8::1"));
         let profile = rotating(7);
         let mut record = KnockRecord::open(Some(&dir), &profile);
         assert!(!record.sent_to(a, 100));
@@ -311,7 +319,7 @@ mod tests {
     #[test]
     fn profiles_have_records_of_their_own() {
         let dir = temp_dir("own");
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let a = &id("192.0.2.1");
         KnockRecord::open(Some(&dir), &rotating(1)).remember(a, 5, 0);
         assert!(!KnockRecord::open(Some(&dir), &rotating(2)).sent_to(a, 5));
         assert!(KnockRecord::open(Some(&dir), &rotating(1)).sent_to(a, 5));
@@ -327,12 +335,46 @@ mod tests {
     }
 
     #[test]
+    fn fleet_servers_are_kept_by_identity_and_old_records_still_read() {
+        let dir = temp_dir("fleet");
+        let mut profile = rotating(4);
+        if let Knock::Rotating { fleet, .. } = &mut profile.knock {
+            *fleet = true;
+        }
+        let (web1, web2) = (&id("web1.example.org"), &id("web2.example.org"));
+        let mut record = KnockRecord::open(Some(&dir), &profile);
+        record.remember(web1, 100, 99);
+        record.remember(web2, 100, 99);
+        let again = KnockRecord::open(Some(&dir), &profile);
+        assert!(again.sent_to(web1, 100) && again.sent_to(web2, 100));
+        assert!(again.sent_to(&id("WEB1.example.org."), 100), "the same server, typed otherwise");
+        assert!(!again.sent_to(&id("web3.example.org"), 100));
+        let text = fs::read_to_string(dir.join(file_name(&profile))).unwrap();
+        assert!(text.contains("\"web1.example.org\" = [100]"), "{text}");
+
+        // A record written by an earlier version, with address keys (one
+        // in a spelling this version would not write), and a key that is
+        // neither address nor name, which is skipped.
+        let plain = rotating(5);
+        fs::write(
+            dir.join(file_name(&plain)),
+            "[sent]\n\"192.0.2.1\" = [7]\n\"2001:DB8::1\" = [8]\n\"bad key!\" = [9]\n",
+        )
+        .unwrap();
+        let old = KnockRecord::open(Some(&dir), &plain);
+        assert!(!old.warned);
+        assert!(old.sent_to(&id("192.0.2.1"), 7) && old.sent_to(&id("2001:db8::1"), 8));
+        assert_eq!(old.sent.len(), 2);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_broken_or_unwritable_record_costs_nothing_but_a_warning() {
         let dir = temp_dir("broken");
         let profile = rotating(3);
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join(file_name(&profile)), "not = [toml").unwrap();
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let a = &id("192.0.2.1");
         let mut record = KnockRecord::open(Some(&dir), &profile);
         assert!(record.warned && !record.sent_to(a, 5));
         // The next write replaces the broken file.

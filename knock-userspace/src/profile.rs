@@ -14,8 +14,10 @@
 //!
 //! or, for a static sequence (knockd's syntax): `static = "7000,8000:udp,9000"`.
 //! Passphrase and authenticator (TOTP) clients carry `mode`, `salt` and
-//! `cost` instead of a secret (docs/secrets-v1.md). The server keeps the same
-//! file plus the client's `id` and the derived keys in its state directory.
+//! `cost` instead of a secret (docs/secrets-v1.md). `fleet = true` makes any
+//! of the three derive a different sequence for every server
+//! (docs/sequence-v2.md). The server keeps the same file plus the client's
+//! `id` and the derived keys in its state directory.
 //!
 //! The same fields make the single-line URI form, `knock-xdp:profile?v=1&name=alice&...`.
 
@@ -26,6 +28,7 @@ use knock_common::{
     maps::MAX_KNOCK_STEPS,
     secret::{self, SALT_LEN},
     sequence::{self, MAX_SLOT_SECS, Params},
+    server_id::ServerId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -47,7 +50,9 @@ pub const DEFAULT_PORTS: (u16, u16) = (61000, 65535);
 /// How a client's sequence is made.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Knock {
-    /// Derived from a secret and the time slot (docs/sequence-v1.md).
+    /// Derived from a secret and the time slot (docs/sequence-v1.md), and
+    /// for a fleet client also from the server's identity
+    /// (docs/sequence-v2.md).
     Rotating {
         key: Key,
         proto: Proto,
@@ -55,6 +60,9 @@ pub enum Knock {
         slot_secs: u32,
         ports: (u16, u16),
         exclude: Vec<u16>,
+        /// One profile for many servers: each server's sequences are its
+        /// own, so a sequence seen at one is useless at another.
+        fleet: bool,
     },
     /// The same ports every time: works with any knock client, but a
     /// sniffed sequence can be replayed at will.
@@ -145,6 +153,9 @@ pub struct ProfileFile {
     /// SPA: the client may name the address to admit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name_address: Option<bool>,
+    /// Rotating: derive per server (sequence derivation v2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub salt: Option<String>,
     /// PBKDF2 iterations of a passphrase or PIN.
@@ -292,6 +303,12 @@ impl Profile {
             if not_for_spa.contains(&true) {
                 bail!("an SPA profile has no static sequence, length, slot, exclusions or TCP");
             }
+            if file.fleet == Some(true) {
+                bail!(
+                    "an SPA profile is no fleet profile: its datagrams already name the server \
+                     they are for"
+                );
+            }
             let key = key_from_file(file)?;
             if matches!(key, Key::Totp { .. }) {
                 bail!("an SPA profile has a random secret or a passphrase, not an authenticator");
@@ -315,6 +332,12 @@ impl Profile {
             ];
             if rotating_only.contains(&true) {
                 bail!("a static profile has no secret, mode, length, ports or slot");
+            }
+            if file.fleet == Some(true) {
+                bail!(
+                    "a static profile is no fleet profile: its sequence is the same on every \
+                     server"
+                );
             }
             Knock::Static { steps: parse_static(text).map_err(|e| anyhow!(e))? }
         } else {
@@ -341,7 +364,9 @@ impl Profile {
             let params = Params { length, port_lo: ports.0, port_hi: ports.1, exclude: &exclude };
             sequence::derive(&[0; 32], 0, &params).map_err(|e| anyhow!("{e}"))?;
             let proto = file.proto.unwrap_or(Proto::Tcp);
-            Knock::Rotating { key, proto, length, slot_secs: slot.as_secs() as u32, ports, exclude }
+            let slot_secs = slot.as_secs() as u32;
+            let fleet = file.fleet.unwrap_or(false);
+            Knock::Rotating { key, proto, length, slot_secs, ports, exclude, fleet }
         };
         Ok(Self { name: file.name.clone(), knock })
     }
@@ -362,7 +387,8 @@ impl Profile {
         let mut file =
             ProfileFile { version: PROFILE_VERSION, name: self.name.clone(), ..Default::default() };
         match &self.knock {
-            Knock::Rotating { key, proto, length, slot_secs, ports, exclude } => {
+            Knock::Rotating { key, proto, length, slot_secs, ports, exclude, fleet } => {
+                file.fleet = fleet.then_some(true);
                 file.proto = Some(*proto);
                 file.length = Some(*length);
                 file.slot = Some(format_duration(Duration::from_secs(u64::from(*slot_secs))));
@@ -452,6 +478,7 @@ impl Profile {
                 "spa" => file.spa = Some(flag("spa", &value)?),
                 "index" => file.index = Some(number("index", &value)?),
                 "name_address" => file.name_address = Some(flag("name_address", &value)?),
+                "fleet" => file.fleet = Some(flag("fleet", &value)?),
                 "mode" => file.mode = Some(value),
                 "salt" => file.salt = Some(value),
                 "cost" => file.cost = Some(number("cost", &value)?),
@@ -486,11 +513,21 @@ impl Profile {
         }
     }
 
-    /// The knocks of time slot `slot` (ignored for static sequences).
-    pub fn sequence_for_slot(&self, slot: u64) -> Result<Vec<ProtoPort>> {
-        let (key, proto, length, ports, exclude) = match &self.knock {
-            Knock::Rotating { key, proto, length, ports, exclude, .. } => {
-                (key, proto, length, ports, exclude)
+    /// Does this profile derive a different sequence for every server?
+    pub fn is_fleet(&self) -> bool {
+        matches!(self.knock, Knock::Rotating { fleet: true, .. })
+    }
+
+    /// The knocks of time slot `slot` (ignored for static sequences) at the
+    /// server `server`, which only a fleet profile needs (and requires).
+    pub fn sequence_for_slot(
+        &self,
+        slot: u64,
+        server: Option<&ServerId>,
+    ) -> Result<Vec<ProtoPort>> {
+        let (key, proto, length, ports, exclude, fleet) = match &self.knock {
+            Knock::Rotating { key, proto, length, ports, exclude, fleet, .. } => {
+                (key, proto, length, ports, exclude, *fleet)
             }
             Knock::Static { steps } => return Ok(steps.clone()),
             Knock::Spa { .. } => {
@@ -518,7 +555,14 @@ impl Profile {
             }
         };
         let params = Params { length: *length, port_lo: ports.0, port_hi: ports.1, exclude };
-        let seq = sequence::derive(&secret, slot, &params).map_err(|e| anyhow!("{e}"))?;
+        let seq = match (fleet, server) {
+            (false, _) => sequence::derive(&secret, slot, &params),
+            (true, Some(server)) => sequence::derive_v2(&secret, server.as_bytes(), slot, &params),
+            (true, None) => bail!(
+                "a fleet profile knocks a different sequence at every server: name the server"
+            ),
+        }
+        .map_err(|e| anyhow!("{e}"))?;
         Ok(seq.as_slice().iter().map(|&port| ProtoPort { port, proto: *proto }).collect())
     }
 
@@ -566,9 +610,9 @@ impl Profile {
         }
     }
 
-    /// The knocks to send at UNIX time `unix_secs`.
-    pub fn sequence_at(&self, unix_secs: u64) -> Result<Vec<ProtoPort>> {
-        self.sequence_for_slot(self.slot_at(unix_secs).unwrap_or(0))
+    /// The knocks to send at UNIX time `unix_secs` (to `server`, for a fleet profile).
+    pub fn sequence_at(&self, unix_secs: u64, server: Option<&ServerId>) -> Result<Vec<ProtoPort>> {
+        self.sequence_for_slot(self.slot_at(unix_secs).unwrap_or(0), server)
     }
 
     /// `rotating`, `passphrase`, `totp` or `static`.
@@ -698,8 +742,21 @@ mod tests {
                 slot_secs: 60,
                 ports: (40000, 40100),
                 exclude: vec![40001, 40002],
+                fleet: false,
             },
         }
+    }
+
+    /// The same profile, deriving per server.
+    fn fleet(mut profile: Profile) -> Profile {
+        if let Knock::Rotating { fleet, .. } = &mut profile.knock {
+            *fleet = true;
+        }
+        profile
+    }
+
+    fn server(name: &str) -> ServerId {
+        ServerId::parse(name).unwrap()
     }
 
     #[test]
@@ -722,7 +779,7 @@ mod tests {
         };
         Profile {
             name: "bob".into(),
-            knock: Knock::Rotating { key, proto, length, slot_secs, ports, exclude },
+            knock: Knock::Rotating { key, proto, length, slot_secs, ports, exclude, fleet: false },
         }
     }
 
@@ -760,12 +817,18 @@ mod tests {
         });
         let mut client = Profile::from_file(&server.to_client_file()).unwrap();
         assert_eq!(client.needs(), Some("passphrase"));
-        assert!(client.sequence_for_slot(5).is_err());
+        assert!(client.sequence_for_slot(5, None).is_err());
         client.unlock_passphrase(b"pw");
-        assert_eq!(client.sequence_for_slot(5).unwrap(), server.sequence_for_slot(5).unwrap());
+        assert_eq!(
+            client.sequence_for_slot(5, None).unwrap(),
+            server.sequence_for_slot(5, None).unwrap()
+        );
         client = Profile::from_file(&server.to_client_file()).unwrap();
         client.unlock_passphrase(b"wrong");
-        assert_ne!(client.sequence_for_slot(5).unwrap(), server.sequence_for_slot(5).unwrap());
+        assert_ne!(
+            client.sequence_for_slot(5, None).unwrap(),
+            server.sequence_for_slot(5, None).unwrap()
+        );
 
         let totp = vec![9u8; 20];
         // Through the file form once: authenticator slots are always 30 s.
@@ -786,16 +849,176 @@ mod tests {
         let mut client = Profile::from_file(&server.to_client_file()).unwrap();
         assert_eq!(client.needs(), Some("totp"));
         client.unlock_totp(secret::totp_code(&totp, 77), b"1234");
-        assert_eq!(client.sequence_for_slot(77).unwrap(), server.sequence_for_slot(77).unwrap());
+        assert_eq!(
+            client.sequence_for_slot(77, None).unwrap(),
+            server.sequence_for_slot(77, None).unwrap()
+        );
+    }
+
+    #[test]
+    fn fleet_profiles_round_trip_and_say_so_in_file_and_uri() {
+        let passphrase = fleet(keyed(Key::Passphrase {
+            salt: [1; SALT_LEN],
+            cost: 20_000,
+            secret: Some([5; 32]),
+        }));
+        let totp = fleet(keyed(Key::Totp {
+            salt: [2; SALT_LEN],
+            cost: 20_000,
+            pin_key: Some([6; 32]),
+            totp_secret: Some(vec![9; 20]),
+            code: None,
+        }));
+        // Through the file form once: authenticator slots are always 30 s.
+        let totp = Profile::from_file(&totp.to_file()).unwrap();
+        for profile in [fleet(rotating()), passphrase, totp] {
+            assert!(profile.is_fleet());
+            // The server's copy, with every key.
+            let text = toml::to_string(&profile.to_file()).unwrap();
+            assert!(text.contains("fleet = true"), "{text}");
+            let file: ProfileFile = parse_toml(&text, Path::new("p")).unwrap();
+            assert_eq!(Profile::from_file(&file).unwrap(), profile, "{text}");
+            // The client's copy, as a file and as a URI.
+            let client = Profile::from_file(&profile.to_client_file()).unwrap();
+            assert!(client.is_fleet());
+            let text = client.to_toml().unwrap();
+            let file: ProfileFile = parse_toml(&text, Path::new("p")).unwrap();
+            assert_eq!(Profile::from_file(&file).unwrap(), client, "{text}");
+            let uri = client.to_uri().unwrap();
+            assert!(uri.contains("&fleet=true"), "{uri}");
+            assert_eq!(Profile::from_uri(&uri).unwrap(), client, "{uri}");
+        }
+        // Only a fleet profile says so: an older knock-xdp, which refuses
+        // unknown fields, refuses a fleet profile rather than knocking v1.
+        let plain = rotating();
+        assert!(!plain.is_fleet());
+        assert!(!plain.to_toml().unwrap().contains("fleet"));
+        assert!(!plain.to_uri().unwrap().contains("fleet"));
+        let uri = plain.to_uri().unwrap() + "&fleet=false";
+        assert_eq!(Profile::from_uri(&uri).unwrap(), plain);
+        assert!(Profile::from_uri(&(plain.to_uri().unwrap() + "&fleet=maybe")).is_err());
+    }
+
+    #[test]
+    fn static_and_spa_profiles_are_never_fleet_profiles() {
+        let statik = Profile {
+            name: "legacy".into(),
+            knock: Knock::Static { steps: parse_static("7000,8000").unwrap() },
+        };
+        let spa = Profile {
+            name: "door".into(),
+            knock: Knock::Spa {
+                key: Key::Random([1; 32]),
+                index: 3,
+                ports: (61000, 65535),
+                may_name_address: false,
+            },
+        };
+        for (profile, why) in [(statik, "same on every server"), (spa, "already name the server")] {
+            let file = ProfileFile { fleet: Some(true), ..profile.to_file() };
+            let err = format!("{:#}", Profile::from_file(&file).unwrap_err());
+            assert!(err.contains(why), "{err}");
+            let uri = profile.to_uri().unwrap() + "&fleet=true";
+            assert!(Profile::from_uri(&uri).is_err(), "{uri}");
+            // Saying `false` is harmless.
+            let file = ProfileFile { fleet: Some(false), ..profile.to_file() };
+            assert_eq!(Profile::from_file(&file).unwrap(), profile);
+        }
+    }
+
+    #[test]
+    fn a_fleet_profile_derives_per_server_as_the_v2_vectors_say() {
+        // Sequence vectors 0 and 1 of docs/sequence-v2-vectors.json, and
+        // vector 0 of version 1: the default profile with the secret 00..1f.
+        let counting: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let plain = Profile {
+            name: "laptop".into(),
+            knock: Knock::Rotating {
+                key: Key::Random(counting),
+                proto: Proto::Tcp,
+                length: 4,
+                slot_secs: 30,
+                ports: (61000, 65535),
+                exclude: vec![],
+                fleet: false,
+            },
+        };
+        let at = 1_764_072_000;
+        let ports = |seq: Vec<ProtoPort>| seq.iter().map(|s| s.port).collect::<Vec<_>>();
+        let web1 = server("web1.example.org");
+        let web2 = server("WEB2.example.org.");
+        let fleet = fleet(plain.clone());
+        assert_eq!(
+            ports(fleet.sequence_at(at, Some(&web1)).unwrap()),
+            [61239, 62578, 62146, 63610]
+        );
+        assert_eq!(
+            ports(fleet.sequence_at(at, Some(&web2)).unwrap()),
+            [63786, 63697, 64641, 61934]
+        );
+        // Not a fleet profile: version 1, whatever server is named.
+        let v1 = [63988, 61522, 62618, 65366];
+        assert_eq!(ports(plain.sequence_at(at, None).unwrap()), v1);
+        assert_eq!(ports(plain.sequence_at(at, Some(&web1)).unwrap()), v1);
+        // A fleet profile cannot knock without knowing where.
+        let err = fleet.sequence_at(at, None).unwrap_err().to_string();
+        assert!(err.contains("name the server"), "{err}");
+    }
+
+    #[test]
+    fn fleet_passphrase_and_authenticator_clients_agree_with_each_server() {
+        let salt = [3; SALT_LEN];
+        let (web1, web2) = (server("web1.example.org"), server("192.0.2.7"));
+        let differs = |p: &Profile, slot| {
+            p.sequence_for_slot(slot, Some(&web1)).unwrap()
+                != p.sequence_for_slot(slot, Some(&web2)).unwrap()
+        };
+
+        let on_server = fleet(keyed(Key::Passphrase {
+            salt,
+            cost: 10_000,
+            secret: Some(secret::passphrase_secret(b"pw", &salt, 10_000)),
+        }));
+        let mut client = Profile::from_file(&on_server.to_client_file()).unwrap();
+        client.unlock_passphrase(b"pw");
+        for id in [&web1, &web2] {
+            assert_eq!(
+                client.sequence_for_slot(5, Some(id)).unwrap(),
+                on_server.sequence_for_slot(5, Some(id)).unwrap()
+            );
+        }
+        assert!(differs(&on_server, 5));
+
+        let totp = vec![9u8; 20];
+        let on_server = Profile::from_file(
+            &fleet(keyed(Key::Totp {
+                salt,
+                cost: 10_000,
+                pin_key: Some(secret::pin_key(b"1234", &salt, 10_000)),
+                totp_secret: Some(totp.clone()),
+                code: None,
+            }))
+            .to_file(),
+        )
+        .unwrap();
+        let mut client = Profile::from_file(&on_server.to_client_file()).unwrap();
+        client.unlock_totp(secret::totp_code(&totp, 77), b"1234");
+        for id in [&web1, &web2] {
+            assert_eq!(
+                client.sequence_for_slot(77, Some(id)).unwrap(),
+                on_server.sequence_for_slot(77, Some(id)).unwrap()
+            );
+        }
+        assert!(differs(&on_server, 77));
     }
 
     #[test]
     fn sequences_follow_the_slot() {
         let p = rotating();
         assert_eq!(p.slot_at(125), Some(2));
-        assert_eq!(p.sequence_at(120).unwrap(), p.sequence_at(179).unwrap());
-        assert_ne!(p.sequence_at(120).unwrap(), p.sequence_at(180).unwrap());
-        let seq = p.sequence_at(120).unwrap();
+        assert_eq!(p.sequence_at(120, None).unwrap(), p.sequence_at(179, None).unwrap());
+        assert_ne!(p.sequence_at(120, None).unwrap(), p.sequence_at(180, None).unwrap());
+        let seq = p.sequence_at(120, None).unwrap();
         assert_eq!(seq.len(), 5);
         assert!(seq.iter().all(|s| s.proto == Proto::Udp
             && (40000..=40100).contains(&s.port)

@@ -70,6 +70,7 @@ proptest! {
         slot in 1u32..86400,
         udp in any::<bool>(),
         secret in any::<[u8; 32]>(),
+        fleet in any::<bool>(),
     ) {
         let knock = Knock::Rotating {
             key: profile::Key::Random(secret),
@@ -78,6 +79,7 @@ proptest! {
             slot_secs: slot,
             ports: (lo, lo + span),
             exclude: vec![lo + 1],
+            fleet,
         };
         let profile = Profile { name, knock };
         prop_assert_eq!(Profile::from_uri(&profile.to_uri().unwrap()).unwrap(), profile.clone());

@@ -22,6 +22,10 @@ pub const CLIENT_V4: &str = "10.201.0.2";
 pub const CLIENT2_V4: &str = "10.201.0.3";
 pub const SERVER_V6: &str = "fd00:201::1";
 pub const CLIENT_V6: &str = "fd00:201::2";
+/// The server's address on the second link ([`Lab::second_link`]), and the
+/// client's there.
+pub const SERVER_B_V4: &str = "10.201.1.1";
+pub const CLIENT_B_V4: &str = "10.201.1.2";
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
@@ -136,6 +140,38 @@ impl Lab {
         lab
     }
 
+    /// A second veth pair between the same namespaces, with [`SERVER_B_V4`]
+    /// and [`CLIENT_B_V4`]: another server interface, for a second daemon
+    /// (two servers of a fleet). Its ends go with the namespaces.
+    pub fn second_link(&self) -> SecondLink {
+        let link = SecondLink {
+            server_if: format!("kxs{}b", self.id),
+            client_if: format!("kxc{}b", self.id),
+        };
+        run(
+            "ip",
+            &["link", "add", &link.server_if, "type", "veth", "peer", "name", &link.client_if],
+        );
+        let moved = [(&link.server_if, &self.server), (&link.client_if, &self.client)].iter().all(
+            |(end, ns)| {
+                Command::new("ip")
+                    .args(["link", "set", end, "netns", &ns.name])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            },
+        );
+        if !moved {
+            let _ = Command::new("ip").args(["link", "del", &link.server_if]).status();
+            let _ = Command::new("ip").args(["link", "del", &link.client_if]).status();
+            panic!("cannot move the second veth pair into the namespaces");
+        }
+        self.server.ip(&["addr", "add", &format!("{SERVER_B_V4}/24"), "dev", &link.server_if]);
+        self.client.ip(&["addr", "add", &format!("{CLIENT_B_V4}/24"), "dev", &link.client_if]);
+        self.server.ip(&["link", "set", &link.server_if, "up"]);
+        self.client.ip(&["link", "set", &link.client_if, "up"]);
+        link
+    }
+
     /// Probes a TCP port from the client namespace (2 s timeout).
     pub fn tcp_state(&self, server: &str, port: u16) -> PortState {
         let server = server.to_owned();
@@ -210,6 +246,13 @@ impl Lab {
             }
         });
     }
+}
+
+/// The second veth pair of a lab (see [`Lab::second_link`]).
+pub struct SecondLink {
+    /// Its end in the server namespace.
+    pub server_if: String,
+    pub client_if: String,
 }
 
 /// An open TCP connection from the client namespace to an echo service.

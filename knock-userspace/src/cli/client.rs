@@ -35,6 +35,7 @@ pub(super) fn run(state: &StateDir, config: Option<&Path>, command: ClientComman
             static_sequence,
             spa,
             allow_named_address,
+            fleet,
             totp,
             pin_file,
             passphrase_file,
@@ -65,6 +66,7 @@ pub(super) fn run(state: &StateDir, config: Option<&Path>, command: ClientComman
                         slot_secs: kdf::TOTP_STEP_SECS,
                         ports,
                         exclude: exclude.clone(),
+                        fleet,
                     },
                 },
             };
@@ -118,7 +120,7 @@ pub(super) fn run(state: &StateDir, config: Option<&Path>, command: ClientComman
                         // The store gives the index.
                         Knock::Spa { key, index: 0, ports, may_name_address: allow_named_address }
                     } else {
-                        Knock::Rotating { key, proto, length, slot_secs, ports, exclude }
+                        Knock::Rotating { key, proto, length, slot_secs, ports, exclude, fleet }
                     }
                 }
             };
@@ -252,14 +254,15 @@ fn notify_daemon(state: &StateDir) -> Result<Option<String>> {
 
 pub(super) fn describe(profile: &Profile) -> String {
     match &profile.knock {
-        Knock::Rotating { key, proto, length, slot_secs, ports, .. } => {
+        Knock::Rotating { key, proto, length, slot_secs, ports, fleet, .. } => {
             let how = match key {
                 Key::Random(_) => "rotating",
                 Key::Passphrase { .. } => "passphrase",
                 Key::Totp { .. } => "authenticator",
             };
             format!(
-                "{how}: {length} {proto} knocks from {}-{}, new every {}",
+                "{how}{}: {length} {proto} knocks from {}-{}, new every {}",
+                if *fleet { ", fleet (its own sequences at every server)" } else { "" },
                 ports.0,
                 ports.1,
                 format_duration(Duration::from_secs(u64::from(*slot_secs)))

@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
+use knock_common::server_id::ServerId;
 use tracing::warn;
 
 mod client;
@@ -18,7 +19,7 @@ use crate::{
     check::{self, PortState},
     checks,
     clients::ClientStore,
-    config::{Config, FailedKnocks},
+    config::{self, Config, FailedKnocks},
     control::{self, Changed, Listing, Request, Status, Unreachable},
     daemon::{self, AttachOptions},
     knock,
@@ -110,6 +111,11 @@ pub enum Command {
         /// audited.
         #[arg(long)]
         force: bool,
+        /// This server's name, from which fleet clients' sequences derive
+        /// (default: `server_name` of the config file, else the host name).
+        /// Changes take effect at the next start.
+        #[arg(long, value_name = "NAME", value_parser = parse_server_name, env = "KNOCK_XDP_SERVER_NAME")]
+        server_name: Option<ServerId>,
     },
     /// Detach from one interface, or from all; removes every pin knock-xdp made.
     Detach {
@@ -182,6 +188,11 @@ pub enum Command {
     /// filtered forgets its slots (a lost knock or a mistyped passphrase never
     /// used them). A static sequence is simply sent again.
     ///
+    /// Fleet profiles knock a different sequence at every server, derived
+    /// from the server's name: HOST as typed (a name, or an address), or,
+    /// to knock at an address (or another name) as the server NAME,
+    /// NAME=ADDRESS. NAME must be the server's server_name.
+    ///
     /// Authenticator profiles: the code belongs to one 30-second step, so the
     /// retries take it as the code of the current, the previous and the next
     /// step in turn (a code read just before the step changed). A code that
@@ -193,8 +204,9 @@ pub enum Command {
     /// when another fails, and the status is the worst of them: errors, then
     /// filtered, then closed.
     Knock {
-        /// Addresses or host names of the servers.
-        #[arg(value_name = "HOST", required = true)]
+        /// Addresses or host names of the servers; NAME=ADDRESS knocks on
+        /// ADDRESS as the server NAME (fleet profiles).
+        #[arg(value_name = "HOST|NAME=ADDRESS", required = true)]
         hosts: Vec<String>,
         #[command(flatten)]
         profile: ProfileArgs,
@@ -233,15 +245,24 @@ pub enum Command {
     Sequence {
         #[command(flatten)]
         profile: ProfileArgs,
+        /// Fleet profiles: the server (its server_name) the sequence is for.
+        #[arg(long, value_name = "NAME", value_parser = parse_server_name)]
+        server: Option<ServerId>,
     },
     /// Re-read the state file and the clients in the running daemon (as SIGHUP
     /// does), keeping allowed sources, open flows and knocks in progress.
     Reload,
     /// Write a systemd unit that runs 'attach' on IFACE... (and start it when
     /// systemd runs this system).
+    ///
+    /// Without --iface, the unit runs 'attach' alone, which attaches to the
+    /// config file's `interfaces` (and reads its ports, networks and
+    /// server_name) at every start: one unit for every server of a fleet,
+    /// each with its own config file. 'systemctl reload' sends SIGHUP.
     Install {
-        /// Interfaces the service attaches to.
-        #[arg(long = "iface", value_name = "IFACE", required = true)]
+        /// Interfaces the service attaches to (default: `interfaces` of the
+        /// config file, read at every start).
+        #[arg(long = "iface", value_name = "IFACE")]
         ifaces: Vec<String>,
         /// Where to write knock-xdp.service.
         #[arg(long, value_name = "DIR", default_value = system::DEFAULT_UNIT_DIR)]
@@ -368,6 +389,12 @@ pub enum ClientCommand {
         /// a client behind NAT that knows its public address.
         #[arg(long, requires = "spa")]
         allow_named_address: bool,
+        /// One profile for many servers: each server derives its own
+        /// sequences from its server_name, so a sequence seen at one server
+        /// does not open another (docs/sequence-v2.md). Install the same
+        /// client file on every server.
+        #[arg(long, conflicts_with_all = ["static_sequence", "spa"])]
+        fleet: bool,
         /// Derive the secret from a passphrase (first line of FILE); the profile
         /// then holds no secret.
         #[arg(long, value_name = "FILE", conflicts_with = "static_sequence")]
@@ -435,6 +462,10 @@ fn parse_target(text: &str) -> Result<Cidr, String> {
     text.parse()
 }
 
+fn parse_server_name(text: &str) -> Result<ServerId, String> {
+    ServerId::parse(text).map_err(|e| format!("invalid server name '{text}': {e}"))
+}
+
 impl Command {
     fn name(&self) -> &'static str {
         match self {
@@ -492,6 +523,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             metrics_listen,
             metrics_public,
             force,
+            server_name,
         } => {
             // Flags and KNOCK_XDP_* variables win over the file, the file over the defaults.
             let config = Config::load(cli_config.as_deref())?;
@@ -532,12 +564,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 spa_skew: config.spa_skew.unwrap_or(daemon::SPA_SKEW),
                 metrics_listen,
                 force,
+                server_name: match server_name.or(config.server_name) {
+                    Some(name) => Ok(name),
+                    None => config::host_name_identity(),
+                },
             };
             daemon::run(state, options, config)?
         }
         Command::Client(command) => client::run(&state, cli_config.as_deref(), command)?,
         Command::Reload => print_changed(control::request(&state, &Request::Reload)?),
-        Command::Install { ifaces, unit_dir } => system::install(&state, &unit_dir, &ifaces)?,
+        Command::Install { ifaces, unit_dir } => {
+            system::install(&state, &unit_dir, &ifaces, cli_config.as_deref())?
+        }
         Command::Uninstall { unit_dir } => system::uninstall(&unit_dir)?,
         Command::Completions { shell } => system::completions(shell),
         Command::Manpage => system::manpage()?,
@@ -556,7 +594,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             };
             let mut worst = Worst::default();
             for host in &hosts {
-                match knock_host(&profile, &mut record, host, &options) {
+                let knocked = knock::server(&profile, host)
+                    .and_then(|server| knock_host(&profile, &mut record, &server, &options));
+                match knocked {
                     Ok(state) => worst.add(state),
                     Err(err) => {
                         eprintln!("knock-xdp: {err:#}");
@@ -566,10 +606,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             return Ok(worst.exit_code());
         }
-        Command::Sequence { profile: args } => {
+        Command::Sequence { profile: args, server } => {
             let profile = load_profile(&args)?;
+            if profile.is_fleet() && server.is_none() {
+                bail!(
+                    "this is a fleet profile: each server has its own sequence; name the server \
+                     with --server NAME (its server_name)"
+                );
+            }
             let at = args.at;
-            let (_, steps) = knock::steps_at(&profile, at)?;
+            let (_, steps) = knock::steps_at(&profile, at, server.as_ref())?;
             println!("{}", knock::sequence_line(&steps));
         }
         Command::Detach { iface } => detach(&state, iface)?,
@@ -630,15 +676,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Knocks on one host; with `--check`, the state its port was left in.
+/// Knocks on one server; with `--check`, the state its port was left in.
 fn knock_host(
     profile: &Profile,
     record: &mut KnockRecord,
-    host: &str,
+    server: &knock::Server,
     options: &knock::Options,
 ) -> Result<Option<PortState>> {
-    let target = knock::resolve(host)?;
-    let outcome = knock::knock(profile, record, target, options, |line| println!("{line}"))?;
+    let target = server.addr;
+    let outcome = knock::knock(profile, record, server, options, |line| println!("{line}"))?;
     let Some((addr, state)) = outcome.port else {
         return Ok(None);
     };
@@ -658,6 +704,12 @@ fn knock_host(
         if profile.kind() == "totp" {
             eprintln!(
                 "knock-xdp: an authenticator code opens the door once: knock again with the next code"
+            );
+        }
+        if let Some(id) = server.id {
+            eprintln!(
+                "knock-xdp: this fleet profile knocked {target} as the server '{id}': if that is \
+                 not the server's server_name ('knock-xdp status' shows it), knock NAME={target}"
             );
         }
     }
@@ -896,6 +948,10 @@ fn print_status(status: &Status) {
         })
         .collect();
     println!("interfaces: {}", ifaces.join(", "));
+    match &status.server_name {
+        Some(name) => println!("server:     {name} (fleet clients' sequences derive from it)"),
+        None => println!("server:     no valid name: fleet clients are skipped (set server_name)"),
+    }
     if status.survives_kill {
         println!("if killed:  the program stays attached until 'knock-xdp detach' (fail closed)");
     } else if status.fail_open {

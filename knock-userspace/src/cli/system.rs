@@ -1,22 +1,37 @@
 //! Fitting knock-xdp into the system: a systemd unit, shell completions and
 //! a man page, all generated from the one CLI definition.
 
-use std::{fs, path::Path, process::Command};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, Result, bail};
 use clap::CommandFactory as _;
 
 use super::Cli;
-use crate::state::{StateDir, write_atomically};
+use crate::{
+    config::{Config, DEFAULT_CONFIG},
+    state::{StateDir, write_atomically},
+};
 
 pub const UNIT_NAME: &str = "knock-xdp.service";
 pub const DEFAULT_UNIT_DIR: &str = "/etc/systemd/system";
 
 /// The unit: restarted always (a new daemon takes over what the old one left
 /// attached), with only the capabilities XDP needs and the file system
-/// read-only but for the state directory and bpffs.
-pub fn unit(binary: &Path, state: &StateDir, ifaces: &[String]) -> String {
+/// read-only but for the state directory and bpffs. With no interfaces it
+/// runs `attach` alone, driven by the config file (`config`, when not the
+/// default one); `systemctl reload` sends SIGHUP, which re-reads it.
+pub fn unit(binary: &Path, state: &StateDir, ifaces: &[String], config: Option<&Path>) -> String {
     let state_dir = state.path().display();
+    let config = config.map_or_else(String::new, |path| format!(" --config {}", path.display()));
+    let attach = if ifaces.is_empty() {
+        "attach".to_owned()
+    } else {
+        format!("attach {}", ifaces.join(" "))
+    };
     format!(
         "# Written by 'knock-xdp install'; 'knock-xdp uninstall' removes it.
 [Unit]
@@ -26,7 +41,8 @@ Wants=network-pre.target
 
 [Service]
 Type=exec
-ExecStart={binary} --state-dir {state_dir} attach {ifaces}
+ExecStart={binary} --state-dir {state_dir}{config} {attach}
+ExecReload=/bin/kill -HUP $MAINPID
 Restart=always
 RestartSec=1
 CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN
@@ -45,7 +61,6 @@ MemoryDenyWriteExecute=yes
 WantedBy=multi-user.target
 ",
         binary = binary.display(),
-        ifaces = ifaces.join(" "),
     )
 }
 
@@ -61,8 +76,30 @@ fn systemctl(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-pub fn install(state: &StateDir, unit_dir: &Path, ifaces: &[String]) -> Result<()> {
-    for iface in ifaces {
+/// `config` is the `--config` given, if any: the unit then names it too.
+pub fn install(
+    state: &StateDir,
+    unit_dir: &Path,
+    ifaces: &[String],
+    config: Option<&Path>,
+) -> Result<()> {
+    // The file the unit's daemon will read: it must read now, and without
+    // --iface it must say where to attach.
+    let loaded = Config::load(config)?;
+    let config: Option<PathBuf> = config
+        .map(|path| {
+            fs::canonicalize(path).with_context(|| format!("cannot resolve {}", path.display()))
+        })
+        .transpose()?;
+    if ifaces.is_empty() && loaded.interfaces.is_empty() {
+        bail!(
+            "--iface is required unless the config file ({}) lists `interfaces`, which the \
+             unit then attaches to",
+            config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG)).display()
+        );
+    }
+    let attach_to = if ifaces.is_empty() { &loaded.interfaces } else { ifaces };
+    for iface in attach_to {
         crate::loader::if_index(iface)?;
     }
     let binary = std::env::current_exe().context("cannot find the knock-xdp binary")?;
@@ -71,7 +108,7 @@ pub fn install(state: &StateDir, unit_dir: &Path, ifaces: &[String]) -> Result<(
         bail!("{} is not a directory", unit_dir.display());
     }
     state.create()?;
-    write_atomically(&path, unit(&binary, state, ifaces).as_bytes())?;
+    write_atomically(&path, unit(&binary, state, ifaces, config.as_deref()).as_bytes())?;
     println!("wrote {}", path.display());
     if systemd_running() && unit_dir == Path::new(DEFAULT_UNIT_DIR) {
         systemctl(&["daemon-reload"])?;
@@ -110,4 +147,32 @@ pub fn manpage() -> Result<()> {
     clap_mangen::Man::new(Cli::command())
         .render(&mut std::io::stdout())
         .context("cannot write the man page")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unit_without_interfaces_is_driven_by_the_config_file() {
+        let state = StateDir::new(Path::new("/var/lib/knock-xdp"));
+        let binary = Path::new("/usr/bin/knock-xdp");
+        let fleet = Path::new("/etc/knock-xdp/fleet.toml");
+        let text = unit(binary, &state, &[], Some(fleet));
+        assert!(
+            text.contains(
+                "\nExecStart=/usr/bin/knock-xdp --state-dir /var/lib/knock-xdp --config \
+                 /etc/knock-xdp/fleet.toml attach\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("\nExecReload=/bin/kill -HUP $MAINPID\n"), "{text}");
+        let text = unit(binary, &state, &["eth0".into(), "eth1".into()], None);
+        assert!(
+            text.contains(
+                "\nExecStart=/usr/bin/knock-xdp --state-dir /var/lib/knock-xdp attach eth0 eth1\n"
+            ),
+            "{text}"
+        );
+    }
 }

@@ -257,14 +257,28 @@ impl Daemon {
         super::keep_established(&mut self.maps, &added)?;
         self.maps.set_protected(&protected_before, &protected)?;
         self.maps.set_allowed_nets(&nets_before, &nets)?;
+        // The server name stays what it was: a new one would change every
+        // fleet client's sequences at once, and --server-name (a Kubernetes
+        // node's name, say) could not be re-read anyway.
+        let renamed =
+            config.server_name.filter(|name| Some(name) != self.config.server_name.as_ref());
         self.state = next;
         self.config = config;
-        let notes = self.reload_clients()?;
+        let mut notes = self.reload_clients()?;
         info!(
             ports = %ports::join(&protected),
             clients = self.clients.len(),
-            "reloaded (interfaces, mode and timeouts take effect at the next start)"
+            "reloaded (interfaces, mode, timeouts and server_name take effect at the next start)"
         );
+        if let Some(name) = renamed {
+            let now = self.options.server_name.as_ref().map_or("none", |n| n.as_str());
+            warn!(server_name = %name, in_force = %now,
+                "server_name changed in the config file: it takes effect at the next start");
+            notes.push(format!(
+                "server_name is now {name} in the file; fleet clients' sequences stay derived \
+                 for {now} until the daemon restarts"
+            ));
+        }
         let mut message = format!(
             "reloaded: protecting {}; {} clients",
             if protected.is_empty() { "nothing".to_owned() } else { ports::join(&protected) },
@@ -402,6 +416,7 @@ impl Daemon {
             },
             knocks_in_progress: self.maps.knock_states()?.len(),
             broken_clients: self.installed.broken().map(|id| self.client_name(id)).collect(),
+            server_name: self.options.server_name.as_ref().ok().map(ToString::to_string),
         })
     }
 }

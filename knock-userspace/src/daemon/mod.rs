@@ -65,6 +65,12 @@ pub struct AttachOptions {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Accept the config file's too-wide networks on reload too (`--force`).
     pub force: bool,
+    /// This server's identity, from which fleet clients' sequences derive
+    /// (`--server-name`, else the config file's `server_name`, else the host
+    /// name), or why there is none: fleet clients are then skipped. Fixed
+    /// for the daemon's life: a new name changes every fleet client's
+    /// sequences at once, so it is a restart, like the interfaces.
+    pub server_name: Result<knock_common::server_id::ServerId, String>,
 }
 
 /// How long a TCP flow still passes after the client's FIN or RST: enough for
@@ -211,6 +217,12 @@ pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Resul
         info!("no port is protected yet (knock-xdp protect PORT)");
     } else {
         info!(ports = %ports::join(&protected), config = %daemon.config.describe(), "protecting");
+    }
+    match &daemon.options.server_name {
+        Ok(name) => {
+            info!(server_name = %name, "fleet clients derive their sequences for this name")
+        }
+        Err(why) => warn!("no server name, so fleet clients are skipped: {why}"),
     }
     info!(
         clients = daemon.clients.len(),

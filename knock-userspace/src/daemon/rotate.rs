@@ -15,7 +15,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use knock_common::{
     ProtoPort,
     maps::{Runtime, SLOTS_PER_CLIENT},
@@ -165,10 +165,18 @@ impl Daemon {
                         && old.client == client.id
                         && old.slot == slot
                     {
-                        // Derived before: keep it (its window too).
+                        // Derived before: keep it (its window too). A fleet
+                        // client's too: the server name never changes
+                        // while the daemon runs.
                         return Ok((index, *old, steps.to_vec()));
                     }
-                    let steps = client.profile.sequence_for_slot(slot_or_zero(slot))?;
+                    // A fleet client's sequences are this server's own.
+                    let server = match &self.options.server_name {
+                        Ok(name) => Some(name),
+                        Err(why) if client.profile.is_fleet() => bail!("{why}"),
+                        Err(_) => None,
+                    };
+                    let steps = client.profile.sequence_for_slot(slot_or_zero(slot), server)?;
                     Ok((index, SequenceInfo { length: steps.len() as u32, ..info }, steps))
                 })
                 .collect();
@@ -311,6 +319,7 @@ mod tests {
             slot_secs: 30,
             ports: (100, 110),
             exclude: vec![105],
+            fleet: false,
         };
         let statik = Knock::Static {
             steps: vec![

@@ -295,7 +295,8 @@ fn latency(settings: &Settings, out: &mut Spa) -> Result<()> {
             let options =
                 Options { delay: Duration::ZERO, check: None, retries: 0, at: None, admit: None };
             let start = Instant::now();
-            knock::knock(&profile, &mut KnockRecord::none(), server, &options, |_| {})?;
+            let target = knock::Server { addr: server, id: None };
+            knock::knock(&profile, &mut KnockRecord::none(), &target, &options, |_| {})?;
             let stream = TcpStream::connect_timeout(&protected, timeout)
                 .context("the door did not open after the datagram")?;
             let open = start.elapsed().as_secs_f64() * 1e6;

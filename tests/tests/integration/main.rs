@@ -10,6 +10,7 @@ mod differential;
 mod end_to_end;
 mod faults;
 mod filter;
+mod fleet;
 mod footguns;
 mod hardening;
 mod knock_client;
