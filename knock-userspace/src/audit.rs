@@ -34,8 +34,7 @@ const MAX_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Events that nobody can cause without a valid knock or root: they go to
 /// `audit.jsonl`, which refusals never rotate.
-pub const KEPT_EVENTS: [&str; 5] =
-    ["opened", "spa_opened", "client_removed", "revoked", "forced"];
+pub const KEPT_EVENTS: [&str; 5] = ["opened", "spa_opened", "client_removed", "revoked", "forced"];
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {

@@ -101,7 +101,12 @@ impl KnockSpace {
     pub fn of(profile: &Profile) -> Vec<KnockSpace> {
         match &profile.knock {
             Knock::Spa { ports, .. } => {
-                vec![KnockSpace { proto: Proto::Udp, lo: ports.0, hi: ports.1, exclude: Vec::new() }]
+                vec![KnockSpace {
+                    proto: Proto::Udp,
+                    lo: ports.0,
+                    hi: ports.1,
+                    exclude: Vec::new(),
+                }]
             }
             Knock::Rotating { proto, ports, exclude, .. } => {
                 vec![KnockSpace {
