@@ -63,7 +63,22 @@ fn bench_runs_and_its_numbers_are_sane() {
 
     let f = &report.footprint;
     assert!(f.rss_idle_kib > 0 && f.rss_flood_kib > 0);
-    assert!(f.cpu_idle_s >= 0.0 && f.cpu_flood_s >= 0.0);
+    // A difference of CPU readings is at least zero by construction; what
+    // can be wrong is what was read. The daemon does no per-packet work
+    // (XDP drops the flood in the kernel) and wakes only for its timers, so
+    // idle or flooded it uses a few clock ticks a second: a fifth of the
+    // window is far above that, and far below the reading of the wrong
+    // process (the flooding test itself: the whole window) or of the whole
+    // run since the daemon started (its startup alone takes a third of a
+    // second here).
+    let flood_s = f.flood_frames_sent as f64 / f.flood_pps_offered;
+    for (what, cpu, wall) in [("idle", f.cpu_idle_s, f.window_s), ("flood", f.cpu_flood_s, flood_s)]
+    {
+        assert!(
+            cpu.is_finite() && (0.0..=wall / 5.0).contains(&cpu),
+            "{what}: the daemon used {cpu} s of CPU in a window of {wall} s"
+        );
+    }
     assert!(f.flood_frames_sent > 0);
     assert!(f.flood_dropped_counted > 0, "the flood never reached the program");
 
