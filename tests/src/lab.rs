@@ -743,9 +743,15 @@ pub fn has_xdp(netns: &Netns, iface: &str) -> bool {
 /// Waits (3 s at most) until `done` holds: the kernel frees programs and
 /// links after an RCU grace period, not at the moment their last user goes.
 pub fn eventually(what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(3);
+    eventually_within(what, Duration::from_secs(3), done);
+}
+
+/// Waits until `done` holds, for `limit` at most (then panics with `what`):
+/// for what a daemon does on a timer of its own.
+pub fn eventually_within(what: &str, limit: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
     while !done() {
-        assert!(Instant::now() < deadline, "{what}");
+        assert!(Instant::now() < deadline, "{what} (waited {limit:?})");
         thread::sleep(Duration::from_millis(20));
     }
 }
