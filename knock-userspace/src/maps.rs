@@ -31,7 +31,21 @@ use knock_common::{
 
 use crate::nets::Cidr;
 
+/// For the test suite only: with `KNOCK_XDP_TEST_ABORT_AFTER_WRITES=N` in
+/// its environment (read once, when the daemon starts), the daemon kills
+/// itself with SIGKILL, the death of `kill -9`, right after the N-th write
+/// of a rotation to the knock tables, so a test can cut a rotation after
+/// every one of its writes and show that the next daemon repairs it.
+/// Without the variable nothing changes. It lives in the binary that ships
+/// so the tests exercise exactly that binary; whoever can set a root
+/// daemon's environment controls the daemon anyway.
+pub const TEST_ABORT_AFTER_WRITES: &str = "KNOCK_XDP_TEST_ABORT_AFTER_WRITES";
+
 pub struct KernelMaps {
+    /// See [`TEST_ABORT_AFTER_WRITES`]: the write of a rotation to die
+    /// after, and how many writes the current rotation has made.
+    abort_after_write: Option<u32>,
+    rotation_writes: u32,
     port_flags: Array<MapData, u32>,
     allow: HashMap<MapData, SourceKey, AllowEntry>,
     counters: PerCpuArray<MapData, u64>,
@@ -64,6 +78,8 @@ impl KernelMaps {
             ebpf.take_map(name).ok_or_else(|| anyhow!("the XDP object has no map named {name}"))
         };
         Ok(Self {
+            abort_after_write: None,
+            rotation_writes: 0,
             port_flags: Array::try_from(take(MAP_PORT_FLAGS)?)?,
             allow: HashMap::try_from(take(MAP_ALLOW)?)?,
             counters: PerCpuArray::try_from(take(MAP_COUNTERS)?)?,
@@ -387,19 +403,52 @@ impl KernelMaps {
     }
 }
 
+impl KernelMaps {
+    /// Arms (or, with `None`, disarms) the test hook of
+    /// [`TEST_ABORT_AFTER_WRITES`].
+    pub fn abort_after_write(&mut self, write: Option<u32>) {
+        self.abort_after_write = write;
+    }
+
+    /// A rotation begins: the test hook counts its writes from here.
+    pub fn rotation_begins(&mut self) {
+        self.rotation_writes = 0;
+    }
+
+    /// Counts a write to the knock tables, and dies after the one the test
+    /// hook names.
+    fn wrote(&mut self) {
+        self.rotation_writes += 1;
+        if self.abort_after_write == Some(self.rotation_writes) {
+            tracing::error!(
+                "test hook {TEST_ABORT_AFTER_WRITES}: killed after map write {} of a rotation",
+                self.rotation_writes
+            );
+            // SAFETY: plain kill(2) on this process.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+    }
+}
+
 impl KnockSink for KernelMaps {
     type Error = anyhow::Error;
 
     fn set_edge(&mut self, key: &EdgeKey, edge: &Edge) -> Result<()> {
-        self.knock_edges.insert(key, edge, 0).context("cannot write KNOCK_EDGES")
+        self.knock_edges.insert(key, edge, 0).context("cannot write KNOCK_EDGES")?;
+        self.wrote();
+        Ok(())
     }
 
     fn remove_edge(&mut self, key: &EdgeKey) -> Result<()> {
-        removed(self.knock_edges.remove(key), MAP_KNOCK_EDGES)
+        removed(self.knock_edges.remove(key), MAP_KNOCK_EDGES)?;
+        self.wrote();
+        Ok(())
     }
 
     fn set_sequence(&mut self, index: u32, info: &SequenceInfo) -> Result<()> {
-        self.sequences.set(index, info, 0).context("cannot write SEQUENCES")
+        self.sequences.set(index, info, 0).context("cannot write SEQUENCES")?;
+        self.wrote();
+        Ok(())
     }
 }
 

@@ -610,6 +610,11 @@ impl Instance {
     /// Starts `knock-xdp attach` and waits until it answers `status`.
     /// Under `ip netns exec`, with `--fail-open` (see [`Entry::NetnsExec`]).
     pub fn attach(&mut self, args: &[&str]) {
+        self.attach_env(args, &[]);
+    }
+
+    /// The same, with extra environment variables for the daemon.
+    pub fn attach_env(&mut self, args: &[&str], env: &[(&str, &str)]) {
         assert!(self.daemon.is_none(), "daemon already started");
         fs::create_dir_all(self.state_dir.parent().unwrap()).unwrap();
         let log = fs::File::create(&self.log).unwrap();
@@ -620,6 +625,7 @@ impl Instance {
         }
         let child = self
             .command(&all)
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -657,6 +663,23 @@ impl Instance {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 panic!("the daemon did not exit:\n{}", self.daemon_log());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to `limit` for the daemon to end on its own: its exit
+    /// status, or `None` while it runs on.
+    pub fn daemon_exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.daemon.as_mut().expect("no daemon");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.daemon = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
             }
             thread::sleep(Duration::from_millis(20));
         }
