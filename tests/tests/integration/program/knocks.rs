@@ -159,3 +159,49 @@ fn full_maps_still_let_a_new_knock_open_the_door() {
         Counter::PassedFlow,
     );
 }
+
+#[test]
+fn a_knock_keeps_a_longer_window_and_lengthens_a_shorter_one() {
+    if !privileged("a_knock_keeps_a_longer_window_and_lengthens_a_shorter_one") {
+        return;
+    }
+    let mut h = Harness::new();
+    let open_window = config(0, 1).open_window_ns;
+    let (longer, shorter) = ("192.0.2.20", "192.0.2.21");
+    let syn = |src: &str, port| Frame::new(ip(src), ip(SERVER_V4), Proto::Tcp, port).build();
+    let entry_of = |h: &Harness, src: &str| {
+        let allowed = h.maps.allowed().unwrap();
+        allowed.into_iter().find(|(k, _)| k.ip() == Some(ip(src))).expect("allowed").1
+    };
+    // Admitted by hand for an hour, and for five seconds: one window longer
+    // than a knock's, one shorter.
+    let hour = clock::boot_ns() + 3_600_000_000_000;
+    h.maps.allow(ip(longer), hour).unwrap();
+    h.maps.allow(ip(shorter), clock::boot_ns() + 5_000_000_000).unwrap();
+    install_sequence(&mut h, 5, 7, &[61001, 62002, 63003]);
+    install_sequence(&mut h, 6, 8, &[61004, 62005, 63006]);
+
+    // Each completes a knock: the door opens (the event says so)...
+    h.events();
+    for port in [61001, 62002, 63003] {
+        h.expect(&format!("longer: knock {port}"), &syn(longer, port), XDP_PASS, Counter::Knock);
+    }
+    let before = clock::boot_ns();
+    for port in [61004, 62005, 63006] {
+        h.expect(&format!("shorter: knock {port}"), &syn(shorter, port), XDP_PASS, Counter::Knock);
+    }
+    let after = clock::boot_ns();
+    let opened = h.events().iter().filter(|e| e.kind == EventKind::Opened as u32).count();
+    assert_eq!(opened, 2, "both knocks completed");
+
+    // ...but the hour stays whole and stays the manual entry it was,
+    let entry = entry_of(&h, longer);
+    assert_eq!((entry.deadline_ns, entry.origin), (hour, AllowOrigin::Manual as u32));
+    // while the five seconds become the open window, credited to the knock.
+    let entry = entry_of(&h, shorter);
+    assert!(
+        (before + open_window..=after + open_window).contains(&entry.deadline_ns),
+        "the shorter window was not lengthened to the open window: {entry:?}"
+    );
+    assert_eq!((entry.origin, entry.client), (AllowOrigin::Knock as u32, 42));
+}
