@@ -13,6 +13,7 @@ mod footguns;
 mod hardening;
 mod knock_client;
 mod knocking;
+mod lifecycle;
 mod metrics;
 mod onboarding;
 mod program;
