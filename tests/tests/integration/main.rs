@@ -18,5 +18,6 @@ mod metrics;
 mod onboarding;
 mod program;
 mod sessions;
+mod slots;
 mod spa;
 mod system;
