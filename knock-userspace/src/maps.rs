@@ -20,9 +20,10 @@ use knock_common::{
     allow::{AllowEntry, AllowOrigin},
     flow::{FlowEntry, FlowKey},
     maps::{
-        ALLOW_MAX_ENTRIES, Counter, MAP_ALLOW, MAP_ALLOW_NETS, MAP_COUNTERS, MAP_FLOWS,
-        MAP_KNOCK_EDGES, MAP_KNOCK_STATE, MAP_MISSES, MAP_PORT_FLAGS, MAP_RUNTIME, MAP_SEQUENCES,
-        MAP_SETTINGS, MAP_SPA_KEYS, MAP_SPA_NONCES, MAP_USED, Runtime, Settings, port_flags,
+        ALLOW_MAX_ENTRIES, ALLOW_NETS_MAX_ENTRIES, Counter, MAP_ALLOW, MAP_ALLOW_NETS,
+        MAP_COUNTERS, MAP_FLOWS, MAP_KNOCK_EDGES, MAP_KNOCK_STATE, MAP_MISSES, MAP_PORT_FLAGS,
+        MAP_RUNTIME, MAP_SEQUENCES, MAP_SETTINGS, MAP_SPA_KEYS, MAP_SPA_NONCES, MAP_USED, Runtime,
+        Settings, port_flags,
     },
     source::{NetKey, PrefixKey, SourceKey},
     spa::{NonceKey, SpaKey},
@@ -362,9 +363,17 @@ impl KernelMaps {
         nets: &BTreeSet<Cidr>,
     ) -> Result<()> {
         for net in nets.difference(before) {
-            self.allow_nets
-                .insert(&net_key(net), 1, 0)
-                .with_context(|| format!("cannot allow {net}"))?;
+            self.allow_nets.insert(&net_key(net), 1, 0).map_err(|err| match err {
+                // A full LPM trie says ENOSPC, a full hash map E2BIG.
+                MapError::SyscallError(ref e)
+                    if matches!(e.io_error.raw_os_error(), Some(libc::ENOSPC | libc::E2BIG)) =>
+                {
+                    anyhow!(
+                        "cannot allow {net}: the always-allowed networks are full ({ALLOW_NETS_MAX_ENTRIES} networks); revoke one first"
+                    )
+                }
+                err => anyhow::Error::new(err).context(format!("cannot allow {net}")),
+            })?;
         }
         for net in before.difference(nets) {
             removed(self.allow_nets.remove(&net_key(net)), MAP_ALLOW_NETS)

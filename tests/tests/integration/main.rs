@@ -14,6 +14,7 @@ mod hardening;
 mod knock_client;
 mod knocking;
 mod lifecycle;
+mod limits;
 mod metrics;
 mod onboarding;
 mod program;
