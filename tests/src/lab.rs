@@ -228,6 +228,25 @@ impl TcpSession {
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
     }
 
+    /// Aborts the connection: with a zero linger time, closing the socket
+    /// sends a RST (at the client's next sequence number, as the kernel
+    /// keeps it) instead of a FIN.
+    pub fn abort(self) {
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: a valid socket and a linger struct of the given size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+        drop(self.stream);
+    }
+
     /// Sends a line and waits (1.5 s at most) for its echo.
     pub fn exchange(&mut self) -> bool {
         let mut buf = [0u8; 5];

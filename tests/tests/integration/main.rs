@@ -21,4 +21,5 @@ mod program;
 mod sessions;
 mod slots;
 mod spa;
+mod sweeps;
 mod system;
