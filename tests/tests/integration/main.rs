@@ -8,6 +8,7 @@ mod cli_errors;
 mod crafted;
 mod differential;
 mod end_to_end;
+mod environment;
 mod exit_codes;
 mod faults;
 mod footguns;
