@@ -504,6 +504,18 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
+/// Makes `cmd` run with umask `mask`, whatever the test process has.
+pub fn with_umask(cmd: &mut Command, mask: libc::mode_t) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: umask(2) is async-signal-safe and cannot fail.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(mask);
+            Ok(())
+        });
+    }
+}
+
 /// The knock-xdp binary under test (built by `cargo xtask test`).
 pub fn binary() -> PathBuf {
     let path = std::env::var_os("KNOCK_XDP_BIN").map(PathBuf::from).unwrap_or_else(|| {
@@ -535,6 +547,8 @@ pub struct Instance {
     log: PathBuf,
     /// Files next to the state directory (profiles, secrets), removed on drop.
     side_files: std::cell::RefCell<Vec<PathBuf>>,
+    /// The umask its commands and daemon run with (the test's when `None`).
+    umask: Option<libc::mode_t>,
 }
 
 impl Instance {
@@ -550,6 +564,7 @@ impl Instance {
             daemon: None,
             log,
             side_files: Default::default(),
+            umask: None,
         }
     }
 
@@ -570,7 +585,16 @@ impl Instance {
         };
         cmd.arg(binary()).arg("--state-dir").arg(&self.state_dir).args(args);
         cmd.env_remove("RUST_LOG").stdin(Stdio::null());
+        if let Some(mask) = self.umask {
+            with_umask(&mut cmd, mask);
+        }
         cmd
+    }
+
+    /// Runs every later command and daemon with umask `mask` (say 0, to
+    /// show that file modes are set, not left to the umask).
+    pub fn set_umask(&mut self, mask: libc::mode_t) {
+        self.umask = Some(mask);
     }
 
     /// Runs a knock-xdp command against this instance.

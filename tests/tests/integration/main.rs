@@ -11,6 +11,7 @@ mod end_to_end;
 mod environment;
 mod exit_codes;
 mod faults;
+mod file_modes;
 mod footguns;
 mod hardening;
 mod knock_client;
