@@ -397,6 +397,21 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// A port of the default knock space (61000-65535) that none of the
+    /// sequences of `profile` installed now (slots s-1 to s+2, of
+    /// `slot_secs`) uses: a knock there is a miss, or resets a knock.
+    pub fn unused_knock_port(&self, profile: &Path, slot_secs: u64) -> u16 {
+        let slot = Duration::from_secs(slot_secs);
+        let first = SystemTime::now() - slot;
+        let installed: Vec<u16> = (0..4)
+            .flat_map(|k| self.sequence(profile, Some(first + slot * k)))
+            .map(|knock| knock.port)
+            .collect();
+        (61_000..).find(|p| !installed.contains(p)).unwrap()
+    }
+}
+
 /// Waits, if needed, so that at least `needed` is left in the current slot.
 pub fn away_from_slot_boundary(slot_secs: u64, needed: Duration) {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();

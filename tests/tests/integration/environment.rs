@@ -124,13 +124,7 @@ fn every_variable_does_what_its_flag_does() {
     // Two failed knocks allowed, the third ignored.
     let profile = knock.add_client("laptop", &["--slot", "60s"]);
     let before = knock.status()["counters"].clone();
-    // A port of the knock space in none of the installed sequences (s-1..s+2).
-    let now = std::time::SystemTime::now() - Duration::from_secs(60);
-    let installed: Vec<u16> = (0..4)
-        .flat_map(|k| lab.sequence(&profile, Some(now + Duration::from_secs(60 * k))))
-        .map(|knock| knock.port)
-        .collect();
-    let port = (61_000..).find(|p| !installed.contains(p)).unwrap();
+    let port = lab.unused_knock_port(&profile, 60);
     let miss = Knock { port, udp: false };
     lab.send_knocks(CLIENT2_V4, SERVER_V4, &[miss; 3], Duration::from_millis(20));
     let after = knock.status()["counters"].clone();

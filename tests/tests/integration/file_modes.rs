@@ -48,12 +48,7 @@ fn private_files_are_0600_and_their_directories_0700_whatever_the_umask() {
     // A reset for the refusals file: a sequence's first port, then a port
     // of the knock space in none of the installed sequences (s-1..s+2).
     let first = lab.sequence(&profile, None)[0];
-    let now = std::time::SystemTime::now() - Duration::from_secs(60);
-    let installed: Vec<u16> = (0..4)
-        .flat_map(|k| lab.sequence(&profile, Some(now + Duration::from_secs(60 * k))))
-        .map(|knock| knock.port)
-        .collect();
-    let other = Knock { port: (61_000..).find(|p| !installed.contains(p)).unwrap(), udp: false };
+    let other = Knock { port: lab.unused_knock_port(&profile, 60), udp: false };
     lab.send_knocks(CLIENT2_V4, SERVER_V4, &[first, other], Duration::from_millis(20));
     let state = knock.state_path().to_owned();
     eventually("no refusal was audited", || state.join("refusals.jsonl").exists());
