@@ -21,6 +21,7 @@ mod limits;
 mod metrics;
 mod onboarding;
 mod program;
+mod scans;
 mod sessions;
 mod slots;
 mod spa;
