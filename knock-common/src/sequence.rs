@@ -469,13 +469,27 @@ mod tests {
 
     #[test]
     fn derivation_is_deterministic() {
+        // Fixed values, computed by the independent Python implementation
+        // (tests/python/sequence_v1.py): the same inputs give these ports in
+        // every run, on every machine. Comparing `derive` with itself would
+        // hold for any function without hidden state.
+        let expected = [64_538, 61_828, 62_477, 62_936, 63_939, 61_032, 62_257, 65_209];
         let p = params(8, 61_000, 65_535, &[62_000]);
         let a = derive(&SECRET, 12_345, &p).unwrap();
-        let b = derive(&SECRET, 12_345, &p).unwrap();
-        assert_eq!(a, b);
-        // Order and duplicates in `exclude` do not matter.
+        assert_eq!(a.as_slice(), expected);
+        // Order and duplicates in `exclude` do not matter...
         let p2 = params(8, 61_000, 65_535, &[62_000, 62_000, 1]);
         assert_eq!(derive(&SECRET, 12_345, &p2).unwrap(), a);
+        // ...but what it holds does: without 62000 every port at or above
+        // it shifts down by one candidate, and excluding a chosen port
+        // removes it.
+        let none = derive(&SECRET, 12_345, &params(8, 61_000, 65_535, &[])).unwrap();
+        assert_eq!(
+            none.as_slice(),
+            [64_530, 61_818, 62_464, 62_925, 63_936, 61_021, 62_246, 65_206]
+        );
+        let without_first = derive(&SECRET, 12_345, &params(8, 61_000, 65_535, &[64_538])).unwrap();
+        assert!(!without_first.as_slice().contains(&64_538), "{without_first:?}");
     }
 
     #[test]

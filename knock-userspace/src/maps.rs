@@ -20,10 +20,10 @@ use knock_common::{
     allow::{AllowEntry, AllowOrigin},
     flow::{FlowEntry, FlowKey},
     maps::{
-        ALLOW_MAX_ENTRIES, Counter, MAP_ADMIT_FILTER, MAP_ALLOW, MAP_ALLOW_NETS, MAP_COUNTERS,
-        MAP_FLOWS, MAP_KNOCK_EDGES, MAP_KNOCK_STATE, MAP_MISSES, MAP_PORT_FLAGS, MAP_RUNTIME,
-        MAP_SEQUENCES, MAP_SETTINGS, MAP_SPA_KEYS, MAP_SPA_NONCES, MAP_USED, Runtime, Settings,
-        port_flags,
+        ALLOW_MAX_ENTRIES, ALLOW_NETS_MAX_ENTRIES, Counter, MAP_ADMIT_FILTER, MAP_ALLOW,
+        MAP_ALLOW_NETS, MAP_COUNTERS, MAP_FLOWS, MAP_KNOCK_EDGES, MAP_KNOCK_STATE, MAP_MISSES,
+        MAP_PORT_FLAGS, MAP_RUNTIME, MAP_SEQUENCES, MAP_SETTINGS, MAP_SPA_KEYS, MAP_SPA_NONCES,
+        MAP_USED, Runtime, Settings, port_flags,
     },
     source::{NetKey, PrefixKey, SourceKey},
     spa::{NonceKey, SpaKey},
@@ -32,7 +32,21 @@ use knock_common::{
 
 use crate::{admit_filter::AdmitFilter, clock, nets::Cidr};
 
+/// For the test suite only: with `KNOCK_XDP_TEST_ABORT_AFTER_WRITES=N` in
+/// its environment (read once, when the daemon starts), the daemon kills
+/// itself with SIGKILL, the death of `kill -9`, right after the N-th write
+/// of a rotation to the knock tables, so a test can cut a rotation after
+/// every one of its writes and show that the next daemon repairs it.
+/// Without the variable nothing changes. It lives in the binary that ships
+/// so the tests exercise exactly that binary; whoever can set a root
+/// daemon's environment controls the daemon anyway.
+pub const TEST_ABORT_AFTER_WRITES: &str = "KNOCK_XDP_TEST_ABORT_AFTER_WRITES";
+
 pub struct KernelMaps {
+    /// See [`TEST_ABORT_AFTER_WRITES`]: the write of a rotation to die
+    /// after, and how many writes the current rotation has made.
+    abort_after_write: Option<u32>,
+    rotation_writes: u32,
     port_flags: Array<MapData, u32>,
     allow: HashMap<MapData, SourceKey, AllowEntry>,
     counters: PerCpuArray<MapData, u64>,
@@ -66,6 +80,8 @@ impl KernelMaps {
             ebpf.take_map(name).ok_or_else(|| anyhow!("the XDP object has no map named {name}"))
         };
         Ok(Self {
+            abort_after_write: None,
+            rotation_writes: 0,
             port_flags: Array::try_from(take(MAP_PORT_FLAGS)?)?,
             allow: HashMap::try_from(take(MAP_ALLOW)?)?,
             counters: PerCpuArray::try_from(take(MAP_COUNTERS)?)?,
@@ -363,9 +379,17 @@ impl KernelMaps {
         nets: &BTreeSet<Cidr>,
     ) -> Result<()> {
         for net in nets.difference(before) {
-            self.allow_nets
-                .insert(&net_key(net), 1, 0)
-                .with_context(|| format!("cannot allow {net}"))?;
+            self.allow_nets.insert(&net_key(net), 1, 0).map_err(|err| match err {
+                // A full LPM trie says ENOSPC, a full hash map E2BIG.
+                MapError::SyscallError(ref e)
+                    if matches!(e.io_error.raw_os_error(), Some(libc::ENOSPC | libc::E2BIG)) =>
+                {
+                    anyhow!(
+                        "cannot allow {net}: the always-allowed networks are full ({ALLOW_NETS_MAX_ENTRIES} networks); revoke one first"
+                    )
+                }
+                err => anyhow::Error::new(err).context(format!("cannot allow {net}")),
+            })?;
         }
         for net in before.difference(nets) {
             removed(self.allow_nets.remove(&net_key(net)), MAP_ALLOW_NETS)
@@ -438,19 +462,52 @@ impl KernelMaps {
     }
 }
 
+impl KernelMaps {
+    /// Arms (or, with `None`, disarms) the test hook of
+    /// [`TEST_ABORT_AFTER_WRITES`].
+    pub fn abort_after_write(&mut self, write: Option<u32>) {
+        self.abort_after_write = write;
+    }
+
+    /// A rotation begins: the test hook counts its writes from here.
+    pub fn rotation_begins(&mut self) {
+        self.rotation_writes = 0;
+    }
+
+    /// Counts a write to the knock tables, and dies after the one the test
+    /// hook names.
+    fn wrote(&mut self) {
+        self.rotation_writes += 1;
+        if self.abort_after_write == Some(self.rotation_writes) {
+            tracing::error!(
+                "test hook {TEST_ABORT_AFTER_WRITES}: killed after map write {} of a rotation",
+                self.rotation_writes
+            );
+            // SAFETY: plain kill(2) on this process.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+    }
+}
+
 impl KnockSink for KernelMaps {
     type Error = anyhow::Error;
 
     fn set_edge(&mut self, key: &EdgeKey, edge: &Edge) -> Result<()> {
-        self.knock_edges.insert(key, edge, 0).context("cannot write KNOCK_EDGES")
+        self.knock_edges.insert(key, edge, 0).context("cannot write KNOCK_EDGES")?;
+        self.wrote();
+        Ok(())
     }
 
     fn remove_edge(&mut self, key: &EdgeKey) -> Result<()> {
-        removed(self.knock_edges.remove(key), MAP_KNOCK_EDGES)
+        removed(self.knock_edges.remove(key), MAP_KNOCK_EDGES)?;
+        self.wrote();
+        Ok(())
     }
 
     fn set_sequence(&mut self, index: u32, info: &SequenceInfo) -> Result<()> {
-        self.sequences.set(index, info, 0).context("cannot write SEQUENCES")
+        self.sequences.set(index, info, 0).context("cannot write SEQUENCES")?;
+        self.wrote();
+        Ok(())
     }
 }
 

@@ -271,6 +271,25 @@ impl TcpSession {
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
     }
 
+    /// Aborts the connection: with a zero linger time, closing the socket
+    /// sends a RST (at the client's next sequence number, as the kernel
+    /// keeps it) instead of a FIN.
+    pub fn abort(self) {
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: a valid socket and a linger struct of the given size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+        drop(self.stream);
+    }
+
     /// Sends a line and waits (1.5 s at most) for its echo.
     pub fn exchange(&mut self) -> bool {
         let mut buf = [0u8; 5];
@@ -421,6 +440,21 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// A port of the default knock space (61000-65535) that none of the
+    /// sequences of `profile` installed now (slots s-1 to s+2, of
+    /// `slot_secs`) uses: a knock there is a miss, or resets a knock.
+    pub fn unused_knock_port(&self, profile: &Path, slot_secs: u64) -> u16 {
+        let slot = Duration::from_secs(slot_secs);
+        let first = SystemTime::now() - slot;
+        let installed: Vec<u16> = (0..4)
+            .flat_map(|k| self.sequence(profile, Some(first + slot * k)))
+            .map(|knock| knock.port)
+            .collect();
+        (61_000..).find(|p| !installed.contains(p)).unwrap()
+    }
+}
+
 /// Waits, if needed, so that at least `needed` is left in the current slot.
 pub fn away_from_slot_boundary(slot_secs: u64, needed: Duration) {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
@@ -528,6 +562,18 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
+/// Makes `cmd` run with umask `mask`, whatever the test process has.
+pub fn with_umask(cmd: &mut Command, mask: libc::mode_t) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: umask(2) is async-signal-safe and cannot fail.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(mask);
+            Ok(())
+        });
+    }
+}
+
 /// The knock-xdp binary under test (built by `cargo xtask test`).
 pub fn binary() -> PathBuf {
     let path = std::env::var_os("KNOCK_XDP_BIN").map(PathBuf::from).unwrap_or_else(|| {
@@ -559,6 +605,8 @@ pub struct Instance {
     log: PathBuf,
     /// Files next to the state directory (profiles, secrets), removed on drop.
     side_files: std::cell::RefCell<Vec<PathBuf>>,
+    /// The umask its commands and daemon run with (the test's when `None`).
+    umask: Option<libc::mode_t>,
 }
 
 impl Instance {
@@ -574,6 +622,7 @@ impl Instance {
             daemon: None,
             log,
             side_files: Default::default(),
+            umask: None,
         }
     }
 
@@ -594,7 +643,16 @@ impl Instance {
         };
         cmd.arg(binary()).arg("--state-dir").arg(&self.state_dir).args(args);
         cmd.env_remove("RUST_LOG").stdin(Stdio::null());
+        if let Some(mask) = self.umask {
+            with_umask(&mut cmd, mask);
+        }
         cmd
+    }
+
+    /// Runs every later command and daemon with umask `mask` (say 0, to
+    /// show that file modes are set, not left to the umask).
+    pub fn set_umask(&mut self, mask: libc::mode_t) {
+        self.umask = Some(mask);
     }
 
     /// Runs a knock-xdp command against this instance.
@@ -653,6 +711,11 @@ impl Instance {
     /// Starts `knock-xdp attach` and waits until it answers `status`.
     /// Under `ip netns exec`, with `--fail-open` (see [`Entry::NetnsExec`]).
     pub fn attach(&mut self, args: &[&str]) {
+        self.attach_env(args, &[]);
+    }
+
+    /// The same, with extra environment variables for the daemon.
+    pub fn attach_env(&mut self, args: &[&str], env: &[(&str, &str)]) {
         assert!(self.daemon.is_none(), "daemon already started");
         fs::create_dir_all(self.state_dir.parent().unwrap()).unwrap();
         let log = fs::File::create(&self.log).unwrap();
@@ -663,6 +726,7 @@ impl Instance {
         }
         let child = self
             .command(&all)
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -700,6 +764,23 @@ impl Instance {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 panic!("the daemon did not exit:\n{}", self.daemon_log());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to `limit` for the daemon to end on its own: its exit
+    /// status, or `None` while it runs on.
+    pub fn daemon_exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.daemon.as_mut().expect("no daemon");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.daemon = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -786,9 +867,15 @@ pub fn has_xdp(netns: &Netns, iface: &str) -> bool {
 /// Waits (3 s at most) until `done` holds: the kernel frees programs and
 /// links after an RCU grace period, not at the moment their last user goes.
 pub fn eventually(what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(3);
+    eventually_within(what, Duration::from_secs(3), done);
+}
+
+/// Waits until `done` holds, for `limit` at most (then panics with `what`):
+/// for what a daemon does on a timer of its own.
+pub fn eventually_within(what: &str, limit: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
     while !done() {
-        assert!(Instant::now() < deadline, "{what}");
+        assert!(Instant::now() < deadline, "{what} (waited {limit:?})");
         thread::sleep(Duration::from_millis(20));
     }
 }

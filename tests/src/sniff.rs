@@ -140,6 +140,22 @@ pub enum Seen {
 
 const ETH_HLEN: usize = 14;
 
+/// The source address and TCP destination port of an untagged IPv4 TCP
+/// frame (not a later fragment); `None` for anything else.
+pub fn ipv4_tcp(frame: &[u8]) -> Option<(std::net::Ipv4Addr, u16)> {
+    if be16(frame, 12)? != ETH_P_IPV4 {
+        return None;
+    }
+    let packet = &frame[ETH_HLEN..];
+    match ipv4(packet) {
+        Seen::Ports { proto: Proto::Tcp, dport } => {
+            let src: [u8; 4] = packet.get(12..16)?.try_into().ok()?;
+            Some((src.into(), dport))
+        }
+        _ => None,
+    }
+}
+
 /// Parses an Ethernet frame, through any number of VLAN tags, IPv4 options
 /// and IPv6 extension headers. It reads what is in the frame and ignores
 /// the length fields: the stack only ever trims a frame, so a port it could

@@ -16,9 +16,10 @@ use crate::{cargo, is_root, output_if_ok, run_cmd};
 /// python3 for the demo's HTTP service and the spec checks; third-party
 /// peers and tools the tests use: knockd (its `knock` client), oathtool (an
 /// independent TOTP), zbar-tools (a QR decoder), python3-scapy (crafted
-/// frames for the adversarial tests), iptables and nftables (the benchmark's
-/// comparison), fwknop-server and fwknop-client (the benchmark's SPA peer),
-/// systemd (systemd-analyze checks the unit).
+/// frames for the adversarial tests), nmap (a real port scanner), iptables
+/// and nftables (the benchmark's comparison), fwknop-server and
+/// fwknop-client (the benchmark's SPA peer), systemd (systemd-analyze checks
+/// the unit).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -31,6 +32,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "oathtool",
     "zbar-tools",
     "python3-scapy",
+    "nmap",
     "iptables",
     "nftables",
     "fwknop-server",

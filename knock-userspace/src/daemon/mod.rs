@@ -119,6 +119,7 @@ pub(crate) struct Daemon {
 /// cleanly. Every check that can fail on user input runs before anything is
 /// loaded, so a refused start changes nothing.
 pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Result<()> {
+    let abort_after_write = test_abort_after_write()?;
     for iface in &options.ifaces {
         loader::if_index(iface)?;
     }
@@ -208,6 +209,15 @@ pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Resul
     };
     if adopting {
         info!("took over the program, maps and links an earlier run left pinned");
+    }
+    // Armed once the daemon runs, so the test hook cuts a rotation of a
+    // running daemon, never its start.
+    if let Some(write) = abort_after_write {
+        warn!(
+            "{}={write}: this daemon kills itself after map write {write} of a rotation (a test hook)",
+            maps::TEST_ABORT_AFTER_WRITES
+        );
+        daemon.maps.abort_after_write(Some(write));
     }
     for a in &daemon.program.attachments {
         info!(interface = %a.iface, mode = ?a.mode, "attached");
@@ -318,6 +328,21 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+}
+
+/// The test hook of [`maps::TEST_ABORT_AFTER_WRITES`], from the environment.
+fn test_abort_after_write() -> Result<Option<u32>> {
+    let Some(value) = std::env::var_os(maps::TEST_ABORT_AFTER_WRITES) else {
+        return Ok(None);
+    };
+    let value = value.to_string_lossy();
+    match value.parse::<u32>() {
+        Ok(write) if write > 0 => Ok(Some(write)),
+        _ => bail!(
+            "{}={value}: expected a number of map writes, 1 or more (a test hook)",
+            maps::TEST_ABORT_AFTER_WRITES
+        ),
     }
 }
 

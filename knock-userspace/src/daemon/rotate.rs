@@ -100,6 +100,7 @@ impl Daemon {
     /// Brings the kernel's sequences up to date with the clients and the clock.
     /// Cheap when nothing changed: only new (client, slot) pairs are derived.
     pub(super) fn rotate(&mut self) -> Result<()> {
+        self.maps.rotation_begins();
         let unix_now = unix_ns();
         let boot_now = clock::boot_ns();
         // Converts a UNIX time (seconds) to the boot clock the kernel reads.

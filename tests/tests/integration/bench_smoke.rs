@@ -170,9 +170,15 @@ fn scale_and_clients(report: &bench::Report, settings: &Settings) {
 fn footprint_and_latency(report: &bench::Report, settings: &Settings) {
     let f = report.footprint.as_ref().expect("part 4 ran");
     assert!(f.rss_idle_kib > 1024 && f.rss_flood_kib > 1024, "RSS under 1 MiB: {f:?}");
-    let most = f.window_s * 2.0 + 0.1;
+    // The daemon does no per-packet work (XDP drops the flood in the
+    // kernel) and wakes only for its timers, so idle or flooded it uses a
+    // few clock ticks a second: a fifth of the window is far above that,
+    // and far below the reading of the wrong process (the flooding test
+    // itself: the whole window) or of the whole run since the daemon
+    // started (its startup alone takes a third of a second here).
+    let most = f.window_s / 5.0;
     for cpu in [f.cpu_idle_s, f.cpu_flood_s] {
-        assert!(cpu.is_finite() && (0.0..most).contains(&cpu), "daemon CPU {cpu} s: {f:?}");
+        assert!(cpu.is_finite() && (0.0..=most).contains(&cpu), "daemon CPU {cpu} s: {f:?}");
     }
     assert!(f.flood_frames_sent > 0);
     assert!(

@@ -13,6 +13,7 @@ use knock_tests::{
     frames::{Frame, Proto},
     lab::{
         CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6, eventually,
+        eventually_within,
     },
     privileged,
 };
@@ -43,6 +44,45 @@ fn flows(knock: &Instance) -> Vec<serde_json::Value> {
     listing["flows"].as_array().unwrap().clone()
 }
 
+/// The open windows `allow` gives here: seconds, so that the first packet
+/// hits it on a busy machine (checked, not assumed).
+const WINDOW: Duration = Duration::from_secs(3);
+
+/// An `allow ADDR --for` window, timed from the test: the daemon sets its
+/// deadline between the two instants around the command.
+struct Window {
+    asked: Instant,
+    answered: Instant,
+    length: Duration,
+}
+
+impl Window {
+    fn allow(knock: &Instance, addr: &str, length: Duration) -> Self {
+        let asked = Instant::now();
+        knock.ok(&["allow", addr, "--for", &format!("{}s", length.as_secs())]);
+        Self { asked, answered: Instant::now(), length }
+    }
+
+    /// Fails unless the window is certainly still open: what the test did
+    /// since `allow` must have fit in it.
+    fn assert_still_open(&self, what: &str) {
+        let taken = self.asked.elapsed();
+        assert!(taken < self.length, "{what} came {taken:?} after allow: the machine is too slow");
+    }
+
+    /// Whether the window has certainly ended.
+    fn certainly_over(&self) -> bool {
+        self.answered.elapsed() > self.length + Duration::from_millis(200)
+    }
+
+    /// Waits until the window has certainly ended.
+    fn wait_over(&self) {
+        while !self.certainly_over() {
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 #[test]
 fn connections_outlive_the_open_window_over_tcp_udp_ipv4_and_ipv6() {
     if !privileged("connections_outlive_the_open_window_over_tcp_udp_ipv4_and_ipv6") {
@@ -51,15 +91,18 @@ fn connections_outlive_the_open_window_over_tcp_udp_ipv4_and_ipv6() {
     let lab = lab();
     let knock = daemon(&lab, &[]);
     for (client, server) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
-        knock.ok(&["allow", client, "--for", "2s"]);
+        let window = Window::allow(&knock, client, WINDOW);
         let mut tcp = lab.tcp_session(client, server, TCP_PORT).expect("connect while allowed");
         let udp = lab.udp_session(client, server, UDP_PORT);
         assert!(tcp.exchange() && udp.exchange(), "{client}: first exchange");
-        // Keep talking for twice the window.
-        for round in 0..8 {
+        window.assert_still_open("the first exchange");
+        // Keep talking past the window, and as long again.
+        let mut round = 0;
+        while !window.certainly_over() || round < 4 {
             thread::sleep(Duration::from_millis(500));
             assert!(tcp.exchange(), "{client}: tcp round {round}");
             assert!(udp.exchange(), "{client}: udp round {round}");
+            round += 1;
         }
         // New connections (and a new UDP flow) are refused.
         assert!(
@@ -87,16 +130,22 @@ fn an_idle_connection_ends_after_the_idle_timeout() {
         return;
     }
     let lab = lab();
-    let knock = daemon(&lab, &["--idle-timeout", "3s"]);
-    knock.ok(&["allow", CLIENT_V4, "--for", "1s"]);
+    let idle = Duration::from_secs(6);
+    let knock = daemon(&lab, &["--idle-timeout", "6s"]);
+    let window = Window::allow(&knock, CLIENT_V4, WINDOW);
     let mut tcp = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).unwrap();
     let udp = lab.udp_session(CLIENT_V4, SERVER_V4, UDP_PORT);
     assert!(tcp.exchange() && udp.exchange());
-    thread::sleep(Duration::from_millis(1500));
-    // Activity within the idle timeout keeps them alive...
-    assert!(tcp.exchange() && udp.exchange());
+    let active = Instant::now();
+    window.assert_still_open("the first exchange");
+    // Past the open window, activity within the idle timeout keeps them
+    // alive (no allow entry could explain it)...
+    window.wait_over();
+    let quiet = active.elapsed();
+    assert!(quiet + Duration::from_secs(1) < idle, "{quiet:?} quiet: the machine is too slow");
+    assert!(tcp.exchange() && udp.exchange(), "activity within the idle timeout");
     // ...silence longer than it ends them.
-    thread::sleep(Duration::from_millis(4000));
+    thread::sleep(idle + Duration::from_secs(1));
     assert!(!tcp.exchange(), "the idle tcp connection still works");
     assert!(!udp.exchange(), "the idle udp flow still works");
 }
@@ -212,11 +261,14 @@ fn spoofed_rsts_and_fins_neither_cut_a_session_nor_keep_a_dead_one_alive() {
         return;
     }
     let lab = lab();
-    let knock = daemon(&lab, &["--idle-timeout", "3s"]);
-    knock.ok(&["allow", CLIENT_V4, "--for", "1s"]);
+    let idle = Duration::from_secs(6);
+    let knock = daemon(&lab, &["--idle-timeout", "6s"]);
+    let window = Window::allow(&knock, CLIENT_V4, WINDOW);
     let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).expect("admitted");
     assert!(session.exchange());
-    thread::sleep(Duration::from_millis(1200));
+    window.assert_still_open("the first exchange");
+    window.wait_over();
+    assert!(session.exchange(), "the session ended with the window");
     // After the open window: a few hundred RSTs and FINs with random
     // sequence numbers from the client's own address and port.
     const ENDS: &[u8] = &[0x04, 0x14, 0x11, 0x01];
@@ -233,15 +285,16 @@ fn spoofed_rsts_and_fins_neither_cut_a_session_nor_keep_a_dead_one_alive() {
     // Spoofed ACKs with random numbers do not refresh an idle flow: it ends
     // after the idle timeout although they keep coming.
     let started = Instant::now();
-    while started.elapsed() < Duration::from_millis(3500) {
+    while started.elapsed() < idle + Duration::from_millis(500) {
         spoof(&lab, session.local_port(), &[0x10], 50);
         thread::sleep(Duration::from_millis(100));
     }
     assert!(!session.exchange(), "spoofed packets kept an idle flow alive");
 
     // The client's own FIN, exact, does start the close grace.
-    knock.ok(&["allow", CLIENT_V4, "--for", "1s"]);
+    let window = Window::allow(&knock, CLIENT_V4, WINDOW);
     let session = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).expect("admitted");
+    window.assert_still_open("the connection");
     session.finish();
     eventually("the client's FIN did not start the close grace", || {
         flows(&knock).iter().any(|f| f["closing"] == true)
@@ -254,18 +307,22 @@ fn removing_a_client_or_revoking_its_address_ends_sessions_after_the_window() {
         return;
     }
     let lab = lab();
-    let knock = daemon(&lab, &["--open-window", "2s"]);
+    let knock = daemon(&lab, &["--open-window", "3s"]);
     let check = TCP_PORT.to_string();
     for how in ["client remove", "revoke"] {
         let profile = knock.add_client("laptop", &["--slot", "60s"]).display().to_string();
+        let asked = Instant::now();
         let out = lab.client_cli(&["knock", SERVER_V4, "--profile", &profile, "--check", &check]);
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
         let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).expect("knocked");
         assert!(session.exchange());
-        // Well past the open window, the session is alive...
-        thread::sleep(Duration::from_secs(3));
+        let taken = asked.elapsed();
+        assert!(taken < Duration::from_secs(3), "{taken:?} to connect: the machine is too slow");
+        // Past the open window (its entry gone from the list), the session
+        // is alive...
+        let allowed = || knock.list()["allowed"].as_array().unwrap().len();
+        eventually_within("the open window never ended", Duration::from_secs(5), || allowed() == 0);
         assert!(session.exchange(), "{how}: the session died on its own");
-        assert_eq!(knock.list()["allowed"].as_array().unwrap().len(), 0, "the window is over");
         // ...until its client goes, or its address is revoked.
         let said = match how {
             "revoke" => knock.ok(&["revoke", CLIENT_V4]),

@@ -7,15 +7,23 @@ use std::{
     fs,
     net::{IpAddr, SocketAddr, UdpSocket},
     path::Path,
+    process::Output,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     thread,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use knock_common::spa::{self, DATAGRAM_LEN, NONCE_LEN, Request};
 use knock_tests::{
     flood,
     frames::{Frame, Proto},
-    lab::{CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6},
+    lab::{
+        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6,
+        eventually_within,
+    },
     privileged,
 };
 use knock_userspace::profile::{Knock, Profile};
@@ -78,12 +86,16 @@ fn opens(lab: &Lab, source: &str, server: &str) -> bool {
 
 /// knock-xdp's own client, with --check.
 fn knock_spa(lab: &Lab, profile: &Path, server: &str, extra: &[&str]) -> bool {
+    knock_spa_output(lab, profile, server, extra).status.code() == Some(0)
+}
+
+/// The same, with the client's output.
+fn knock_spa_output(lab: &Lab, profile: &Path, server: &str, extra: &[&str]) -> Output {
     let profile = profile.display().to_string();
     let check = SERVICE.to_string();
     let mut args = vec!["knock", server, "--profile", &profile, "--check", &check];
     args.extend_from_slice(extra);
-    let out = lab.client_cli(&args);
-    out.status.code() == Some(0)
+    lab.client_cli(&args)
 }
 
 #[test]
@@ -215,13 +227,16 @@ fn floods_of_random_and_of_wrong_mac_datagrams_cost_the_daemon_nothing() {
         let spa_before = knock.status()["counters"]["spa"].as_u64().unwrap();
         let packets = 1_000_000 * scale;
         let iface = lab.client_if.clone();
-        let opened = thread::scope(|scope| {
+        let (stop, progress) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let (sent, knocked, out) = thread::scope(|scope| {
             let flood = scope.spawn(|| {
+                let (stop, progress) = (stop.clone(), progress.clone());
                 lab.client.enter(move || {
                     let (src, dst): (IpAddr, IpAddr) =
                         (CLIENT2_V4.parse().unwrap(), SERVER_V4.parse().unwrap());
                     let now = unix_now();
-                    flood::send(&iface, packets, |i| {
+                    let done = || stop.load(Ordering::SeqCst);
+                    flood::send_until(&iface, packets, done, &progress, |i| {
                         let mut payload = [0u8; DATAGRAM_LEN];
                         for (j, byte) in payload.iter_mut().enumerate() {
                             *byte = (i.wrapping_mul(2_654_435_761).wrapping_add(j as u64 * 97) >> 7)
@@ -244,15 +259,34 @@ fn floods_of_random_and_of_wrong_mac_datagrams_cost_the_daemon_nothing() {
                     .expect("flood")
                 })
             });
-            // The real client knocks during the flood.
-            thread::sleep(Duration::from_millis(300));
-            let opened = knock_spa(&lab, &profile, SERVER_V4, &[]);
-            assert_eq!(flood.join().expect("flood thread"), packets);
-            opened
+            // The real client knocks once the flood reaches the program
+            // (or has failed), and the flood goes on until she is done.
+            let spa_now = || knock.status()["counters"]["spa"].as_u64().unwrap();
+            let limit = Duration::from_secs(30);
+            eventually_within("the flood never reached the program", limit, || {
+                flood.is_finished() || spa_now() > spa_before
+            });
+            let started = Instant::now();
+            let out = knock_spa_output(&lab, &profile, SERVER_V4, &[]);
+            let knocked = (started, Instant::now());
+            stop.store(true, Ordering::SeqCst);
+            (flood.join().expect("flood thread"), knocked, out)
         });
-        assert!(opened, "{what}: the real client's datagram did not open the door");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{what}: the real client's datagram failed: {stdout}"
+        );
+        assert!(
+            sent.first < knocked.0 && knocked.1 < sent.last,
+            "{what}: the client's datagram did not go out during the flood"
+        );
+        // Each of the flood's datagrams and the client's own reached the
+        // program, and nothing else of SPA size.
+        let datagrams = stdout.lines().filter(|l| l.starts_with("sent a single-packet")).count();
         let spa = knock.status()["counters"]["spa"].as_u64().unwrap() - spa_before;
-        assert!(spa >= packets, "{what}: only {spa} of {packets} datagrams reached the program");
+        assert_eq!(spa, sent.frames + datagrams as u64, "{what}: datagrams the program saw");
         assert!(!opens(&lab, CLIENT2_V4, SERVER_V4), "{what}: the flood's source got in");
         // Nothing reaches userspace: at most a few ticks (10 ms each) of
         // the daemon's own timers.

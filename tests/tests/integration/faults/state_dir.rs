@@ -1,12 +1,5 @@
-//! Fault injection end to end: a state directory that turns read-only or
-//! fills up under a running daemon, a bpffs that cannot be mounted, and a
-//! daemon killed again and again while it rotates sequences, or between two
-//! of its map writes. Each must give one clear message, keep protection in
-//! force and lose nothing.
-//!
-//! Covered elsewhere: kill -9 mid-knock and take-over (end_to_end.rs), an
-//! interface deleted and re-created, a broken state or config file on
-//! reload.
+//! A state directory that turns read-only or fills up under a running
+//! daemon, and a bpffs that cannot be mounted.
 
 use std::{
     collections::BTreeMap,
@@ -14,39 +7,18 @@ use std::{
     io::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    thread,
-    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData};
-use knock_common::{
-    Proto,
-    maps::{MAP_KNOCK_EDGES, MAP_PORT_FLAGS, port_flags},
-    trie::{Edge, EdgeKey, ROOT},
-};
 use knock_tests::{
-    lab::{
-        self, CLIENT_V4, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_V4, field, has_xdp, run,
-    },
+    lab::{self, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, field, has_xdp, run},
     privileged,
 };
 use knock_userspace::{
-    check::{self, PortState},
     clients::ClientStore,
     state::{State, StateDir},
 };
 
-/// The protected service.
-const PORT: u16 = 8022;
-/// A second service, which the refused `protect` tries to hide.
-const PORT2: u16 = 8023;
-
-fn lab_with_services() -> Lab {
-    let lab = Lab::new();
-    lab.tcp_echo(SERVER_V4, PORT);
-    lab.tcp_echo(SERVER_V4, PORT2);
-    lab
-}
+use super::{PORT, PORT2, lab_with_services};
 
 /// A mount over a directory, lazily unmounted on drop (even when the test
 /// fails), so nothing stays mounted over /tmp.
@@ -304,129 +276,4 @@ fn bpffs_that_cannot_be_mounted_is_a_clear_error() {
     knock.ok(&["protect", &format!("{PORT}/tcp")]);
     assert!(has_xdp(&lab.server, &lab.server_if));
     assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, PORT));
-}
-
-/// Probes PORT from the client namespace's first address, briefly: on the
-/// veth an open port answers in microseconds, so a short wait only risks
-/// calling a slow open port filtered, never the reverse.
-fn quick_state(lab: &Lab, port: u16) -> PortState {
-    lab.client.enter(move || {
-        check::check(SERVER_V4, port, Duration::from_millis(400)).expect("probe failed").1
-    })
-}
-
-/// Sleeps until the clock is next `offset_ms` past a whole second (a 1 s
-/// slot's boundary).
-fn sleep_until_into_second(offset_ms: u64) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let into = now.as_millis() as u64 % 1000;
-    thread::sleep(Duration::from_millis((1000 + offset_ms - into) % 1000));
-}
-
-#[test]
-fn a_daemon_killed_during_rotation_loses_nothing() {
-    if !privileged("a_daemon_killed_during_rotation_loses_nothing") {
-        return;
-    }
-    let lab = lab_with_services();
-    // nsenter: every daemon shares the host's bpffs, so the pins carry over.
-    let mut knock = Instance::new(&lab.server, Entry::NsenterNet);
-    knock.attach(&[&lab.server_if]);
-    knock.ok(&["protect", &format!("{PORT}/tcp")]);
-    // A new sequence every second: the daemon rewrites the kernel's
-    // sequences all the time, so the kills land at many points of it.
-    let profile = knock.add_client("rotor", &["--slot", "1s"]);
-
-    for offset in (0..=900).step_by(150) {
-        sleep_until_into_second(offset);
-        knock.kill_daemon();
-        assert_eq!(
-            quick_state(&lab, PORT),
-            PortState::Filtered,
-            "protection lapsed with the daemon killed {offset} ms into a slot"
-        );
-        knock.attach(&[&lab.server_if]);
-        assert_eq!(
-            quick_state(&lab, PORT),
-            PortState::Filtered,
-            "protection lapsed over the restart after a kill {offset} ms into a slot"
-        );
-    }
-    assert!(knock.daemon_log().contains("took over"), "{}", knock.daemon_log());
-
-    // The client's knock still opens the door, for it alone.
-    let out = lab.knock(&profile, &["--check", &PORT.to_string()]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, PORT));
-    assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, PORT), "a stranger got in");
-
-    let list = knock.list();
-    assert_eq!(list["protected"], serde_json::json!([{ "port": PORT, "proto": "tcp" }]));
-    assert_eq!(field(&list["allowed"], "origin"), ["knock (rotor)"]);
-    let clients: serde_json::Value =
-        serde_json::from_str(&knock.ok(&["client", "list", "--json"])).unwrap();
-    assert_eq!(field(&clients, "name"), ["rotor"]);
-    let status = knock.status();
-    assert_eq!(status["clients"], 1);
-    assert_eq!(status["sequences"], 4, "{status}");
-}
-
-/// KNOCK_EDGES, pinned by a daemon started with `Entry::NsenterNet`.
-fn pinned_edges(knock: &Instance) -> HashMap<MapData, EdgeKey, Edge> {
-    let data = MapData::from_pin(knock.pin_dir().join(MAP_KNOCK_EDGES)).unwrap();
-    HashMap::try_from(Map::HashMap(data)).unwrap()
-}
-
-/// PORT_FLAGS, pinned by a daemon started with `Entry::NsenterNet`.
-fn port_flags_map(knock: &Instance) -> Array<MapData, u32> {
-    let data = MapData::from_pin(knock.pin_dir().join(MAP_PORT_FLAGS)).unwrap();
-    Array::try_from(Map::Array(data)).unwrap()
-}
-
-#[test]
-fn a_rotation_cut_short_between_map_writes_is_repaired_on_restart() {
-    if !privileged("a_rotation_cut_short_between_map_writes_is_repaired_on_restart") {
-        return;
-    }
-    let lab = lab_with_services();
-    let mut knock = Instance::new(&lab.server, Entry::NsenterNet);
-    knock.attach(&[&lab.server_if]);
-    knock.ok(&["protect", &format!("{PORT}/tcp")]);
-    // A static sequence never rotates, so nothing would fix it later.
-    knock.add_client("door", &["--static", "7101,7102,7103"]);
-    knock.kill_daemon();
-
-    // A rotation writes the trie's edges, then the sequences; the knock
-    // space is flagged after. Killed in between, it leaves half a path, a
-    // stray edge and unflagged ports behind, made here by hand.
-    let mut edges = pinned_edges(&knock);
-    let keys: Vec<EdgeKey> = edges.keys().map(Result::unwrap).collect();
-    assert_eq!(keys.len(), 3, "one path of three edges");
-    let last = keys.iter().find(|k| k.port == 7103).unwrap();
-    edges.remove(last).unwrap();
-    let stray = EdgeKey::new(ROOT, Proto::Tcp, PORT2);
-    edges.insert(stray, Edge { child: 999, ..Edge::default() }, 0).unwrap();
-    drop(edges);
-    let mut flags = port_flags_map(&knock);
-    for port in 7101..=7103 {
-        let value = flags.get(&port, 0).unwrap();
-        flags.set(port, value & !port_flags::KNOCK_SPACE_TCP, 0).unwrap();
-    }
-    drop(flags);
-    let knocks: Vec<Knock> =
-        [7101, 7102, 7103].into_iter().map(|port| Knock { port, udp: false }).collect();
-    // It really bites: the door does not open.
-    lab.send_knocks(CLIENT_V4, SERVER_V4, &knocks, Duration::from_millis(20));
-    assert_eq!(quick_state(&lab, PORT), PortState::Filtered);
-
-    // The next daemon takes the kernel's maps as they are and repairs them.
-    knock.attach(&[&lab.server_if]);
-    let repaired = pinned_edges(&knock);
-    assert!(repaired.get(&stray, 0).is_err(), "the stray edge is gone");
-    assert_eq!(repaired.keys().count(), 3);
-    drop(repaired);
-    lab.send_knocks(CLIENT_V4, SERVER_V4, &knocks, Duration::from_millis(20));
-    assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, PORT), "the static door did not open");
-    assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, PORT), "a stranger got in");
 }

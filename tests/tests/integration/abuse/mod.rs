@@ -1,0 +1,76 @@
+//! Load and abuse end to end: floods of spoofed sources, knock-state
+//! exhaustion and brute force, written onto the client's veth with an
+//! AF_PACKET socket while real clients knock and talk across it.
+//!
+//! `KNOCK_XDP_SOAK=1` (`cargo xtask test --soak`) makes every run here ten
+//! times longer.
+
+mod floods;
+mod guessing;
+
+use std::{
+    fs,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use knock_tests::lab::{Entry, Instance, Lab, SERVER_V4, away_from_slot_boundary};
+
+pub const SERVICE: u16 = 8022;
+
+/// Ten times more of everything under `KNOCK_XDP_SOAK=1`.
+pub fn scale() -> u64 {
+    if std::env::var("KNOCK_XDP_SOAK").is_ok_and(|v| v == "1") { 10 } else { 1 }
+}
+
+/// The daemon's resident memory, in KiB.
+pub fn rss_kib(knock: &Instance) -> u64 {
+    let pid = knock.status()["pid"].as_u64().expect("status has the pid");
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("the daemon runs");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+pub fn counter(knock: &Instance, name: &str) -> u64 {
+    knock.status()["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+/// A lab whose TCP echo service a daemon (started with `attach_args`) protects.
+pub fn protected_service(attach_args: &[&str]) -> (Lab, Instance) {
+    let lab = Lab::new();
+    lab.tcp_echo(SERVER_V4, SERVICE);
+    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
+    let mut args = vec![lab.server_if.as_str()];
+    args.extend_from_slice(attach_args);
+    knock.attach(&args);
+    knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
+    (lab, knock)
+}
+
+/// A client with one-minute slots, and the first port of her sequence,
+/// far enough from a slot boundary for a test to use it.
+pub fn alice_and_her_first_port(lab: &Lab, knock: &Instance) -> (PathBuf, u16) {
+    let alice = knock.add_client("alice", &["--slot", "60s"]);
+    away_from_slot_boundary(60, Duration::from_secs(15));
+    let first = lab.sequence(&alice, None)[0].port;
+    (alice, first)
+}
+
+/// Sets its flag when dropped, also when a test panics.
+pub struct StopOnDrop(pub Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// How long a flood may take to reach a state the test waits for.
+pub const FLOOD_LIMIT: Duration = Duration::from_secs(30);

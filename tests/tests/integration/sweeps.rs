@@ -1,0 +1,158 @@
+//! How admissions and flows end in the running daemon, seen in its pinned
+//! maps: expired allow entries are deleted by the sweep, dead flows by the
+//! flow sweep, and a real client's FIN or RST starts the close grace, after
+//! which its flow admits nothing and is gone.
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap, Map, MapData};
+use knock_common::{
+    allow::AllowEntry,
+    flow::{FlowEntry, FlowKey},
+    maps::{MAP_ALLOW, MAP_FLOWS},
+    source::SourceKey,
+};
+use knock_tests::{
+    lab::{CLIENT_V4, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, TcpSession, eventually_within},
+    privileged,
+};
+
+const SERVICE: u16 = 8022;
+/// The close grace the daemon gives a finished TCP flow (`CLOSE_GRACE`).
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// How often the daemon removes dead flows (`FLOW_SWEEP_INTERVAL`).
+const FLOW_SWEEP: Duration = Duration::from_secs(10);
+
+/// A daemon through nsenter (its pins are the host's, where the test
+/// reads them) protecting the service.
+fn daemon(lab: &Lab, extra: &[&str]) -> Instance {
+    lab.tcp_echo(SERVER_V4, SERVICE);
+    let mut knock = Instance::new(&lab.server, Entry::NsenterNet);
+    let mut args = vec![lab.server_if.as_str()];
+    args.extend_from_slice(extra);
+    knock.attach(&args);
+    knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
+    knock
+}
+
+/// The sources in the kernel's allow map, expired or not.
+fn allow_map(knock: &Instance) -> Vec<SourceKey> {
+    let data = MapData::from_pin(knock.pin_dir().join(MAP_ALLOW)).unwrap();
+    let map: HashMap<MapData, SourceKey, AllowEntry> =
+        HashMap::try_from(Map::HashMap(data)).unwrap();
+    map.keys().map(Result::unwrap).collect()
+}
+
+/// The client ports of the kernel's flows, dead or alive.
+fn flow_map(knock: &Instance) -> Vec<u16> {
+    let data = MapData::from_pin(knock.pin_dir().join(MAP_FLOWS)).unwrap();
+    let map: HashMap<MapData, FlowKey, FlowEntry> = HashMap::try_from(Map::HashMap(data)).unwrap();
+    map.keys().map(|k| k.unwrap().src_port).collect()
+}
+
+/// The flows `list` shows: (client port, closing).
+fn listed_flows(knock: &Instance) -> Vec<(u16, bool)> {
+    let list = knock.list();
+    let flows = list["flows"].as_array().unwrap();
+    flows
+        .iter()
+        .map(|f| (f["source_port"].as_u64().unwrap() as u16, f["closing"] == true))
+        .collect()
+}
+
+#[test]
+fn expired_allow_entries_are_deleted_from_the_kernel() {
+    if !privileged("expired_allow_entries_are_deleted_from_the_kernel") {
+        return;
+    }
+    let lab = Lab::new();
+    let knock = daemon(&lab, &[]);
+    knock.ok(&["allow", CLIENT_V4, "--for", "1h"]);
+    let asked = Instant::now();
+    knock.ok(&["allow", CLIENT2_V4, "--for", "1s"]);
+    let key = |addr: &str| SourceKey::from(addr.parse::<std::net::IpAddr>().unwrap());
+    let (kept, short) = (key(CLIENT_V4), key(CLIENT2_V4));
+    assert!(allow_map(&knock).contains(&short), "not in the kernel");
+    // The sweep runs every second: gone within two of the deadline.
+    eventually_within("the expired entry stayed in the kernel", Duration::from_secs(5), || {
+        !allow_map(&knock).contains(&short)
+    });
+    assert!(asked.elapsed() >= Duration::from_secs(1), "deleted before it expired");
+    assert!(allow_map(&knock).contains(&kept), "the sweep took a live entry too");
+    assert!(knock.daemon_log().contains(&format!("allow window ended source={CLIENT2_V4}")));
+}
+
+#[test]
+fn dead_flows_are_swept_from_the_kernel() {
+    if !privileged("dead_flows_are_swept_from_the_kernel") {
+        return;
+    }
+    let lab = Lab::new();
+    let knock = daemon(&lab, &["--idle-timeout", "2s"]);
+    knock.ok(&["allow", CLIENT_V4, "--for", "1h"]);
+    let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).expect("allowed");
+    assert!(session.exchange());
+    let (port, quiet) = (session.local_port(), Instant::now());
+    assert!(flow_map(&knock).contains(&port));
+    // Idle past the timeout, it is dead: no longer listed...
+    eventually_within("the idle flow is still listed", Duration::from_secs(4), || {
+        listed_flows(&knock).iter().all(|(p, _)| *p != port)
+    });
+    assert!(quiet.elapsed() >= Duration::from_secs(2), "listed as dead while it was alive");
+    // ...and the flow sweep deletes it from the kernel.
+    eventually_within("the dead flow stayed in the kernel", FLOW_SWEEP * 2, || {
+        !flow_map(&knock).contains(&port)
+    });
+}
+
+/// A session ended by `end` (its FIN or RST) starts the close grace: the
+/// flow is listed as closing, then, the grace over, as nothing, and the
+/// flow sweep deletes it.
+fn ends_after_the_close_grace(end: impl FnOnce(TcpSession) -> u16) {
+    let lab = Lab::new();
+    let knock = daemon(&lab, &[]);
+    knock.ok(&["allow", CLIENT_V4, "--for", "1h"]);
+    let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).expect("allowed");
+    assert!(session.exchange());
+    let before = Instant::now();
+    let port = end(session);
+    // The program starts the grace when the FIN or RST reaches it, after this.
+    let ended = Instant::now();
+    eventually_within("the flow never started closing", Duration::from_secs(3), || {
+        listed_flows(&knock).contains(&(port, true))
+    });
+    assert!(before.elapsed() < CLOSE_GRACE, "seen closing only after the grace: too slow");
+    while ended.elapsed() < CLOSE_GRACE + Duration::from_millis(500) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(listed_flows(&knock).iter().all(|(p, _)| *p != port), "alive past the grace");
+    eventually_within("the closed flow stayed in the kernel", FLOW_SWEEP * 2, || {
+        !flow_map(&knock).contains(&port)
+    });
+}
+
+#[test]
+fn a_clients_fin_starts_the_close_grace_in_the_running_daemon() {
+    if !privileged("a_clients_fin_starts_the_close_grace_in_the_running_daemon") {
+        return;
+    }
+    ends_after_the_close_grace(|session| {
+        session.finish();
+        session.local_port()
+    });
+}
+
+#[test]
+fn a_clients_rst_starts_the_close_grace_in_the_running_daemon() {
+    if !privileged("a_clients_rst_starts_the_close_grace_in_the_running_daemon") {
+        return;
+    }
+    ends_after_the_close_grace(|session| {
+        let port = session.local_port();
+        session.abort();
+        port
+    });
+}
