@@ -217,7 +217,8 @@ impl KnockTable {
 
     /// Writes what differs, in an order safe for knocks in flight: changed
     /// sequences are retired first (a completion on a stale path then fails),
-    /// then the edges change, then the new sequences are published. Stops at
+    /// then the edges change (unwanted ones removed first), then the new
+    /// sequences are published. Stops at
     /// the first failed write; what was written is remembered, so the next
     /// call finishes the job.
     pub fn sync<S: KnockSink>(&mut self, sink: &mut S) -> Result<(), S::Error> {
@@ -232,6 +233,16 @@ impl KnockTable {
             sink.set_sequence(index, &SequenceInfo::default())?;
             self.written_sequences.remove(&index);
         }
+        // Edges no sequence wants any more go before new ones come, so the
+        // map never holds both: a rotation of every client at once fits in
+        // the room of the sequences installed. Only retired sequences used
+        // them, so no knock that can still complete loses its path.
+        let gone: Vec<EdgeKey> =
+            self.written_edges.keys().filter(|k| !self.edges.contains_key(k)).copied().collect();
+        for key in gone {
+            sink.remove_edge(&key)?;
+            self.written_edges.remove(&key);
+        }
         let changed: Vec<(EdgeKey, Edge)> = self
             .edges
             .iter()
@@ -241,12 +252,6 @@ impl KnockTable {
         for (key, edge) in changed {
             sink.set_edge(&key, &edge)?;
             self.written_edges.insert(key, edge);
-        }
-        let gone: Vec<EdgeKey> =
-            self.written_edges.keys().filter(|k| !self.edges.contains_key(k)).copied().collect();
-        for key in gone {
-            sink.remove_edge(&key)?;
-            self.written_edges.remove(&key);
         }
         let published: Vec<(u32, SequenceInfo)> = self
             .sequences
@@ -301,6 +306,8 @@ mod tests {
         edges: BTreeMap<EdgeKey, Edge>,
         sequences: BTreeMap<u32, SequenceInfo>,
         writes: usize,
+        /// The most edges held at once.
+        peak: usize,
     }
 
     impl KnockSink for Maps {
@@ -308,6 +315,7 @@ mod tests {
         fn set_edge(&mut self, key: &EdgeKey, edge: &Edge) -> Result<(), Self::Error> {
             self.writes += 1;
             self.edges.insert(*key, *edge);
+            self.peak = self.peak.max(self.edges.len());
             Ok(())
         }
         fn remove_edge(&mut self, key: &EdgeKey) -> Result<(), Self::Error> {
@@ -328,6 +336,37 @@ mod tests {
 
     fn info(client: u32, slot: u64) -> SequenceInfo {
         SequenceInfo { valid_from_ns: 0, valid_until_ns: 100, slot, client, length: 0 }
+    }
+
+    #[test]
+    fn a_rotation_of_every_client_fits_in_the_room_of_the_installed_sequences() {
+        // 64 clients, 4 slots of 4 knocks each, no prefix shared: the map
+        // holds 16 edges a client. Then every client rotates at once.
+        let (clients, slots) = (64u16, 4u16);
+        let steps = |client: u16, slot: u16| tcp(&[1000 + client * 8 + slot, 20000, 30000, 40000]);
+        let mut table = KnockTable::new();
+        let mut maps = Maps::default();
+        for client in 0..clients {
+            for slot in 0..slots {
+                let index = u32::from(client * 4 + slot);
+                table
+                    .install(index, info(client.into(), slot.into()), &steps(client, slot))
+                    .unwrap();
+            }
+        }
+        table.sync(&mut maps).unwrap();
+        let installed = maps.edges.len();
+        assert_eq!(installed, usize::from(clients * slots * 4));
+        for client in 0..clients {
+            // Slot 4 replaces slot 0 at its index, as the daemon rotates.
+            let index = u32::from(client * 4);
+            table.install(index, info(client.into(), 4), &steps(client, 4)).unwrap();
+        }
+        maps.peak = 0;
+        table.sync(&mut maps).unwrap();
+        assert_eq!(maps.edges.len(), installed);
+        assert_eq!(maps.peak, installed, "the map held old and new edges at once");
+        assert!(walk(&maps, &steps(5, 4)).is_some() && walk(&maps, &steps(5, 0)).is_none());
     }
 
     /// Follows `steps` through the written edges; the finishers at the end.

@@ -95,6 +95,7 @@ fn every_variable_does_what_its_flag_does() {
         ("KNOCK_XDP_METRICS_LISTEN", metrics.as_str()),
         ("KNOCK_XDP_METRICS_PUBLIC", "true"),
         ("KNOCK_XDP_LOG_FORMAT", "json"),
+        ("KNOCK_XDP_SERVER_NAME", "gate.example.org"),
     ];
     let mut checked: BTreeSet<String> = daemon_env.iter().map(|(v, _)| v.to_string()).collect();
     checked.extend(
@@ -108,6 +109,7 @@ fn every_variable_does_what_its_flag_does() {
     assert_eq!(status["open_window_secs"], 7, "KNOCK_XDP_OPEN_WINDOW");
     assert_eq!(status["knock_timeout_secs"], 3, "KNOCK_XDP_KNOCK_TIMEOUT");
     assert_eq!(status["idle_timeout_secs"], 9, "KNOCK_XDP_IDLE_TIMEOUT");
+    assert_eq!(status["server_name"], "gate.example.org", "KNOCK_XDP_SERVER_NAME");
     let protected = &knock.list()["protected"];
     assert_eq!(*protected, serde_json::json!([{ "port": SERVICE, "proto": "tcp" }]), "CONFIG");
     // A public address, served, read from the client's side.

@@ -23,6 +23,7 @@ mod limits;
 mod metrics;
 mod onboarding;
 mod program;
+mod scale;
 mod scans;
 mod sessions;
 mod slots;
