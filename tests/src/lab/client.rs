@@ -1,0 +1,94 @@
+//! knock-xdp on the client's side: the commands a user runs in the client
+//! namespace (`knock`, `sequence`, `check`), and what they print.
+
+use std::{
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::{Duration, SystemTime},
+};
+
+use super::{Lab, SERVER_V4, binary};
+
+/// One knock: a port and whether it is UDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Knock {
+    pub port: u16,
+    pub udp: bool,
+}
+
+/// Parses `knock-xdp sequence` output: `61001 62002:udp ...`.
+pub fn parse_sequence(line: &str) -> Vec<Knock> {
+    line.split_whitespace()
+        .map(|word| match word.strip_suffix(":udp") {
+            Some(port) => Knock { port: port.parse().unwrap(), udp: true },
+            None => Knock { port: word.parse().unwrap(), udp: false },
+        })
+        .collect()
+}
+
+impl Lab {
+    /// Runs `knock-xdp ARGS` in the client namespace (commands that need no daemon).
+    pub fn client_cli(&self, args: &[&str]) -> Output {
+        self.client_cli_env(args, &[])
+    }
+
+    /// The same, with extra environment variables (which may replace
+    /// `KNOCK_XDP_SLOTS_DIR`).
+    pub fn client_cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.client.name])
+            .arg(binary())
+            .args(args)
+            .env("KNOCK_XDP_SLOTS_DIR", &self.slots_dir)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run knock-xdp")
+    }
+
+    /// Runs a program in the client namespace.
+    pub fn client_run(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.client.name, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+    }
+
+    /// The knocks of `profile` at `at` (now when `None`), as `knock-xdp
+    /// sequence` prints them in the client namespace.
+    pub fn sequence(&self, profile: &Path, at: Option<SystemTime>) -> Vec<Knock> {
+        let mut args =
+            vec!["sequence".to_owned(), "--profile".into(), profile.display().to_string()];
+        if let Some(at) = at {
+            args.push("--at".into());
+            args.push(humantime::format_rfc3339_seconds(at).to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.client_cli(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        parse_sequence(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// `knock-xdp knock SERVER_V4 --profile PROFILE EXTRA...` from the client namespace.
+    pub fn knock(&self, profile: &Path, extra: &[&str]) -> Output {
+        let profile = profile.display().to_string();
+        let mut args = vec!["knock", SERVER_V4, "--profile", &profile];
+        args.extend_from_slice(extra);
+        self.client_cli(&args)
+    }
+
+    /// A port of the default knock space (61000-65535) that none of the
+    /// sequences of `profile` installed now (slots s-1 to s+2, of
+    /// `slot_secs`) uses: a knock there is a miss, or resets a knock.
+    pub fn unused_knock_port(&self, profile: &Path, slot_secs: u64) -> u16 {
+        let slot = Duration::from_secs(slot_secs);
+        let first = SystemTime::now() - slot;
+        let installed: Vec<u16> = (0..4)
+            .flat_map(|k| self.sequence(profile, Some(first + slot * k)))
+            .map(|knock| knock.port)
+            .collect();
+        (61_000..).find(|p| !installed.contains(p)).unwrap()
+    }
+}

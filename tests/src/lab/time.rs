@@ -1,0 +1,34 @@
+//! Waiting: for a condition to come true, and for the right moment in a
+//! knock slot.
+
+use std::{
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+/// Waits (3 s at most) until `done` holds: the kernel frees programs and
+/// links after an RCU grace period, not at the moment their last user goes.
+pub fn eventually(what: &str, done: impl Fn() -> bool) {
+    eventually_within(what, Duration::from_secs(3), done);
+}
+
+/// Waits until `done` holds, for `limit` at most (then panics with `what`):
+/// for what a daemon does on a timer of its own.
+pub fn eventually_within(what: &str, limit: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} (waited {limit:?})");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits, if needed, so that at least `needed` is left in the current slot.
+pub fn away_from_slot_boundary(slot_secs: u64, needed: Duration) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let into_slot =
+        Duration::from_nanos((now.as_nanos() % (u128::from(slot_secs) * 1_000_000_000)) as u64);
+    let left = Duration::from_secs(slot_secs) - into_slot;
+    if left < needed {
+        thread::sleep(left + Duration::from_millis(200));
+    }
+}
