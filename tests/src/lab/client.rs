@@ -7,23 +7,23 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use knock_common::{Proto, ProtoPort};
+
 use super::{Lab, SERVER_V4, binary};
 
-/// One knock: a port and whether it is UDP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Knock {
-    pub port: u16,
-    pub udp: bool,
-}
-
 /// Parses `knock-xdp sequence` output: `61001 62002:udp ...`.
-pub fn parse_sequence(line: &str) -> Vec<Knock> {
+pub fn parse_sequence(line: &str) -> Vec<ProtoPort> {
     line.split_whitespace()
         .map(|word| match word.strip_suffix(":udp") {
-            Some(port) => Knock { port: port.parse().unwrap(), udp: true },
-            None => Knock { port: word.parse().unwrap(), udp: false },
+            Some(port) => ProtoPort::new(Proto::Udp, port.parse().unwrap()),
+            None => ProtoPort::new(Proto::Tcp, word.parse().unwrap()),
         })
         .collect()
+}
+
+/// Knocks of a static TCP sequence, as `--static 7101,7102,7103` sets it.
+pub fn tcp_knocks(ports: &[u16]) -> Vec<ProtoPort> {
+    ports.iter().map(|&port| ProtoPort::new(Proto::Tcp, port)).collect()
 }
 
 impl Lab {
@@ -58,7 +58,7 @@ impl Lab {
 
     /// The knocks of `profile` at `at` (now when `None`), as `knock-xdp
     /// sequence` prints them in the client namespace.
-    pub fn sequence(&self, profile: &Path, at: Option<SystemTime>) -> Vec<Knock> {
+    pub fn sequence(&self, profile: &Path, at: Option<SystemTime>) -> Vec<ProtoPort> {
         let mut args =
             vec!["sequence".to_owned(), "--profile".into(), profile.display().to_string()];
         if let Some(at) = at {

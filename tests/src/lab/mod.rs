@@ -25,7 +25,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-pub use client::{Knock, parse_sequence};
+pub use client::{parse_sequence, tcp_knocks};
 pub use instance::{Entry, Instance, binary, program_loaded, with_umask};
 pub use netns::{Netns, has_xdp, run};
 pub use output::field;

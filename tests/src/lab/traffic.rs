@@ -10,10 +10,11 @@ use std::{
     time::Duration,
 };
 
+use knock_common::{Proto, ProtoPort};
 use knock_userspace::check::{self, PortState};
 
 use super::{
-    Knock, Lab,
+    Lab,
     sockets::{connect_from, syn_from},
 };
 
@@ -80,18 +81,19 @@ impl Lab {
 
     /// Sends knocks from `source` (an address of the client namespace):
     /// a SYN per TCP knock, a datagram per UDP knock, `gap` apart.
-    pub fn send_knocks(&self, source: &str, server: &str, knocks: &[Knock], gap: Duration) {
+    pub fn send_knocks(&self, source: &str, server: &str, knocks: &[ProtoPort], gap: Duration) {
         let source: IpAddr = source.parse().unwrap();
         let server: IpAddr = server.parse().unwrap();
         let knocks = knocks.to_vec();
         self.client.enter(move || {
             for knock in knocks {
                 let target = SocketAddr::new(server, knock.port);
-                if knock.udp {
-                    let socket = UdpSocket::bind(SocketAddr::new(source, 0)).unwrap();
-                    socket.send_to(b"knock", target).unwrap();
-                } else {
-                    syn_from(source, target);
+                match knock.proto {
+                    Proto::Udp => {
+                        let socket = UdpSocket::bind(SocketAddr::new(source, 0)).unwrap();
+                        socket.send_to(b"knock", target).unwrap();
+                    }
+                    Proto::Tcp => syn_from(source, target),
                 }
                 thread::sleep(gap);
             }

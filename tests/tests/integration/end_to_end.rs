@@ -9,8 +9,8 @@ use std::{
 
 use knock_tests::{
     lab::{
-        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_V4, SERVER_V6,
-        eventually, field, has_xdp, program_loaded,
+        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6, eventually,
+        field, has_xdp, program_loaded, tcp_knocks,
     },
     privileged,
 };
@@ -169,10 +169,7 @@ fn a_killed_daemon_keeps_protection_and_a_new_one_takes_over() {
     let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).unwrap();
     assert!(session.exchange());
     knock.add_client("mid", &["--static", "7101,7102,7103"]);
-    let knocks = |ports: &[u16]| -> Vec<Knock> {
-        ports.iter().map(|&port| Knock { port, udp: false }).collect()
-    };
-    lab.send_knocks(CLIENT2_V4, SERVER_V4, &knocks(&[7101, 7102]), Duration::from_millis(20));
+    lab.send_knocks(CLIENT2_V4, SERVER_V4, &tcp_knocks(&[7101, 7102]), Duration::from_millis(20));
 
     knock.kill_daemon();
     // Fail closed: the pinned link keeps the program attached (a stranger,
@@ -193,7 +190,7 @@ fn a_killed_daemon_keeps_protection_and_a_new_one_takes_over() {
     assert_eq!(lab.tcp_state(SERVER_V6, TCP_PORT), PortState::Filtered, "strangers got in");
     assert!(session.exchange(), "the restart broke the allowed client's connection");
     // The knock begun before the crash completes.
-    lab.send_knocks(CLIENT2_V4, SERVER_V4, &knocks(&[7103]), Duration::from_millis(20));
+    lab.send_knocks(CLIENT2_V4, SERVER_V4, &tcp_knocks(&[7103]), Duration::from_millis(20));
     assert!(
         lab.tcp_exchange(CLIENT2_V4, SERVER_V4, TCP_PORT),
         "the interrupted knock did not complete"

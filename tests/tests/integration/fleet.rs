@@ -19,9 +19,10 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use knock_common::ProtoPort;
 use knock_tests::{
     lab::{
-        CLIENT_B_V4, CLIENT_V4, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_B_V4, SERVER_V4,
+        CLIENT_B_V4, CLIENT_V4, CLIENT2_V4, Entry, Instance, Lab, SERVER_B_V4, SERVER_V4,
         SecondLink, binary, parse_sequence,
     },
     privileged,
@@ -101,7 +102,7 @@ fn text(out: &Output) -> String {
 }
 
 /// The ports of every `knocked ...: PORTS (slot N)` line, in order.
-fn knocked(out: &Output) -> Vec<Vec<Knock>> {
+fn knocked(out: &Output) -> Vec<Vec<ProtoPort>> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with("knocked "))
@@ -113,7 +114,7 @@ fn knocked(out: &Output) -> Vec<Vec<Knock>> {
 }
 
 /// `knock-xdp sequence` of `profile` at `at`, with extra arguments.
-fn sequence(lab: &Lab, profile: &Path, at: &str, extra: &[&str]) -> Vec<Knock> {
+fn sequence(lab: &Lab, profile: &Path, at: &str, extra: &[&str]) -> Vec<ProtoPort> {
     let mut args = vec!["sequence", "--profile", profile.to_str().unwrap(), "--at", at];
     args.extend_from_slice(extra);
     let out = lab.client_cli(&args);

@@ -8,9 +8,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use knock_common::{Proto, ProtoPort};
 use knock_tests::{
     lab::{
-        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_V4, SERVER_V6,
+        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6,
         away_from_slot_boundary, field,
     },
     privileged,
@@ -51,14 +52,14 @@ fn a_knock_opens_the_door_and_mistakes_do_not() {
     assert_eq!(lab.tcp_state(SERVER_V4, SERVICE), PortState::Filtered);
 
     // Wrong order.
-    let reversed: Vec<Knock> = seq.iter().rev().copied().collect();
+    let reversed: Vec<ProtoPort> = seq.iter().rev().copied().collect();
     lab.send_knocks(CLIENT_V4, SERVER_V4, &reversed, GAP);
     assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "reversed order opened the door");
 
     // One extra port of the knock space in the middle.
     let stray = (61000..).find(|p| seq.iter().all(|k| k.port != *p)).unwrap();
     let mut extra = seq.clone();
-    extra.insert(2, Knock { port: stray, udp: false });
+    extra.insert(2, ProtoPort::new(Proto::Tcp, stray));
     lab.send_knocks(CLIENT_V4, SERVER_V4, &extra, GAP);
     assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "an extra port opened the door");
 
@@ -131,7 +132,7 @@ fn udp_and_ipv6_clients() {
     let tcp = knock.add_client("laptop", &[]);
 
     let seq = lab.sequence(&udp, None);
-    assert!(seq.iter().all(|k| k.udp) && seq.len() == 6, "{seq:?}");
+    assert!(seq.iter().all(|k| k.proto == Proto::Udp) && seq.len() == 6, "{seq:?}");
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let slot =
         knock.status()["current_slots"]["phone"].as_u64().expect("status shows the current slot");
@@ -171,9 +172,9 @@ fn knockd_knock_client_opens_a_static_door() {
         CLIENT2_V4,
         SERVER_V4,
         &[
-            Knock { port: 9000, udp: false },
-            Knock { port: 9500, udp: true },
-            Knock { port: 9900, udp: false },
+            ProtoPort::new(Proto::Tcp, 9000),
+            ProtoPort::new(Proto::Udp, 9500),
+            ProtoPort::new(Proto::Tcp, 9900),
         ],
         GAP,
     );
@@ -250,7 +251,7 @@ fn a_replayed_sequence_fails_from_another_source() {
 /// Adds clients `a` and `b` sharing six ports, again until neither one's
 /// current sequence is one the other has installed (s-1 to s+2): identical
 /// knocks cannot be told apart, which happens about once in a hundred runs.
-fn two_distinguishable_clients(lab: &Lab, knock: &Instance) -> (Vec<Knock>, Vec<Knock>) {
+fn two_distinguishable_clients(lab: &Lab, knock: &Instance) -> (Vec<ProtoPort>, Vec<ProtoPort>) {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
     let slot_time = |offset: i64| UNIX_EPOCH + Duration::from_secs((now + offset * 60) as u64);
     for _ in 0..20 {
@@ -258,7 +259,7 @@ fn two_distinguishable_clients(lab: &Lab, knock: &Instance) -> (Vec<Knock>, Vec<
         let a = knock.add_client("a", &["--ports", "61000-61005", "--slot", "60s"]);
         let b = knock.add_client("b", &["--ports", "61000-61005", "--slot", "60s"]);
         let (seq_a, seq_b) = (lab.sequence(&a, None), lab.sequence(&b, None));
-        let installed = |profile: &Path| -> Vec<Vec<Knock>> {
+        let installed = |profile: &Path| -> Vec<Vec<ProtoPort>> {
             (-1..=2).map(|offset| lab.sequence(profile, Some(slot_time(offset)))).collect()
         };
         if !installed(&a).contains(&seq_b) && !installed(&b).contains(&seq_a) {

@@ -8,9 +8,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use knock_common::{
+    Proto,
+    proto::tcp_flags::{ACK, FIN, RST},
+};
 use knock_tests::{
     flood,
-    frames::{Frame, Proto},
+    frames::Frame,
     lab::{
         CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6, eventually,
         eventually_within,
@@ -271,7 +275,7 @@ fn spoofed_rsts_and_fins_neither_cut_a_session_nor_keep_a_dead_one_alive() {
     assert!(session.exchange(), "the session ended with the window");
     // After the open window: a few hundred RSTs and FINs with random
     // sequence numbers from the client's own address and port.
-    const ENDS: &[u8] = &[0x04, 0x14, 0x11, 0x01];
+    const ENDS: &[u8] = &[RST, RST | ACK, FIN | ACK, FIN];
     spoof(&lab, session.local_port(), ENDS, 400);
     assert!(flows(&knock).iter().all(|f| f["closing"] == false), "{:?}", flows(&knock));
     // Past the 10 s close grace a counted one would have started, the
@@ -286,7 +290,7 @@ fn spoofed_rsts_and_fins_neither_cut_a_session_nor_keep_a_dead_one_alive() {
     // after the idle timeout although they keep coming.
     let started = Instant::now();
     while started.elapsed() < idle + Duration::from_millis(500) {
-        spoof(&lab, session.local_port(), &[0x10], 50);
+        spoof(&lab, session.local_port(), &[ACK], 50);
         thread::sleep(Duration::from_millis(100));
     }
     assert!(!session.exchange(), "spoofed packets kept an idle flow alive");

@@ -12,14 +12,13 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData};
 use knock_common::{
+    ProtoPort,
     maps::{MAP_SEQUENCES, MAP_USED},
     trie::{SequenceInfo, UsedKey},
 };
+
 use knock_tests::{
-    lab::{
-        CLIENT_V4, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_V4, eventually,
-        eventually_within,
-    },
+    lab::{CLIENT_V4, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, eventually, eventually_within},
     privileged,
 };
 
@@ -84,7 +83,7 @@ fn rotated_into(knock: &Instance, slot: u64) {
     );
 }
 
-fn sequence(lab: &Lab, profile: &Path, slot: u64) -> Vec<Knock> {
+fn sequence(lab: &Lab, profile: &Path, slot: u64) -> Vec<ProtoPort> {
     lab.sequence(profile, Some(middle_of(slot)))
 }
 

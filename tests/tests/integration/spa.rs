@@ -16,10 +16,11 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use knock_common::Proto;
 use knock_common::spa::{self, DATAGRAM_LEN, NONCE_LEN, Request};
 use knock_tests::{
     flood,
-    frames::{Frame, Proto},
+    frames::Frame,
     lab::{
         CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6,
         eventually_within,

@@ -11,10 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use knock_common::{Proto, ProtoPort};
 use knock_tests::{
     flood::{self, spoofed_source, syn},
-    frames::{Frame, Proto},
-    lab::{CLIENT_V4, CLIENT_V6, CLIENT2_V4, Knock, SERVER_V4, SERVER_V6, eventually_within},
+    frames::Frame,
+    lab::{CLIENT_V4, CLIENT_V6, CLIENT2_V4, SERVER_V4, SERVER_V6, eventually_within},
     privileged,
 };
 use knock_userspace::daemon::GLOBAL_MISS_BURST;
@@ -138,10 +139,10 @@ fn failed_knocks_are_limited_per_source_and_under_global_pressure() {
         .flat_map(|at| lab.sequence(&alice, Some(at)))
         .map(|k| k.port)
         .collect();
-    let wrong: Vec<Knock> = (61_000..)
+    let wrong: Vec<ProtoPort> = (61_000..)
         .filter(|p| !installed.contains(p))
         .take(40)
-        .map(|port| Knock { port, udp: false })
+        .map(|port| ProtoPort::new(Proto::Tcp, port))
         .collect();
 
     // One source guesses 40 times (the default allows a burst of 32): its

@@ -22,9 +22,10 @@ use knock_common::{
 };
 use knock_tests::{
     flood,
-    frames::{self, Frame},
+    frames::Frame,
     lab::{
-        CLIENT_V4, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_V4, eventually_within, field,
+        CLIENT_V4, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, eventually_within, field,
+        tcp_knocks,
     },
     privileged,
     sniff::{Sniffer, ipv4_tcp},
@@ -109,7 +110,7 @@ impl Stranger {
                 (CLIENT2_V4.parse().unwrap(), SERVER_V4.parse().unwrap());
             while !flag.load(Ordering::SeqCst) {
                 let i = count.load(Ordering::SeqCst);
-                let frame = Frame::new(src, dst, frames::Proto::Tcp, PORT);
+                let frame = Frame::new(src, dst, Proto::Tcp, PORT);
                 flood::send(&iface, 1, |_| frame.build_with_sport(20_000 + (i % 40_000) as u16))
                     .expect("stranger's SYN");
                 count.fetch_add(1, Ordering::SeqCst);
@@ -268,8 +269,7 @@ fn a_rotation_cut_short_between_map_writes_is_repaired_on_restart() {
         flags.set(port, value & !port_flags::KNOCK_SPACE_TCP, 0).unwrap();
     }
     drop(flags);
-    let knocks: Vec<Knock> =
-        [7101, 7102, 7103].into_iter().map(|port| Knock { port, udp: false }).collect();
+    let knocks = tcp_knocks(&[7101, 7102, 7103]);
     // It really bites: the door does not open (a full 2 s connect, so a
     // slow answer is not taken for a closed door).
     lab.send_knocks(CLIENT_V4, SERVER_V4, &knocks, Duration::from_millis(20));
