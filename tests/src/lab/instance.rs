@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
@@ -148,16 +148,6 @@ impl Instance {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `status --json`, parsed.
-    pub fn status(&self) -> serde_json::Value {
-        serde_json::from_str(&self.ok(&["status", "--json"])).expect("status is JSON")
-    }
-
-    /// `list --json`, parsed.
-    pub fn list(&self) -> serde_json::Value {
-        serde_json::from_str(&self.ok(&["list", "--json"])).expect("list is JSON")
-    }
-
     /// Starts `knock-xdp attach` and waits until it answers `status`.
     /// Under `ip netns exec`, with `--fail-open` (see [`Entry::NetnsExec`]).
     pub fn attach(&mut self, args: &[&str]) {
@@ -262,16 +252,6 @@ impl Instance {
         self.ok(&all);
         path
     }
-
-    /// Where this instance pins (valid for `Entry::NsenterNet`).
-    pub fn pin_dir(&self) -> PathBuf {
-        let state = knock_userspace::state::StateDir::new(&self.state_dir);
-        knock_userspace::loader::pin_dir(&state).unwrap()
-    }
-
-    pub fn state_path(&self) -> &Path {
-        &self.state_dir
-    }
 }
 
 impl Drop for Instance {
@@ -297,9 +277,4 @@ impl Drop for Instance {
             let _ = fs::remove_file(file);
         }
     }
-}
-
-/// Is a BPF program with this id still loaded anywhere?
-pub fn program_loaded(id: u32) -> bool {
-    aya::programs::loaded_programs().any(|p| p.is_ok_and(|p| p.id() == id))
 }

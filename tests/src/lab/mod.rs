@@ -2,18 +2,21 @@
 //! pair, real sockets in each, and a knock-xdp daemon in the server
 //! namespace. Names are unique per process and lab, so tests run in parallel.
 //!
-//! One job a file: `netns` (namespaces and the commands that build them),
+//! One job a file: `setup` (the lab, services and daemon most tests start
+//! from), `netns` (namespaces and the commands that build them),
 //! `services` (echo services in the server namespace), `instance` (the
-//! daemon and the commands run against it), `client` (knock-xdp in the
-//! client namespace), `traffic` (sockets in the client namespace) over
-//! `sockets` (raw socket calls), `time` (waiting), `output` (reading what
-//! commands print).
+//! daemon and the commands run against it), `inspect` (what a test reads
+//! back from it), `client` (knock-xdp in the client namespace), `traffic`
+//! (sockets in the client namespace) over `sockets` (raw socket calls),
+//! `time` (waiting), `output` (what commands print).
 
 mod client;
+mod inspect;
 mod instance;
 mod netns;
 mod output;
 mod services;
+mod setup;
 mod sockets;
 mod time;
 mod traffic;
@@ -26,9 +29,11 @@ use std::{
 };
 
 pub use client::{parse_sequence, tcp_knocks};
-pub use instance::{Entry, Instance, binary, program_loaded, with_umask};
+pub use inspect::program_loaded;
+pub use instance::{Entry, Instance, binary, with_umask};
 pub use netns::{Netns, has_xdp, run};
-pub use output::field;
+pub use output::{error_line, field, refusal, text};
+pub use setup::{SERVICE, UDP_SERVICE};
 pub use time::{away_from_slot_boundary, eventually, eventually_within};
 pub use traffic::{TcpSession, UdpSession};
 
