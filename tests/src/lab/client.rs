@@ -9,7 +9,7 @@ use std::{
 
 use knock_common::{Proto, ProtoPort};
 
-use super::{Lab, SERVER_V4, binary};
+use super::{Lab, SERVER_V4, binary, rfc3339, text};
 
 /// Parses `knock-xdp sequence` output: `61001 62002:udp ...`.
 pub fn parse_sequence(line: &str) -> Vec<ProtoPort> {
@@ -17,6 +17,26 @@ pub fn parse_sequence(line: &str) -> Vec<ProtoPort> {
         .map(|word| match word.strip_suffix(":udp") {
             Some(port) => ProtoPort::new(Proto::Udp, port.parse().unwrap()),
             None => ProtoPort::new(Proto::Tcp, word.parse().unwrap()),
+        })
+        .collect()
+}
+
+/// One `knocked HOST[ as NAME]: PORTS (slot N)` line of `knock`'s output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Knocked {
+    pub ports: Vec<ProtoPort>,
+    pub slot: u64,
+}
+
+/// Every `knocked ...` line of `knock`'s output, in order.
+pub fn knocked(stdout: &str) -> Vec<Knocked> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("knocked "))
+        .map(|l| {
+            let (ports, slot) = l.split_once(": ").expect(l).1.rsplit_once(" (slot ").expect(l);
+            let slot = slot.strip_suffix(')').expect(l).parse().expect(l);
+            Knocked { ports: parse_sequence(ports), slot }
         })
         .collect()
 }
@@ -59,22 +79,40 @@ impl Lab {
     /// The knocks of `profile` at `at` (now when `None`), as `knock-xdp
     /// sequence` prints them in the client namespace.
     pub fn sequence(&self, profile: &Path, at: Option<SystemTime>) -> Vec<ProtoPort> {
-        let mut args =
-            vec!["sequence".to_owned(), "--profile".into(), profile.display().to_string()];
-        if let Some(at) = at {
-            args.push("--at".into());
-            args.push(humantime::format_rfc3339_seconds(at).to_string());
+        self.sequence_with(profile, at, &[])
+    }
+
+    /// The same, with extra arguments (`--server NAME`).
+    pub fn sequence_with(
+        &self,
+        profile: &Path,
+        at: Option<SystemTime>,
+        extra: &[&str],
+    ) -> Vec<ProtoPort> {
+        let profile = profile.display().to_string();
+        let at = at.map(rfc3339);
+        let mut args = vec!["sequence", "--profile", &profile];
+        if let Some(at) = &at {
+            args.extend_from_slice(&["--at", at]);
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
         let out = self.client_cli(&args);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{}", text(&out));
         parse_sequence(&String::from_utf8_lossy(&out.stdout))
     }
 
     /// `knock-xdp knock SERVER_V4 --profile PROFILE EXTRA...` from the client namespace.
     pub fn knock(&self, profile: &Path, extra: &[&str]) -> Output {
+        self.knock_hosts(&[SERVER_V4], profile, extra)
+    }
+
+    /// `knock-xdp knock HOSTS... --profile PROFILE EXTRA...` from the
+    /// client namespace.
+    pub fn knock_hosts(&self, hosts: &[&str], profile: &Path, extra: &[&str]) -> Output {
         let profile = profile.display().to_string();
-        let mut args = vec!["knock", SERVER_V4, "--profile", &profile];
+        let mut args = vec!["knock"];
+        args.extend_from_slice(hosts);
+        args.extend_from_slice(&["--profile", &profile]);
         args.extend_from_slice(extra);
         self.client_cli(&args)
     }

@@ -8,9 +8,11 @@
 //! daemon and the commands run against it), `inspect` (what a test reads
 //! back from it), `client` (knock-xdp in the client namespace), `traffic`
 //! (sockets in the client namespace) over `sockets` (raw socket calls),
-//! `time` (waiting), `output` (what commands print).
+//! `host` (knock-xdp outside the lab), `time` (waiting, and knock slots),
+//! `output` (what commands print).
 
 mod client;
+mod host;
 mod inspect;
 mod instance;
 mod netns;
@@ -28,13 +30,16 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-pub use client::{parse_sequence, tcp_knocks};
+pub use client::{Knocked, knocked, parse_sequence, tcp_knocks};
+pub use host::{ScratchDir, host_cli};
 pub use inspect::program_loaded;
 pub use instance::{Entry, Instance, binary, with_umask};
 pub use netns::{Netns, has_xdp, run};
 pub use output::{error_line, field, refusal, text};
 pub use setup::{SERVICE, UDP_SERVICE};
-pub use time::{away_from_slot_boundary, eventually, eventually_within};
+pub use time::{
+    away_from_slot_boundary, eventually, eventually_within, middle_of_slot, rfc3339, slot_now,
+};
 pub use traffic::{TcpSession, UdpSession};
 
 pub const SERVER_V4: &str = "10.201.0.1";

@@ -22,6 +22,22 @@ pub fn eventually_within(what: &str, limit: Duration, done: impl Fn() -> bool) {
     }
 }
 
+/// The slot of `slot_secs` seconds that now falls in.
+pub fn slot_now(slot_secs: u64) -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() / slot_secs
+}
+
+/// The middle of slot `slot` of `slot_secs` seconds: knocked `--at` that
+/// time, a sequence stays accepted longest whichever boundary comes first.
+pub fn middle_of_slot(slot: u64, slot_secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(slot * slot_secs * 1000 + slot_secs * 500)
+}
+
+/// A time as `--at` takes it: RFC 3339, whole seconds.
+pub fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
 /// Waits, if needed, so that at least `needed` is left in the current slot.
 pub fn away_from_slot_boundary(slot_secs: u64, needed: Duration) {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
