@@ -34,7 +34,7 @@ pub use client::{Knocked, knocked, parse_sequence, tcp_knocks};
 pub use host::{ScratchDir, host_cli};
 pub use inspect::program_loaded;
 pub use instance::{Entry, Instance, binary, with_umask};
-pub use netns::{Netns, has_xdp, run};
+pub use netns::{Netns, has_xdp, move_thread_into, run};
 pub use output::{error_line, field, refusal, text};
 pub use setup::{SERVICE, UDP_SERVICE};
 pub use time::{

@@ -48,20 +48,32 @@ impl Netns {
         self.ip(&["link", "set", iface, "up"]);
     }
 
+    /// Where `ip netns` keeps it: for [`move_thread_into`] on a thread of
+    /// the caller's own.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
     /// Runs `f` on a thread that has entered this namespace; sockets it
     /// creates stay in the namespace after the thread ends.
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
+        let path = self.path();
         thread::spawn(move || {
-            let file = fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            // SAFETY: a valid namespace fd; setns only affects this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            move_thread_into(&path);
             f()
         })
         .join()
         .expect("thread in namespace panicked")
     }
+}
+
+/// Moves the calling thread into the network namespace at `path`
+/// ([`Netns::path`]); the rest of the process stays where it is.
+pub fn move_thread_into(path: &str) {
+    let file = fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    // SAFETY: a valid namespace fd; setns only affects this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
 }
 
 impl Drop for Netns {

@@ -59,4 +59,9 @@ impl Instance {
     pub fn protect_service(&self) {
         self.ok(&["protect", &format!("{SERVICE}/tcp")]);
     }
+
+    /// `protect SERVICE/tcp UDP_SERVICE/udp`.
+    pub fn protect_services(&self) {
+        self.ok(&["protect", &format!("{SERVICE}/tcp"), &format!("{UDP_SERVICE}/udp")]);
+    }
 }

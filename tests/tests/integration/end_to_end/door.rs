@@ -28,7 +28,7 @@ fn protect_allow_expire_unprotect() {
     assert_eq!(lab.tcp_state(SERVER_V4, SERVICE), PortState::Open);
     assert!(lab.udp_exchange(SERVER_V4, UDP_SERVICE));
 
-    knock.ok(&["protect", &format!("{SERVICE}/tcp"), &format!("{UDP_SERVICE}/udp")]);
+    knock.protect_services();
     for server in [SERVER_V4, SERVER_V6] {
         assert_eq!(lab.tcp_state(server, SERVICE), PortState::Filtered, "tcp via {server}");
         assert!(!lab.udp_exchange(server, UDP_SERVICE), "udp via {server}");
