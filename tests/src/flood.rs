@@ -10,10 +10,9 @@ use std::{
     time::Instant,
 };
 
-use crate::{
-    frames::{Frame, Proto},
-    packet,
-};
+use knock_common::Proto;
+
+use crate::{frames::Frame, packet};
 
 /// Frames handed to the kernel per `sendmmsg` call.
 const BATCH: usize = 256;

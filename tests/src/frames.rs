@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-pub use knock_common::Proto;
+use knock_common::{Proto, proto::tcp_flags};
 
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -68,7 +68,7 @@ impl Frame {
             ipv4_option_words: 0,
             ipv4_frag_offset: 0,
             ipv6_ext: vec![],
-            tcp_flags: 0x02,
+            tcp_flags: tcp_flags::SYN,
             tcp_seq: 1,
             tcp_ack: 0,
             udp_payload: UDP_PAYLOAD.to_vec(),

@@ -34,3 +34,9 @@ pub fn privileged(test: &str) -> bool {
     }
     false
 }
+
+/// How many times longer floods and sprays run: ten under `KNOCK_XDP_SOAK=1`
+/// (`cargo xtask test --soak`), else one.
+pub fn soak_scale() -> u64 {
+    if std::env::var("KNOCK_XDP_SOAK").is_ok_and(|v| v == "1") { 10 } else { 1 }
+}

@@ -10,6 +10,7 @@ use knock_common::{
     Proto, ProtoPort,
     decide::XDP_PASS,
     maps::{Limits, SLOTS_PER_CLIENT},
+    proto::tcp_flags::SYN,
     sequence::{self, Params},
     trie::{Edge, EdgeKey, KnockSink, SequenceInfo},
 };
@@ -19,8 +20,8 @@ use serde_json::{Value, json};
 use super::{
     Settings,
     harness::{
-        HOUR_NS, Knock, PathRow, SEQ_INDEX, TCP_SYN, families, load_noop, noop_baseline, noop_prog,
-        tcp, test_run,
+        HOUR_NS, Knock, PathRow, SEQ_INDEX, families, load_noop, noop_baseline, noop_prog, tcp,
+        test_run,
     },
     per_packet::fresh_rows,
     scale::{map_memlock, memlock_json, memlock_line, memlock_total_mib},
@@ -300,7 +301,7 @@ pub fn run(settings: &Settings) -> Result<Clients> {
     let noop = noop_prog(&mut noop_ebpf)?;
     let fam = &families()[0];
 
-    let base = noop_baseline(noop, &tcp(fam.stranger, fam.server, 80, TCP_SYN), settings)?;
+    let base = noop_baseline(noop, &tcp(fam.stranger, fam.server, 80, SYN), settings)?;
     out.rows.extend(fresh_rows(&mut knock, noop, settings, fam, 0x0010_0000, base, ", 1 client")?);
 
     let now = clock::boot_ns();
@@ -338,7 +339,7 @@ pub fn run(settings: &Settings) -> Result<Clients> {
     let (_, _, steps) = rotation.next.last().ok_or_else(|| anyhow!("no client rotated"))?;
     let src = (fam.fresh)(0x0030_0000);
     for step in steps {
-        let (verdict, _) = test_run(knock.prog()?, &tcp(src, fam.server, step.port, TCP_SYN), 1)?;
+        let (verdict, _) = test_run(knock.prog()?, &tcp(src, fam.server, step.port, SYN), 1)?;
         ensure!(verdict == XDP_PASS, "a knock was not passed");
     }
     let key = knock_common::source::SourceKey::from(src);

@@ -11,15 +11,12 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use knock_common::{
+    Proto, ProtoPort,
     decide::{XDP_DROP, XDP_PASS},
     maps::{Counter, Limits, MAP_EVENTS, Settings as Kernel},
     trie::KnockTable,
 };
-use knock_userspace::{
-    clock, loader,
-    maps::KernelMaps,
-    ports::{Proto, ProtoPort},
-};
+use knock_userspace::{clock, loader, maps::KernelMaps};
 use serde_json::{Value, json};
 
 use super::{Settings, host::thread_cpu_ns};
@@ -29,8 +26,6 @@ pub const PROTECTED: u16 = 22;
 pub const UNPROTECTED: u16 = 80;
 pub const KNOCKS: [u16; 3] = [61001, 62002, 63003];
 pub const SEQ_INDEX: u32 = 5;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_ACK: u8 = 0x10;
 pub const HOUR_NS: u64 = 3_600_000_000_000;
 /// How far an SPA datagram's clock may be off (the config's default).
 pub const SPA_SKEW_SECS: u64 = 30;

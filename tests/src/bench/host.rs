@@ -10,13 +10,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use knock_common::{Proto, proto::tcp_flags::SYN};
 use serde_json::{Value, json};
 
-use super::harness::{TCP_SYN, tcp};
-use crate::{
-    frames::{Frame, Proto},
-    lab,
-};
+use super::harness::tcp;
+use crate::{frames::Frame, lab};
 
 /// The machine the numbers come from.
 pub fn machine() -> Value {
@@ -124,8 +122,7 @@ pub fn for_lab(mut frame: Vec<u8>, (server, client): ([u8; 6], [u8; 6])) -> Vec<
 /// A TCP SYN from the lab client to the lab server's port, as the server's
 /// veth end receives it.
 pub fn lab_syn(macs: ([u8; 6], [u8; 6]), port: u16) -> Vec<u8> {
-    let frame =
-        tcp(lab::CLIENT_V4.parse().unwrap(), lab::SERVER_V4.parse().unwrap(), port, TCP_SYN);
+    let frame = tcp(lab::CLIENT_V4.parse().unwrap(), lab::SERVER_V4.parse().unwrap(), port, SYN);
     for_lab(frame, macs)
 }
 

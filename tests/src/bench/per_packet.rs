@@ -6,14 +6,15 @@ use aya::programs::Xdp;
 use knock_common::{
     decide::{XDP_DROP, XDP_PASS},
     maps::{ALLOW_MAX_ENTRIES, Counter},
+    proto::tcp_flags::{ACK, SYN},
 };
 use knock_userspace::{clock, maps as kernel_maps};
 
 use super::{
     Settings,
     harness::{
-        Family, HOUR_NS, KNOCKS, Knock, PROTECTED, Path, PathRow, TCP_ACK, TCP_SYN, UNPROTECTED,
-        config, families, load_noop, median, noop_baseline, noop_prog, steady_row, tcp, test_run,
+        Family, HOUR_NS, KNOCKS, Knock, PROTECTED, Path, PathRow, UNPROTECTED, config, families,
+        load_noop, median, noop_baseline, noop_prog, steady_row, tcp, test_run,
     },
 };
 
@@ -37,7 +38,7 @@ pub fn run(settings: &Settings) -> Result<Vec<PathRow>> {
 
     // A baseline row per family (the no-op on the unrelated frame).
     for fam in &fams {
-        let frame = tcp(fam.stranger, fam.server, UNPROTECTED, TCP_ACK);
+        let frame = tcp(fam.stranger, fam.server, UNPROTECTED, ACK);
         let b = noop_baseline(noop, &frame, settings)?;
         rows.push(PathRow {
             name: "no-op baseline".into(),
@@ -64,7 +65,7 @@ pub fn run(settings: &Settings) -> Result<Vec<PathRow>> {
                 name: "unrelated",
                 family: fam.name,
                 what: "TCP ACK from a stranger to an unprotected port (80): parse, one port-flags array load",
-                frame: &tcp(fam.stranger, fam.server, UNPROTECTED, TCP_ACK),
+                frame: &tcp(fam.stranger, fam.server, UNPROTECTED, ACK),
                 expected: (XDP_PASS, Counter::Passed),
                 goal: Some(1.3),
             },
@@ -72,7 +73,7 @@ pub fn run(settings: &Settings) -> Result<Vec<PathRow>> {
                 name: "stranger",
                 family: fam.name,
                 what: "SYN from a stranger to protected port 22, no network installed: source read, admission-filter miss",
-                frame: &tcp(fam.stranger, fam.server, PROTECTED, TCP_SYN),
+                frame: &tcp(fam.stranger, fam.server, PROTECTED, SYN),
                 expected: (XDP_DROP, Counter::DroppedProtected),
                 goal: Some(1.5),
             },
@@ -81,7 +82,7 @@ pub fn run(settings: &Settings) -> Result<Vec<PathRow>> {
                 family: fam.name,
                 what: "SYN from an allowed source to 22, idle timeout 0 so every repeat takes the allow path: \
                        flow hit but idle, allow hit, flow written",
-                frame: &tcp(fam.allowed, fam.server, PROTECTED, TCP_SYN),
+                frame: &tcp(fam.allowed, fam.server, PROTECTED, SYN),
                 expected: (XDP_PASS, Counter::PassedAllowed),
                 goal: Some(3.0),
             },
@@ -94,7 +95,7 @@ pub fn run(settings: &Settings) -> Result<Vec<PathRow>> {
             name: "open flow",
             family: fam.name,
             what: "ACK on an open flow to 22 from a source not in the allow map (idle timeout 1h): flow hit, flow refreshed",
-            frame: &tcp(fam.flow, fam.server, PROTECTED, TCP_ACK),
+            frame: &tcp(fam.flow, fam.server, PROTECTED, ACK),
             expected: (XDP_PASS, Counter::PassedFlow),
             goal: Some(3.0),
         })?);
@@ -119,7 +120,7 @@ pub fn run(settings: &Settings) -> Result<Vec<PathRow>> {
         // the old state, then the next repeat is a retransmission... so take a
         // source that knocked the first step only.
         let src = (fam.fresh)(0x00ff_ffff);
-        let first = tcp(src, fam.server, KNOCKS[0], TCP_SYN);
+        let first = tcp(src, fam.server, KNOCKS[0], SYN);
         test_run(knock.prog()?, &first, 1)?;
         rows.push(steady_row(&mut knock, noop, settings, &Path {
             name: "knock retransmission",
@@ -166,7 +167,7 @@ pub fn fresh_rows(
     for i in 0..settings.fresh_samples {
         let src = (fam.fresh)(source_base + i as u32);
         for (step, &port) in KNOCKS.iter().enumerate() {
-            let frame = tcp(src, fam.server, port, TCP_SYN);
+            let frame = tcp(src, fam.server, port, SYN);
             // Alternate the order so neither side always runs second.
             let (b, (verdict, ns)) = if i % 2 == 0 {
                 let b = test_run(noop, &frame, 1)?.1;

@@ -11,6 +11,7 @@ use aya::maps::MapData;
 use knock_common::{
     decide::{XDP_DROP, XDP_PASS},
     maps::{ALLOW_MAX_ENTRIES, Counter, KNOCK_STATE_MAX_ENTRIES},
+    proto::tcp_flags::SYN,
 };
 use knock_userspace::clock;
 use serde_json::{Value, json};
@@ -18,7 +19,7 @@ use serde_json::{Value, json};
 use super::{
     Settings,
     harness::{
-        HOUR_NS, KNOCKS, Knock, PROTECTED, Path, PathRow, TCP_SYN, config, families, load_noop,
+        HOUR_NS, KNOCKS, Knock, PROTECTED, Path, PathRow, config, families, load_noop,
         noop_baseline, noop_prog, steady_row, tcp, test_run,
     },
     per_packet::fresh_rows,
@@ -133,8 +134,8 @@ pub fn run(settings: &Settings) -> Result<Scale> {
 
     // A stranger SYN while a knock is in progress somewhere: the state
     // lookup (a miss) is on its path. First with a near-empty map.
-    let stranger = tcp(fam.stranger, fam.server, PROTECTED, TCP_SYN);
-    let warm = tcp((fam.fresh)(0x00ff_fff0), fam.server, KNOCKS[0], TCP_SYN);
+    let stranger = tcp(fam.stranger, fam.server, PROTECTED, SYN);
+    let warm = tcp((fam.fresh)(0x00ff_fff0), fam.server, KNOCKS[0], SYN);
     test_run(knock.prog()?, &warm, 1)?;
     let stranger_path = |name| Path {
         name,
@@ -157,7 +158,7 @@ pub fn run(settings: &Settings) -> Result<Scale> {
     // send a first knock (one test run each, so the kernel's own LRU does
     // the evicting).
     let start = Instant::now();
-    let mut frame = tcp((fam.fresh)(0), fam.server, KNOCKS[0], TCP_SYN);
+    let mut frame = tcp((fam.fresh)(0), fam.server, KNOCKS[0], SYN);
     for i in 0..settings.scale_sources {
         // IPv4 source address: bytes 26..30 of an untagged frame.
         frame[26..30].copy_from_slice(&(0x0a00_0000_u32 + i).to_be_bytes());
@@ -199,7 +200,7 @@ pub fn run(settings: &Settings) -> Result<Scale> {
         name: "allowed source, full allow map",
         family: fam.name,
         what: "SYN from an allowed source to 22 with ALLOW full (idle timeout 0: allow path every repeat)",
-        frame: &tcp(fam.allowed, fam.server, PROTECTED, TCP_SYN),
+        frame: &tcp(fam.allowed, fam.server, PROTECTED, SYN),
         expected: (XDP_PASS, Counter::PassedAllowed),
         goal: Some(2.5),
     })?);

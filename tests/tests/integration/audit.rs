@@ -4,8 +4,9 @@
 
 use std::{fs, io::Write as _, time::Duration};
 
+use knock_common::{Proto, ProtoPort};
 use knock_tests::{
-    lab::{CLIENT_V4, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_V4, eventually},
+    lab::{CLIENT_V4, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, eventually},
     privileged,
 };
 use knock_userspace::{
@@ -164,7 +165,7 @@ fn the_daemon_rotates_each_audit_file_past_4_mib_keeping_one_generation() {
     // A refusal (a reset: a first knock, then another port of the knock
     // space) rotates the refusals, and only them.
     let first = lab.sequence(&profile, None)[0];
-    let stray = Knock { port: lab.unused_knock_port(&profile, 60), udp: false };
+    let stray = ProtoPort::new(Proto::Tcp, lab.unused_knock_port(&profile, 60));
     lab.send_knocks(CLIENT2_V4, SERVER_V4, &[first, stray], Duration::from_millis(20));
     eventually("the refusals were not rotated", || previous(&refusals).exists());
     assert_eq!(fs::read(previous(&refusals)).unwrap().len(), ROTATE_AT + 1);

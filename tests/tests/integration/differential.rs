@@ -21,7 +21,7 @@ use std::{
 };
 
 use knock_common::{
-    Proto,
+    Proto, ProtoPort,
     allow::{AllowEntry, AllowOrigin},
     decide::{Parsed, decide},
     event::EventKind,
@@ -29,12 +29,13 @@ use knock_common::{
     knock::KnockMaps as _,
     maps::{Counter, Runtime, Settings, port_flags},
     model::{At, Model, Packet},
+    proto::tcp_flags::{ACK, FIN, RST, SYN},
     source::SourceKey,
     spa::{self, key_from_secret, spa_key},
     trie::{KnockTable, SequenceInfo},
 };
 use knock_tests::{frames::Frame, privileged, testrun};
-use knock_userspace::{clock, loader, maps::KernelMaps, ports::ProtoPort};
+use knock_userspace::{clock, loader, maps::KernelMaps};
 use proptest::{prelude::*, test_runner::TestRunner};
 
 const SERVER_V4: &str = "198.51.100.1";
@@ -49,8 +50,8 @@ const PROTECTED_TCP: u16 = 22;
 const PROTECTED_UDP: u16 = 53;
 const OTHER: u16 = 80;
 
-const SYN: u8 = 0x02;
-const FLAGS: [u8; 7] = [SYN, SYN, 0x10, 0x12, 0x11, 0x04, 0x14];
+/// TCP flags of generated packets: bare SYNs twice as often as the rest.
+const FLAGS: [u8; 7] = [SYN, SYN, ACK, SYN | ACK, FIN | ACK, RST, RST | ACK];
 const HOUR: u64 = 3_600_000_000_000;
 /// The two clocks are read microseconds apart.
 const TOLERANCE_NS: u64 = 50_000_000;
@@ -77,9 +78,10 @@ const SPA_SECRET: [u8; 32] = [5; 32];
 
 #[derive(Clone, Debug)]
 enum Op {
-    /// One packet: source, UDP?, port (index into POOL, or 8 = 22, 9 = 53,
-    /// 10 = 80, 11 = the spoiler), TCP flags, source port, sequence number.
-    Packet { source: usize, udp: bool, port: usize, flags: u8, sport: u16, seq: u32 },
+    /// One packet: source, protocol, port (index into POOL, or 8 = 22,
+    /// 9 = 53, 10 = 80, 11 = the spoiler), TCP flags, source port, sequence
+    /// number.
+    Packet { source: usize, proto: Proto, port: usize, flags: u8, sport: u16, seq: u32 },
     /// Source `source` sends client `client`'s whole sequence, after a
     /// SYN to the spoiler port that ends any knock in progress, then
     /// connects to the protected TCP port.
@@ -107,9 +109,10 @@ fn port_of(index: usize) -> u16 {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => (0..SOURCES.len(), any::<bool>(), 0..12usize, prop::sample::select(FLAGS.to_vec()),
-              40000..40003u16, prop::sample::select(vec![1u32, 2, 3, 77_777]))
-            .prop_map(|(source, udp, port, flags, sport, seq)| Op::Packet { source, udp, port, flags, sport, seq }),
+        8 => (0..SOURCES.len(), prop::sample::select(Proto::ALL.to_vec()), 0..12usize,
+              prop::sample::select(FLAGS.to_vec()), 40000..40003u16,
+              prop::sample::select(vec![1u32, 2, 3, 77_777]))
+            .prop_map(|(source, proto, port, flags, sport, seq)| Op::Packet { source, proto, port, flags, sport, seq }),
         3 => (0..SOURCES.len(), 0..3usize).prop_map(|(source, client)| Op::Knock { source, client }),
         1 => (0..SOURCES.len(), 0..BACKGROUND)
             .prop_map(|(source, client)| Op::KnockBackground { source, client }),
@@ -278,7 +281,7 @@ fn run_case(kernel: &mut Kernel, checked: &mut Checked, sequences: &[Vec<u16>], 
     let context = || format!("\nsequences {knocked:?}\nops {ops:?}");
 
     // What each source sent, for the properties below.
-    let mut sent: Vec<Vec<(bool, u16)>> = vec![Vec::new(); SOURCES.len()];
+    let mut sent: Vec<Vec<ProtoPort>> = vec![Vec::new(); SOURCES.len()];
     // Sources allowed by hand or by a single-packet authorization.
     let mut allowed_by_hand = [false; SOURCES.len()];
     for op in ops {
@@ -367,9 +370,9 @@ fn run_case(kernel: &mut Kernel, checked: &mut Checked, sequences: &[Vec<u16>], 
             }
             continue;
         }
-        let packets: Vec<(usize, bool, u16, u8, u16, u32)> = match *op {
-            Op::Packet { source, udp, port, flags, sport, seq } => {
-                vec![(source, udp, port_of(port), flags, sport, seq)]
+        let packets: Vec<(usize, Proto, u16, u8, u16, u32)> = match *op {
+            Op::Packet { source, proto, port, flags, sport, seq } => {
+                vec![(source, proto, port_of(port), flags, sport, seq)]
             }
             // The client then connects, as a real one would.
             Op::Knock { source, client } | Op::KnockBackground { source, client } => {
@@ -377,11 +380,13 @@ fn run_case(kernel: &mut Kernel, checked: &mut Checked, sequences: &[Vec<u16>], 
                     Op::Knock { .. } => client,
                     _ => knocked.len() + client,
                 };
-                std::iter::once((source, false, SPOILER, SYN, 40000, 1))
+                std::iter::once((source, Proto::Tcp, SPOILER, SYN, 40000, 1))
                     .chain(
-                        sequences[client].iter().map(|&port| (source, false, port, SYN, 40000, 1)),
+                        sequences[client]
+                            .iter()
+                            .map(|&port| (source, Proto::Tcp, port, SYN, 40000, 1)),
                     )
-                    .chain([(source, false, PROTECTED_TCP, SYN, 40003, 1)])
+                    .chain([(source, Proto::Tcp, PROTECTED_TCP, SYN, 40003, 1)])
                     .collect()
             }
             Op::Allow { source, long } => {
@@ -409,11 +414,11 @@ fn run_case(kernel: &mut Kernel, checked: &mut Checked, sequences: &[Vec<u16>], 
         };
         let opened_before = client.is_some_and(|c| opened_for(&model, c));
         let allowed_before = model.allowed_entry(source_key(source));
-        for (source, udp, port, flags, sport, seq) in packets {
-            sent[source].push((udp, port));
+        for (source, proto, port, flags, sport, seq) in packets {
+            sent[source].push(ProtoPort::new(proto, port));
             let src: IpAddr = SOURCES[source].parse().unwrap();
             let server: IpAddr = if src.is_ipv4() { SERVER_V4 } else { SERVER_V6 }.parse().unwrap();
-            let proto = if udp { Proto::Udp } else { Proto::Tcp };
+            let udp = proto == Proto::Udp;
             let flags = if udp { 0 } else { flags };
             let frame =
                 Frame { tcp_flags: flags, tcp_seq: seq, ..Frame::new(src, server, proto, port) }
@@ -613,10 +618,10 @@ fn opened_for(model: &Model, client: usize) -> bool {
 
 /// Did a source send `sequence`'s ports, over TCP, in order (not
 /// necessarily back to back)? Opening the door needs at least that.
-fn sent_in_order(sent: &[(bool, u16)], sequence: &[u16]) -> bool {
+fn sent_in_order(sent: &[ProtoPort], sequence: &[u16]) -> bool {
     let mut wanted = sequence.iter().peekable();
-    for &(udp, port) in sent {
-        if !udp && wanted.peek() == Some(&&port) {
+    for knock in sent {
+        if knock.proto == Proto::Tcp && wanted.peek() == Some(&&knock.port) {
             wanted.next();
         }
     }

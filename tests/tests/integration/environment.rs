@@ -13,8 +13,9 @@ use std::{
 };
 
 use clap::CommandFactory as _;
+use knock_common::{Proto, ProtoPort};
 use knock_tests::{
-    lab::{self, CLIENT_V4, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_V4},
+    lab::{self, CLIENT_V4, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4},
     privileged,
 };
 use knock_userspace::{cli::Cli, maps::TEST_ABORT_AFTER_WRITES};
@@ -127,7 +128,7 @@ fn every_variable_does_what_its_flag_does() {
     let profile = knock.add_client("laptop", &["--slot", "60s"]);
     let before = knock.status()["counters"].clone();
     let port = lab.unused_knock_port(&profile, 60);
-    let miss = Knock { port, udp: false };
+    let miss = ProtoPort::new(Proto::Tcp, port);
     lab.send_knocks(CLIENT2_V4, SERVER_V4, &[miss; 3], Duration::from_millis(20));
     let after = knock.status()["counters"].clone();
     let moved = |name: &str| after[name].as_u64().unwrap() - before[name].as_u64().unwrap();

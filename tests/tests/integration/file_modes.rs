@@ -6,8 +6,9 @@
 
 use std::{fs, os::unix::fs::PermissionsExt as _, path::Path, process::Command, time::Duration};
 
+use knock_common::{Proto, ProtoPort};
 use knock_tests::{
-    lab::{self, CLIENT_V4, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_V4, eventually},
+    lab::{self, CLIENT_V4, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, eventually},
     privileged,
 };
 
@@ -48,7 +49,7 @@ fn private_files_are_0600_and_their_directories_0700_whatever_the_umask() {
     // A reset for the refusals file: a sequence's first port, then a port
     // of the knock space in none of the installed sequences (s-1..s+2).
     let first = lab.sequence(&profile, None)[0];
-    let other = Knock { port: lab.unused_knock_port(&profile, 60), udp: false };
+    let other = ProtoPort::new(Proto::Tcp, lab.unused_knock_port(&profile, 60));
     lab.send_knocks(CLIENT2_V4, SERVER_V4, &[first, other], Duration::from_millis(20));
     let state = knock.state_path().to_owned();
     eventually("no refusal was audited", || state.join("refusals.jsonl").exists());

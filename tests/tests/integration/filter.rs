@@ -7,15 +7,16 @@
 use std::net::IpAddr;
 
 use knock_common::{
-    Proto,
+    Proto, ProtoPort,
     decide::{XDP_DROP, XDP_PASS},
     filter,
     maps::{Counter, Runtime, Settings},
+    proto::tcp_flags,
     source::SourceKey,
     trie::KnockTable,
 };
 use knock_tests::{frames::Frame, privileged, testrun};
-use knock_userspace::{clock, loader, maps::KernelMaps, ports::ProtoPort};
+use knock_userspace::{clock, loader, maps::KernelMaps};
 
 const SERVER: &str = "192.0.2.1";
 const PROTECTED: u16 = 22;
@@ -103,7 +104,7 @@ fn every_admitted_source_is_in_the_filter_and_a_rebuild_drops_only_stale_slots()
         assert!(maps.filter_admits(&key(src)).unwrap(), "{src}: a live slot was cleared");
     }
     let ack = Frame {
-        tcp_flags: 0x10,
+        tcp_flags: tcp_flags::ACK,
         tcp_seq: 2,
         ..Frame::new(ip(knocker), ip(SERVER), Proto::Tcp, PROTECTED)
     }

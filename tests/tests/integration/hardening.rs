@@ -16,7 +16,9 @@ use std::{
 };
 
 use knock_tests::{
-    lab::{CLIENT_V4, Entry, Instance, Knock, Lab, SERVER_V4, binary, eventually, has_xdp, run},
+    lab::{
+        CLIENT_V4, Entry, Instance, Lab, SERVER_V4, binary, eventually, has_xdp, run, tcp_knocks,
+    },
     privileged,
 };
 use knock_userspace::{
@@ -184,8 +186,7 @@ fn symlinks_planted_at_the_temporary_and_audit_files_are_not_followed() {
     let audit = dir.join("audit.jsonl");
     let _ = fs::remove_file(&audit);
     std::os::unix::fs::symlink(&target, &audit).unwrap();
-    let knocks: Vec<Knock> =
-        [7101, 7102, 7103].iter().map(|&port| Knock { port, udp: false }).collect();
+    let knocks = tcp_knocks(&[7101, 7102, 7103]);
     lab.send_knocks(CLIENT_V4, SERVER_V4, &knocks, Duration::from_millis(20));
     assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, 8022), "the knock did not open the door");
     eventually("the daemon did not report the refused audit write", || {

@@ -10,39 +10,34 @@ use std::{
     fs,
     os::unix::fs::PermissionsExt as _,
     process::Output,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use knock_tests::{
-    lab::{CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6, field},
+    lab::{
+        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6, SERVICE,
+        error_line, field, knocked, middle_of_slot, rfc3339, slot_now,
+    },
     privileged,
 };
 use knock_userspace::check::PortState;
 
-const SERVICE: u16 = 8022;
 const SLOT_SECS: u64 = 60;
 const GAP: Duration = Duration::from_millis(20);
 
 fn setup() -> (Lab, Instance) {
-    let lab = Lab::new();
-    lab.tcp_echo(SERVER_V4, SERVICE);
-    lab.tcp_echo(SERVER_V6, SERVICE);
-    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
-    knock.attach(&[&lab.server_if]);
-    knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
+    let lab = Lab::with_service();
+    let knock = lab.protecting_daemon(Entry::NetnsExec, &[]);
     (lab, knock)
 }
 
 /// The middle of the current 60 s slot, and that slot.
 fn middle_of_this_slot() -> (SystemTime, u64) {
-    let slot = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() / SLOT_SECS;
-    (UNIX_EPOCH + Duration::from_secs(slot * SLOT_SECS + SLOT_SECS / 2), slot)
+    let slot = slot_now(SLOT_SECS);
+    (middle_of_slot(slot, SLOT_SECS), slot)
 }
 
-fn rfc3339(at: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(at).to_string()
-}
-
+/// What a `knock` printed: stdout and stderr apart.
 fn text(out: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -52,14 +47,7 @@ fn text(out: &Output) -> (String, String) {
 
 /// The slots of the `knocked ... (slot N)` lines, in order.
 fn knocked_slots(stdout: &str) -> Vec<u64> {
-    stdout
-        .lines()
-        .filter(|l| l.starts_with("knocked "))
-        .map(|l| {
-            let slot = l.rsplit_once("(slot ").expect(l).1.trim_end_matches(')');
-            slot.parse().expect(l)
-        })
-        .collect()
+    knocked(stdout).iter().map(|k| k.slot).collect()
 }
 
 /// `ADDR:PORT STATE after N tries (T s)` lines: (address, state, tries).
@@ -172,7 +160,6 @@ fn one_command_knocks_several_hosts_and_exits_with_the_worst_outcome() {
     }
     let (lab, knock) = setup();
     let profile = knock.add_client("alice", &[]);
-    let profile = profile.to_str().unwrap();
     let v6 = format!("[{SERVER_V6}]");
     let check = SERVICE.to_string();
     assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE));
@@ -180,7 +167,7 @@ fn one_command_knocks_several_hosts_and_exits_with_the_worst_outcome() {
 
     // The IPv4 and the IPv6 address of one server: the second knock takes a
     // slot the first did not use, or the server would refuse it as a replay.
-    let out = lab.client_cli(&["knock", SERVER_V4, &v6, "--profile", profile, "--check", &check]);
+    let out = lab.knock_hosts(&[SERVER_V4, &v6], &profile, &["--check", &check]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}{}", knock.daemon_log());
     let slots = knocked_slots(&stdout);
@@ -197,17 +184,11 @@ fn one_command_knocks_several_hosts_and_exits_with_the_worst_outcome() {
 
     // A host where nobody answers is filtered; the next host is still
     // knocked, and the exit status is the worse outcome.
-    let out = lab.client_cli(&[
-        "knock",
-        "10.201.0.9",
-        SERVER_V4,
-        "--profile",
-        profile,
-        "--check",
-        &check,
-        "--retries",
-        "0",
-    ]);
+    let out = lab.knock_hosts(
+        &["10.201.0.9", SERVER_V4],
+        &profile,
+        &["--check", &check, "--retries", "0"],
+    );
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(4), "{stdout}{stderr}");
     assert_eq!(
@@ -220,18 +201,9 @@ fn one_command_knocks_several_hosts_and_exits_with_the_worst_outcome() {
 
     // A host that cannot be resolved is an error, on one line; the others
     // are knocked all the same.
-    let out = lab.client_cli(&[
-        "knock",
-        "no-such-host.invalid",
-        &v6,
-        "--profile",
-        profile,
-        "--check",
-        &check,
-    ]);
+    let out = lab.knock_hosts(&["no-such-host.invalid", &v6], &profile, &["--check", &check]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("knock-xdp: ") && stderr.contains("no-such-host.invalid"));
+    assert!(error_line("an unresolvable host", &out).contains("no-such-host.invalid"));
     assert_eq!(results(&stdout), [(format!("[{SERVER_V6}]:{SERVICE}"), "open".into(), 1)]);
 }

@@ -8,31 +8,24 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use knock_common::{Proto, ProtoPort};
 use knock_tests::{
     lab::{
-        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_V4, SERVER_V6,
-        away_from_slot_boundary, field,
+        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6, SERVICE,
+        away_from_slot_boundary, eventually, field, middle_of_slot, slot_now,
     },
     privileged,
 };
 use knock_userspace::check::PortState;
 
-const SERVICE: u16 = 8022;
 const GAP: Duration = Duration::from_millis(20);
-
-fn lab_with_service() -> Lab {
-    let lab = Lab::new();
-    lab.tcp_echo(SERVER_V4, SERVICE);
-    lab.tcp_echo(SERVER_V6, SERVICE);
-    lab
-}
 
 /// A daemon protecting the service, with short windows for the tests.
 fn knock_daemon(lab: &Lab, open_window: &str, knock_timeout: &str) -> Instance {
-    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
-    knock.attach(&[&lab.server_if, "--open-window", open_window, "--knock-timeout", knock_timeout]);
-    knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
-    knock
+    lab.protecting_daemon(
+        Entry::NetnsExec,
+        &["--open-window", open_window, "--knock-timeout", knock_timeout],
+    )
 }
 
 #[test]
@@ -40,7 +33,7 @@ fn a_knock_opens_the_door_and_mistakes_do_not() {
     if !privileged("a_knock_opens_the_door_and_mistakes_do_not") {
         return;
     }
-    let lab = lab_with_service();
+    let lab = Lab::with_service();
     let knock = knock_daemon(&lab, "4s", "2s");
     let profile = knock.add_client("alice", &["--slot", "60s"]);
     away_from_slot_boundary(60, Duration::from_secs(25));
@@ -51,14 +44,14 @@ fn a_knock_opens_the_door_and_mistakes_do_not() {
     assert_eq!(lab.tcp_state(SERVER_V4, SERVICE), PortState::Filtered);
 
     // Wrong order.
-    let reversed: Vec<Knock> = seq.iter().rev().copied().collect();
+    let reversed: Vec<ProtoPort> = seq.iter().rev().copied().collect();
     lab.send_knocks(CLIENT_V4, SERVER_V4, &reversed, GAP);
     assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "reversed order opened the door");
 
     // One extra port of the knock space in the middle.
     let stray = (61000..).find(|p| seq.iter().all(|k| k.port != *p)).unwrap();
     let mut extra = seq.clone();
-    extra.insert(2, Knock { port: stray, udp: false });
+    extra.insert(2, ProtoPort::new(Proto::Tcp, stray));
     lab.send_knocks(CLIENT_V4, SERVER_V4, &extra, GAP);
     assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "an extra port opened the door");
 
@@ -74,7 +67,7 @@ fn a_knock_opens_the_door_and_mistakes_do_not() {
     assert!(stdout.contains(" open"), "{stdout}");
     let opened = Instant::now();
     assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE));
-    let listing: serde_json::Value = knock.list();
+    let listing = knock.list();
     assert_eq!(listing["allowed"][0]["addr"], CLIENT_V4);
     assert_eq!(listing["allowed"][0]["origin"], "knock (alice)");
     // Only that source: the second address of the client is still out.
@@ -100,7 +93,7 @@ fn a_knock_interleaved_with_real_connections_to_other_services_opens_the_door() 
     if !privileged("a_knock_interleaved_with_real_connections_to_other_services_opens_the_door") {
         return;
     }
-    let lab = lab_with_service();
+    let lab = Lab::with_service();
     // A web server and a DNS-like UDP service on the same host, not protected.
     lab.tcp_echo(SERVER_V4, 8080);
     lab.udp_echo(SERVER_V4, 5353);
@@ -125,26 +118,24 @@ fn udp_and_ipv6_clients() {
     if !privileged("udp_and_ipv6_clients") {
         return;
     }
-    let lab = lab_with_service();
+    let lab = Lab::with_service();
     let knock = knock_daemon(&lab, "30s", "10s");
     let udp = knock.add_client("phone", &["--proto", "udp", "--length", "6"]);
     let tcp = knock.add_client("laptop", &[]);
 
     let seq = lab.sequence(&udp, None);
-    assert!(seq.iter().all(|k| k.udp) && seq.len() == 6, "{seq:?}");
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    assert!(seq.iter().all(|k| k.proto == Proto::Udp) && seq.len() == 6, "{seq:?}");
+    let now = slot_now(30);
     let slot =
         knock.status()["current_slots"]["phone"].as_u64().expect("status shows the current slot");
-    assert!(slot == now / 30 || slot == now / 30 + 1, "{slot}");
+    assert!(slot == now || slot == now + 1, "{slot}");
     let out = lab.knock(&udp, &["--check", &SERVICE.to_string()]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 
     // Over IPv6, with the server given as [addr].
     assert!(!lab.tcp_exchange(CLIENT_V6, SERVER_V6, SERVICE));
     let host = format!("[{SERVER_V6}]");
-    let profile = tcp.display().to_string();
-    let out =
-        lab.client_cli(&["knock", &host, "--profile", &profile, "--check", &SERVICE.to_string()]);
+    let out = lab.knock_hosts(&[&host], &tcp, &["--check", &SERVICE.to_string()]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(lab.tcp_exchange(CLIENT_V6, SERVER_V6, SERVICE));
 }
@@ -154,7 +145,7 @@ fn knockd_knock_client_opens_a_static_door() {
     if !privileged("knockd_knock_client_opens_a_static_door") {
         return;
     }
-    let lab = lab_with_service();
+    let lab = Lab::with_service();
     let knock = knock_daemon(&lab, "30s", "10s");
     // Its span, 9000-9900/tcp, stays clear of the protected 8022/tcp.
     knock.add_client("legacy", &["--static", "9000,9500:udp,9900"]);
@@ -171,9 +162,9 @@ fn knockd_knock_client_opens_a_static_door() {
         CLIENT2_V4,
         SERVER_V4,
         &[
-            Knock { port: 9000, udp: false },
-            Knock { port: 9500, udp: true },
-            Knock { port: 9900, udp: false },
+            ProtoPort::new(Proto::Tcp, 9000),
+            ProtoPort::new(Proto::Udp, 9500),
+            ProtoPort::new(Proto::Tcp, 9900),
         ],
         GAP,
     );
@@ -199,19 +190,15 @@ fn neighbouring_slots_open_and_distant_ones_do_not() {
     if !privileged("neighbouring_slots_open_and_distant_ones_do_not") {
         return;
     }
-    let lab = lab_with_service();
+    let lab = Lab::with_service();
     let knock = knock_daemon(&lab, "30s", "10s");
     let slot_secs = 60;
     let profile = knock.add_client("skewed", &["--slot", "60s"]);
     away_from_slot_boundary(slot_secs, Duration::from_secs(30));
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let slot = now / slot_secs;
-    let middle_of = |offset: i64| {
-        UNIX_EPOCH
-            + Duration::from_secs(((slot as i64 + offset) as u64) * slot_secs + slot_secs / 2)
-    };
+    let slot = slot_now(slot_secs);
     let try_slot = |offset: i64| {
-        let seq = lab.sequence(&profile, Some(middle_of(offset)));
+        let at = middle_of_slot(slot.checked_add_signed(offset).unwrap(), slot_secs);
+        let seq = lab.sequence(&profile, Some(at));
         lab.send_knocks(CLIENT_V4, SERVER_V4, &seq, GAP);
         let opened = lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE);
         knock.cli(&["revoke", CLIENT_V4]);
@@ -229,7 +216,7 @@ fn a_replayed_sequence_fails_from_another_source() {
     if !privileged("a_replayed_sequence_fails_from_another_source") {
         return;
     }
-    let lab = lab_with_service();
+    let lab = Lab::with_service();
     let knock = knock_daemon(&lab, "30s", "10s");
     let profile = knock.add_client("alice", &["--slot", "60s"]);
     away_from_slot_boundary(60, Duration::from_secs(15));
@@ -240,17 +227,15 @@ fn a_replayed_sequence_fails_from_another_source() {
     // An eavesdropper replays the captured knocks from its own address.
     lab.send_knocks(CLIENT2_V4, SERVER_V4, &seq, GAP);
     assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, SERVICE), "the replay opened the door");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !knock.daemon_log().contains("replayed sequence refused") && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(50));
-    }
-    assert!(knock.daemon_log().contains("replayed sequence refused"), "{}", knock.daemon_log());
+    eventually("the replay was not logged as refused", || {
+        knock.daemon_log().contains("replayed sequence refused")
+    });
 }
 
 /// Adds clients `a` and `b` sharing six ports, again until neither one's
 /// current sequence is one the other has installed (s-1 to s+2): identical
 /// knocks cannot be told apart, which happens about once in a hundred runs.
-fn two_distinguishable_clients(lab: &Lab, knock: &Instance) -> (Vec<Knock>, Vec<Knock>) {
+fn two_distinguishable_clients(lab: &Lab, knock: &Instance) -> (Vec<ProtoPort>, Vec<ProtoPort>) {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
     let slot_time = |offset: i64| UNIX_EPOCH + Duration::from_secs((now + offset * 60) as u64);
     for _ in 0..20 {
@@ -258,7 +243,7 @@ fn two_distinguishable_clients(lab: &Lab, knock: &Instance) -> (Vec<Knock>, Vec<
         let a = knock.add_client("a", &["--ports", "61000-61005", "--slot", "60s"]);
         let b = knock.add_client("b", &["--ports", "61000-61005", "--slot", "60s"]);
         let (seq_a, seq_b) = (lab.sequence(&a, None), lab.sequence(&b, None));
-        let installed = |profile: &Path| -> Vec<Vec<Knock>> {
+        let installed = |profile: &Path| -> Vec<Vec<ProtoPort>> {
             (-1..=2).map(|offset| lab.sequence(profile, Some(slot_time(offset)))).collect()
         };
         if !installed(&a).contains(&seq_b) && !installed(&b).contains(&seq_a) {
@@ -275,7 +260,7 @@ fn two_clients_sharing_ports_knock_at_once() {
     if !privileged("two_clients_sharing_ports_knock_at_once") {
         return;
     }
-    let lab = lab_with_service();
+    let lab = Lab::with_service();
     let knock = knock_daemon(&lab, "30s", "10s");
     away_from_slot_boundary(60, Duration::from_secs(15));
     let (seq_a, seq_b) = two_distinguishable_clients(&lab, &knock);
@@ -290,7 +275,7 @@ fn two_clients_sharing_ports_knock_at_once() {
     assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "client a");
     assert!(lab.tcp_exchange(CLIENT2_V4, SERVER_V4, SERVICE), "client b");
     // Each source is credited to its own client.
-    let listing: serde_json::Value = knock.list();
+    let listing = knock.list();
     let origins: Vec<&str> = field(&listing["allowed"], "origin");
     assert_eq!(origins, ["knock (a)", "knock (b)"], "{seq_a:?} {seq_b:?}\n{}", knock.daemon_log());
 }
@@ -300,19 +285,17 @@ fn spraying_every_port_in_order_never_opens_the_door() {
     if !privileged("spraying_every_port_in_order_never_opens_the_door") {
         return;
     }
-    let lab = lab_with_service();
+    let lab = Lab::with_service();
     // Without the failed-knock limit: with it, every SYN after the 32nd
     // would be ignored, and the spray would never meet the state machine.
-    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
-    knock.attach(&[&lab.server_if, "--failed-knocks", "off"]);
-    knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
+    let knock = lab.protecting_daemon(Entry::NetnsExec, &["--failed-knocks", "off"]);
     // The spray crosses every port of every installed sequence, in order.
     knock.add_client("alice", &[]);
     for _ in 0..3 {
         lab.spray_syns(CLIENT_V4, SERVER_V4);
     }
     assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "spraying opened the door");
-    let listing: serde_json::Value = knock.list();
+    let listing = knock.list();
     assert!(listing["allowed"].as_array().unwrap().is_empty(), "{listing}");
     // Every SYN to alice's knock space (61000-65535) was followed.
     let counters = &knock.status()["counters"];

@@ -13,7 +13,7 @@ use std::{
 };
 
 use knock_tests::{
-    lab::{CLIENT_V4, Entry, Instance, Knock, Lab, SERVER_V4},
+    lab::{CLIENT_V4, Entry, Instance, Lab, SERVER_V4, tcp_knocks},
     privileged,
 };
 use knock_userspace::check::PortState;
@@ -110,7 +110,7 @@ fn a_knock_by_knock_metrics_probe_learns_nothing() {
     // A prober sends one knock at a time and scrapes after each. Within one
     // snapshot every scrape is the same, however far the knock got; a
     // refresh in the middle (uptime moves) is taken again.
-    let knocks = [7101, 7102, 7103].map(|port| Knock { port, udp: false });
+    let knocks = tcp_knocks(&[7101, 7102, 7103]);
     let mut tries = 0;
     loop {
         tries += 1;

@@ -6,35 +6,26 @@
 
 use std::{collections::BTreeSet, path::Path};
 
-use aya::maps::{HashMap, Map, MapData};
 use knock_common::{maps::MAP_KNOCK_STATE, source::SourceKey, trie::KnockState};
 use knock_tests::{
-    lab::{CLIENT_V4, Entry, Instance, Lab, SERVER_V4},
+    lab::{CLIENT_V4, Entry, Instance, Lab, SERVER_V4, SERVICE},
     privileged,
 };
 
-const SERVICE: u16 = 8022;
 /// The default knock space of a client, every port of which the scan hits.
 const KNOCK_SPACE: u64 = 65_535 - 61_000 + 1;
 
 /// The knock states in the kernel (a daemon started through nsenter).
 fn knock_states(knock: &Instance) -> Vec<(SourceKey, KnockState)> {
-    let data = MapData::from_pin(knock.pin_dir().join(MAP_KNOCK_STATE)).unwrap();
-    let map: HashMap<MapData, SourceKey, KnockState> =
-        HashMap::try_from(Map::HashMap(data)).unwrap();
+    let map = knock.pinned_hash_map::<SourceKey, KnockState>(MAP_KNOCK_STATE);
     map.iter().map(Result::unwrap).collect()
 }
 
 /// A daemon protecting the service, with one client and its four
 /// sequences installed; `extra` for attach.
 fn setup(extra: &[&str]) -> (Lab, Instance, std::path::PathBuf) {
-    let lab = Lab::new();
-    lab.tcp_echo(SERVER_V4, SERVICE);
-    let mut knock = Instance::new(&lab.server, Entry::NsenterNet);
-    let mut args = vec![lab.server_if.as_str()];
-    args.extend_from_slice(extra);
-    knock.attach(&args);
-    knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
+    let lab = Lab::with_service();
+    let knock = lab.protecting_daemon(Entry::NsenterNet, extra);
     let profile = knock.add_client("laptop", &["--slot", "60s"]);
     (lab, knock, profile)
 }

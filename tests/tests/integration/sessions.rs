@@ -8,40 +8,29 @@ use std::{
     time::{Duration, Instant},
 };
 
+use knock_common::{
+    Proto,
+    proto::tcp_flags::{ACK, FIN, RST},
+};
 use knock_tests::{
     flood,
-    frames::{Frame, Proto},
+    frames::Frame,
     lab::{
-        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6, eventually,
-        eventually_within,
+        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6, SERVICE,
+        UDP_SERVICE, eventually, eventually_within,
     },
     privileged,
 };
 
-const TCP_PORT: u16 = 8022;
-const UDP_PORT: u16 = 5353;
-
-fn lab() -> Lab {
-    let lab = Lab::new();
-    for addr in [SERVER_V4, SERVER_V6] {
-        lab.tcp_echo(addr, TCP_PORT);
-        lab.udp_echo(addr, UDP_PORT);
-    }
-    lab
-}
-
+/// A daemon protecting both echo services.
 fn daemon(lab: &Lab, extra: &[&str]) -> Instance {
-    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
-    let mut args = vec![lab.server_if.as_str()];
-    args.extend_from_slice(extra);
-    knock.attach(&args);
-    knock.ok(&["protect", &format!("{TCP_PORT}/tcp"), &format!("{UDP_PORT}/udp")]);
+    let knock = lab.daemon(Entry::NetnsExec, extra);
+    knock.protect_services();
     knock
 }
 
 fn flows(knock: &Instance) -> Vec<serde_json::Value> {
-    let listing: serde_json::Value = knock.list();
-    listing["flows"].as_array().unwrap().clone()
+    knock.list()["flows"].as_array().unwrap().clone()
 }
 
 /// The open windows `allow` gives here: seconds, so that the first packet
@@ -88,12 +77,12 @@ fn connections_outlive_the_open_window_over_tcp_udp_ipv4_and_ipv6() {
     if !privileged("connections_outlive_the_open_window_over_tcp_udp_ipv4_and_ipv6") {
         return;
     }
-    let lab = lab();
+    let lab = Lab::with_services();
     let knock = daemon(&lab, &[]);
     for (client, server) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
         let window = Window::allow(&knock, client, WINDOW);
-        let mut tcp = lab.tcp_session(client, server, TCP_PORT).expect("connect while allowed");
-        let udp = lab.udp_session(client, server, UDP_PORT);
+        let mut tcp = lab.tcp_session(client, server, SERVICE).expect("connect while allowed");
+        let udp = lab.udp_session(client, server, UDP_SERVICE);
         assert!(tcp.exchange() && udp.exchange(), "{client}: first exchange");
         window.assert_still_open("the first exchange");
         // Keep talking past the window, and as long again.
@@ -105,11 +94,8 @@ fn connections_outlive_the_open_window_over_tcp_udp_ipv4_and_ipv6() {
             round += 1;
         }
         // New connections (and a new UDP flow) are refused.
-        assert!(
-            lab.tcp_session(client, server, TCP_PORT).is_none(),
-            "{client}: new tcp connection"
-        );
-        assert!(!lab.udp_session(client, server, UDP_PORT).exchange(), "{client}: new udp flow");
+        assert!(lab.tcp_session(client, server, SERVICE).is_none(), "{client}: new tcp connection");
+        assert!(!lab.udp_session(client, server, UDP_SERVICE).exchange(), "{client}: new udp flow");
         // The old ones still work.
         assert!(tcp.exchange() && udp.exchange(), "{client}: after refusals");
     }
@@ -118,7 +104,7 @@ fn connections_outlive_the_open_window_over_tcp_udp_ipv4_and_ipv6() {
     assert!(
         flows
             .iter()
-            .any(|f| f["proto"] == "udp" && f["port"] == UDP_PORT && f["source"] == CLIENT_V6)
+            .any(|f| f["proto"] == "udp" && f["port"] == UDP_SERVICE && f["source"] == CLIENT_V6)
     );
     // The IPv4 flows last spoke before the IPv6 round began.
     assert!(flows.iter().all(|f| f["idle_ms"].as_u64().unwrap() < 15_000), "{flows:?}");
@@ -129,12 +115,12 @@ fn an_idle_connection_ends_after_the_idle_timeout() {
     if !privileged("an_idle_connection_ends_after_the_idle_timeout") {
         return;
     }
-    let lab = lab();
+    let lab = Lab::with_services();
     let idle = Duration::from_secs(6);
     let knock = daemon(&lab, &["--idle-timeout", "6s"]);
     let window = Window::allow(&knock, CLIENT_V4, WINDOW);
-    let mut tcp = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).unwrap();
-    let udp = lab.udp_session(CLIENT_V4, SERVER_V4, UDP_PORT);
+    let mut tcp = lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).unwrap();
+    let udp = lab.udp_session(CLIENT_V4, SERVER_V4, UDP_SERVICE);
     assert!(tcp.exchange() && udp.exchange());
     let active = Instant::now();
     window.assert_still_open("the first exchange");
@@ -155,18 +141,17 @@ fn a_connection_established_before_protect_survives_it() {
     if !privileged("a_connection_established_before_protect_survives_it") {
         return;
     }
-    let lab = lab();
-    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
-    knock.attach(&[&lab.server_if]);
+    let lab = Lab::with_services();
+    let mut knock = lab.daemon(Entry::NetnsExec, &[]);
     // The operator's session, opened while the port is still open.
-    let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).unwrap();
-    let mut v6_session = lab.tcp_session(CLIENT_V6, SERVER_V6, TCP_PORT).unwrap();
+    let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).unwrap();
+    let mut v6_session = lab.tcp_session(CLIENT_V6, SERVER_V6, SERVICE).unwrap();
     assert!(session.exchange() && v6_session.exchange());
 
-    knock.ok(&["protect", &format!("{TCP_PORT}/tcp")]);
+    knock.protect_service();
     assert!(session.exchange(), "protect cut the established session");
     assert!(v6_session.exchange(), "protect cut the established IPv6 session");
-    assert!(lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).is_none(), "a new connection got in");
+    assert!(lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).is_none(), "a new connection got in");
     assert!(knock.daemon_log().contains("established connection kept open"));
 
     // A daemon starting with the port protected keeps them too.
@@ -175,7 +160,7 @@ fn a_connection_established_before_protect_survives_it() {
     assert!(session.exchange());
     knock.attach(&[&lab.server_if]);
     assert!(session.exchange(), "a restart cut the established session");
-    assert!(lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).is_none());
+    assert!(lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).is_none());
 }
 
 #[test]
@@ -183,17 +168,17 @@ fn always_allowed_networks_need_no_knock_until_revoked() {
     if !privileged("always_allowed_networks_need_no_knock_until_revoked") {
         return;
     }
-    let lab = lab();
+    let lab = Lab::with_services();
     let mut knock = daemon(&lab, &[]);
-    assert!(lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).is_none());
+    assert!(lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).is_none());
     knock.ok(&["allow", "10.201.0.2/32", "--permanent"]);
     knock.ok(&["allow", "fd00:201::/64", "--permanent"]);
-    assert!(lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).is_some());
-    assert!(lab.tcp_session(CLIENT_V6, SERVER_V6, TCP_PORT).is_some());
+    assert!(lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).is_some());
+    assert!(lab.tcp_session(CLIENT_V6, SERVER_V6, SERVICE).is_some());
     // Longest prefix: the neighbour address is not in 10.201.0.2/32.
-    assert!(lab.tcp_session(CLIENT2_V4, SERVER_V4, TCP_PORT).is_none());
+    assert!(lab.tcp_session(CLIENT2_V4, SERVER_V4, SERVICE).is_none());
 
-    let listing: serde_json::Value = knock.list();
+    let listing = knock.list();
     assert_eq!(listing["permanent"], serde_json::json!(["10.201.0.2/32", "fd00:201::/64"]));
     assert!(
         listing["allowed"].as_array().unwrap().is_empty(),
@@ -204,12 +189,12 @@ fn always_allowed_networks_need_no_knock_until_revoked() {
     knock.ok(&["detach"]);
     knock.wait_daemon();
     knock.attach(&[&lab.server_if]);
-    assert!(lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).is_some(), "lost across a restart");
+    assert!(lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).is_some(), "lost across a restart");
 
     knock.ok(&["revoke", "10.201.0.2/32"]);
     knock.ok(&["revoke", "fd00:201::/64"]);
-    assert!(lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).is_none());
-    assert!(lab.tcp_session(CLIENT_V6, SERVER_V6, TCP_PORT).is_none());
+    assert!(lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).is_none());
+    assert!(lab.tcp_session(CLIENT_V6, SERVER_V6, SERVICE).is_none());
 }
 
 #[test]
@@ -217,11 +202,11 @@ fn revoking_an_address_ends_its_flows_at_once() {
     if !privileged("revoking_an_address_ends_its_flows_at_once") {
         return;
     }
-    let lab = lab();
+    let lab = Lab::with_services();
     let knock = daemon(&lab, &[]);
     knock.ok(&["allow", CLIENT_V4, "--for", "1h"]);
-    let mut tcp = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).unwrap();
-    let udp = lab.udp_session(CLIENT_V4, SERVER_V4, UDP_PORT);
+    let mut tcp = lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).unwrap();
+    let udp = lab.udp_session(CLIENT_V4, SERVER_V4, UDP_SERVICE);
     assert!(tcp.exchange() && udp.exchange());
     let out = knock.ok(&["revoke", CLIENT_V4]);
     assert!(out.contains("2 open flows ended"), "{out}");
@@ -246,7 +231,7 @@ fn spoof(lab: &Lab, sport: u16, flags: &'static [u8], count: u64) {
                 tcp_flags: flags[(i % flags.len() as u64) as usize],
                 tcp_seq: x as u32,
                 tcp_ack: (x >> 32) as u32,
-                ..Frame::new(src, dst, Proto::Tcp, TCP_PORT)
+                ..Frame::new(src, dst, Proto::Tcp, SERVICE)
             };
             frame.build_with_sport(sport)
         })
@@ -260,18 +245,18 @@ fn spoofed_rsts_and_fins_neither_cut_a_session_nor_keep_a_dead_one_alive() {
     if !privileged("spoofed_rsts_and_fins_neither_cut_a_session_nor_keep_a_dead_one_alive") {
         return;
     }
-    let lab = lab();
+    let lab = Lab::with_services();
     let idle = Duration::from_secs(6);
     let knock = daemon(&lab, &["--idle-timeout", "6s"]);
     let window = Window::allow(&knock, CLIENT_V4, WINDOW);
-    let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).expect("admitted");
+    let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).expect("admitted");
     assert!(session.exchange());
     window.assert_still_open("the first exchange");
     window.wait_over();
     assert!(session.exchange(), "the session ended with the window");
     // After the open window: a few hundred RSTs and FINs with random
     // sequence numbers from the client's own address and port.
-    const ENDS: &[u8] = &[0x04, 0x14, 0x11, 0x01];
+    const ENDS: &[u8] = &[RST, RST | ACK, FIN | ACK, FIN];
     spoof(&lab, session.local_port(), ENDS, 400);
     assert!(flows(&knock).iter().all(|f| f["closing"] == false), "{:?}", flows(&knock));
     // Past the 10 s close grace a counted one would have started, the
@@ -286,14 +271,14 @@ fn spoofed_rsts_and_fins_neither_cut_a_session_nor_keep_a_dead_one_alive() {
     // after the idle timeout although they keep coming.
     let started = Instant::now();
     while started.elapsed() < idle + Duration::from_millis(500) {
-        spoof(&lab, session.local_port(), &[0x10], 50);
+        spoof(&lab, session.local_port(), &[ACK], 50);
         thread::sleep(Duration::from_millis(100));
     }
     assert!(!session.exchange(), "spoofed packets kept an idle flow alive");
 
     // The client's own FIN, exact, does start the close grace.
     let window = Window::allow(&knock, CLIENT_V4, WINDOW);
-    let session = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).expect("admitted");
+    let session = lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).expect("admitted");
     window.assert_still_open("the connection");
     session.finish();
     eventually("the client's FIN did not start the close grace", || {
@@ -306,15 +291,15 @@ fn removing_a_client_or_revoking_its_address_ends_sessions_after_the_window() {
     if !privileged("removing_a_client_or_revoking_its_address_ends_sessions_after_the_window") {
         return;
     }
-    let lab = lab();
+    let lab = Lab::with_services();
     let knock = daemon(&lab, &["--open-window", "3s"]);
-    let check = TCP_PORT.to_string();
+    let check = SERVICE.to_string();
     for how in ["client remove", "revoke"] {
-        let profile = knock.add_client("laptop", &["--slot", "60s"]).display().to_string();
+        let profile = knock.add_client("laptop", &["--slot", "60s"]);
         let asked = Instant::now();
-        let out = lab.client_cli(&["knock", SERVER_V4, "--profile", &profile, "--check", &check]);
+        let out = lab.knock(&profile, &["--check", &check]);
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
-        let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, TCP_PORT).expect("knocked");
+        let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).expect("knocked");
         assert!(session.exchange());
         let taken = asked.elapsed();
         assert!(taken < Duration::from_secs(3), "{taken:?} to connect: the machine is too slow");

@@ -16,29 +16,25 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use knock_common::Proto;
 use knock_common::spa::{self, DATAGRAM_LEN, NONCE_LEN, Request};
 use knock_tests::{
     flood,
-    frames::{Frame, Proto},
+    frames::Frame,
     lab::{
-        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6,
+        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6, SERVICE,
         eventually_within,
     },
-    privileged,
+    privileged, soak_scale,
 };
 use knock_userspace::profile::{Knock, Profile};
 
-const SERVICE: u16 = 8022;
 /// The SPA range of the tests' clients: small, so floods cover it.
 const RANGE: (u16, u16) = (62_000, 62_009);
 
 fn lab_and_daemon() -> (Lab, Instance) {
-    let lab = Lab::new();
-    lab.tcp_echo(SERVER_V4, SERVICE);
-    lab.tcp_echo(SERVER_V6, SERVICE);
-    let mut knock = Instance::new(&lab.server, Entry::NsenterNet);
-    knock.attach(&[&lab.server_if]);
-    knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
+    let lab = Lab::with_service();
+    let knock = lab.protecting_daemon(Entry::NsenterNet, &[]);
     (lab, knock)
 }
 
@@ -91,11 +87,8 @@ fn knock_spa(lab: &Lab, profile: &Path, server: &str, extra: &[&str]) -> bool {
 
 /// The same, with the client's output.
 fn knock_spa_output(lab: &Lab, profile: &Path, server: &str, extra: &[&str]) -> Output {
-    let profile = profile.display().to_string();
     let check = SERVICE.to_string();
-    let mut args = vec!["knock", server, "--profile", &profile, "--check", &check];
-    args.extend_from_slice(extra);
-    lab.client_cli(&args)
+    lab.knock_hosts(&[server], profile, &[&["--check", &check][..], extra].concat())
 }
 
 #[test]
@@ -207,7 +200,7 @@ fn a_named_address_is_admitted_only_for_clients_allowed_to_name_one() {
 
 /// The daemon's CPU time (user + system), in clock ticks.
 fn daemon_ticks(knock: &Instance) -> u64 {
-    let pid = knock.status()["pid"].as_u64().unwrap();
+    let pid = knock.pid();
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
@@ -221,10 +214,10 @@ fn floods_of_random_and_of_wrong_mac_datagrams_cost_the_daemon_nothing() {
     let (lab, knock) = lab_and_daemon();
     let profile = add_spa_client(&knock, "pocket", &[]);
     let (_, index) = key_of(&profile);
-    let scale = if std::env::var("KNOCK_XDP_SOAK").is_ok_and(|v| v == "1") { 10 } else { 1 };
+    let scale = soak_scale();
     for (what, wrong_mac_only) in [("random datagrams", false), ("wrong MACs", true)] {
         let ticks_before = daemon_ticks(&knock);
-        let spa_before = knock.status()["counters"]["spa"].as_u64().unwrap();
+        let spa_before = knock.counter("spa");
         let packets = 1_000_000 * scale;
         let iface = lab.client_if.clone();
         let (stop, progress) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
@@ -261,7 +254,7 @@ fn floods_of_random_and_of_wrong_mac_datagrams_cost_the_daemon_nothing() {
             });
             // The real client knocks once the flood reaches the program
             // (or has failed), and the flood goes on until she is done.
-            let spa_now = || knock.status()["counters"]["spa"].as_u64().unwrap();
+            let spa_now = || knock.counter("spa");
             let limit = Duration::from_secs(30);
             eventually_within("the flood never reached the program", limit, || {
                 flood.is_finished() || spa_now() > spa_before
@@ -285,7 +278,7 @@ fn floods_of_random_and_of_wrong_mac_datagrams_cost_the_daemon_nothing() {
         // Each of the flood's datagrams and the client's own reached the
         // program, and nothing else of SPA size.
         let datagrams = stdout.lines().filter(|l| l.starts_with("sent a single-packet")).count();
-        let spa = knock.status()["counters"]["spa"].as_u64().unwrap() - spa_before;
+        let spa = knock.counter("spa") - spa_before;
         assert_eq!(spa, sent.frames + datagrams as u64, "{what}: datagrams the program saw");
         assert!(!opens(&lab, CLIENT2_V4, SERVER_V4), "{what}: the flood's source got in");
         // Nothing reaches userspace: at most a few ticks (10 ms each) of

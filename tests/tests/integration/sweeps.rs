@@ -8,7 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap, Map, MapData};
 use knock_common::{
     allow::AllowEntry,
     flow::{FlowEntry, FlowKey},
@@ -16,40 +15,35 @@ use knock_common::{
     source::SourceKey,
 };
 use knock_tests::{
-    lab::{CLIENT_V4, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, TcpSession, eventually_within},
+    lab::{
+        CLIENT_V4, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVICE, TcpSession,
+        eventually_within,
+    },
     privileged,
 };
 
-const SERVICE: u16 = 8022;
 /// The close grace the daemon gives a finished TCP flow (`CLOSE_GRACE`).
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// How often the daemon removes dead flows (`FLOW_SWEEP_INTERVAL`).
 const FLOW_SWEEP: Duration = Duration::from_secs(10);
 
-/// A daemon through nsenter (its pins are the host's, where the test
-/// reads them) protecting the service.
-fn daemon(lab: &Lab, extra: &[&str]) -> Instance {
-    lab.tcp_echo(SERVER_V4, SERVICE);
-    let mut knock = Instance::new(&lab.server, Entry::NsenterNet);
-    let mut args = vec![lab.server_if.as_str()];
-    args.extend_from_slice(extra);
-    knock.attach(&args);
-    knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
-    knock
+/// A lab, and a daemon through nsenter (its pins are the host's, where
+/// the test reads them) protecting the service.
+fn daemon(extra: &[&str]) -> (Lab, Instance) {
+    let lab = Lab::with_service();
+    let knock = lab.protecting_daemon(Entry::NsenterNet, extra);
+    (lab, knock)
 }
 
 /// The sources in the kernel's allow map, expired or not.
 fn allow_map(knock: &Instance) -> Vec<SourceKey> {
-    let data = MapData::from_pin(knock.pin_dir().join(MAP_ALLOW)).unwrap();
-    let map: HashMap<MapData, SourceKey, AllowEntry> =
-        HashMap::try_from(Map::HashMap(data)).unwrap();
+    let map = knock.pinned_hash_map::<SourceKey, AllowEntry>(MAP_ALLOW);
     map.keys().map(Result::unwrap).collect()
 }
 
 /// The client ports of the kernel's flows, dead or alive.
 fn flow_map(knock: &Instance) -> Vec<u16> {
-    let data = MapData::from_pin(knock.pin_dir().join(MAP_FLOWS)).unwrap();
-    let map: HashMap<MapData, FlowKey, FlowEntry> = HashMap::try_from(Map::HashMap(data)).unwrap();
+    let map = knock.pinned_hash_map::<FlowKey, FlowEntry>(MAP_FLOWS);
     map.keys().map(|k| k.unwrap().src_port).collect()
 }
 
@@ -68,8 +62,7 @@ fn expired_allow_entries_are_deleted_from_the_kernel() {
     if !privileged("expired_allow_entries_are_deleted_from_the_kernel") {
         return;
     }
-    let lab = Lab::new();
-    let knock = daemon(&lab, &[]);
+    let (_lab, knock) = daemon(&[]);
     knock.ok(&["allow", CLIENT_V4, "--for", "1h"]);
     let asked = Instant::now();
     knock.ok(&["allow", CLIENT2_V4, "--for", "1s"]);
@@ -90,8 +83,7 @@ fn dead_flows_are_swept_from_the_kernel() {
     if !privileged("dead_flows_are_swept_from_the_kernel") {
         return;
     }
-    let lab = Lab::new();
-    let knock = daemon(&lab, &["--idle-timeout", "2s"]);
+    let (lab, knock) = daemon(&["--idle-timeout", "2s"]);
     knock.ok(&["allow", CLIENT_V4, "--for", "1h"]);
     let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).expect("allowed");
     assert!(session.exchange());
@@ -112,8 +104,7 @@ fn dead_flows_are_swept_from_the_kernel() {
 /// flow is listed as closing, then, the grace over, as nothing, and the
 /// flow sweep deletes it.
 fn ends_after_the_close_grace(end: impl FnOnce(TcpSession) -> u16) {
-    let lab = Lab::new();
-    let knock = daemon(&lab, &[]);
+    let (lab, knock) = daemon(&[]);
     knock.ok(&["allow", CLIENT_V4, "--for", "1h"]);
     let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).expect("allowed");
     assert!(session.exchange());

@@ -14,14 +14,13 @@ use std::{
 use knock_common::maps::KNOCK_STATE_MAX_ENTRIES;
 use knock_tests::{
     flood::{self, spoofed_source, syn},
-    lab::{CLIENT_V4, CLIENT2_V4, Instance, SERVER_V4, SERVER_V6, eventually_within},
-    privileged,
+    lab::{
+        CLIENT_V4, CLIENT2_V4, Instance, SERVER_V4, SERVER_V6, SERVICE, eventually_within, field,
+    },
+    privileged, soak_scale,
 };
 
-use super::{
-    FLOOD_LIMIT, SERVICE, StopOnDrop, alice_and_her_first_port, counter, protected_service,
-    rss_kib, scale,
-};
+use super::{FLOOD_LIMIT, StopOnDrop, alice_and_her_first_port, protected_service, rss_kib};
 
 /// The `i`-th frame of the spoofed flood: a SYN from a source of its own,
 /// IPv4 and IPv6 in turn; frames 0 and 1 of every four go to the service,
@@ -62,13 +61,13 @@ fn a_spoofed_flood_neither_keeps_a_client_out_nor_evicts_anyone() {
     assert!(session.exchange());
     let rss_before = rss_kib(&knock);
     let (dropped_before, knocks_before) =
-        (counter(&knock, "dropped_protected"), counter(&knock, "knock"));
+        (knock.counter("dropped_protected"), knock.counter("knock"));
 
     // Distinct spoofed sources, IPv4 and IPv6: half try the service, half
     // start a knock at the first port of alice's current sequence, each
     // creating knock state (the exhaustion attempt). The flood goes on
     // until alice is done, and at least `packets` frames.
-    let packets = 1_000_000 * scale();
+    let packets = 1_000_000 * soak_scale();
     let iface = lab.client_if.clone();
     let (stop, progress) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let (sent, knock_started, knock_ended, out) = thread::scope(|scope| {
@@ -113,8 +112,8 @@ fn a_spoofed_flood_neither_keeps_a_client_out_nor_evicts_anyone() {
     // Every frame reached the program: those to the service were dropped
     // there, the knocks passed on to the host (with alice's own four).
     let service = to_the_service(sent.frames);
-    let dropped = counter(&knock, "dropped_protected") - dropped_before;
-    let knocked = counter(&knock, "knock") - knocks_before;
+    let dropped = knock.counter("dropped_protected") - dropped_before;
+    let knocked = knock.counter("knock") - knocks_before;
     assert_eq!(dropped, service, "frames to the service dropped, of {}", sent.frames);
     assert_eq!(knocked, sent.frames - service + 4, "knocks counted, of {}", sent.frames);
 
@@ -122,7 +121,7 @@ fn a_spoofed_flood_neither_keeps_a_client_out_nor_evicts_anyone() {
     assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "alice is not in after the flood");
     assert!(session.exchange(), "the open connection was cut by the flood");
     let list = knock.list();
-    let mut allowed = knock_tests::lab::field(&list["allowed"], "addr");
+    let mut allowed = field(&list["allowed"], "addr");
     allowed.sort();
     assert_eq!(allowed, [CLIENT_V4, CLIENT2_V4], "a spoofed source was admitted");
     // No spoofed source has a flow; the admitted connection still has one.
@@ -166,7 +165,7 @@ fn a_flood_of_refusals_is_logged_in_moderation() {
     // Each spoofed source starts a knock and then knocks elsewhere in the
     // knock space: the program reports a reset for every pair.
     let elsewhere = if first == 65_535 { 61_000 } else { first + 1 };
-    let pairs = 500_000 * scale();
+    let pairs = 500_000 * soak_scale();
     let iface = lab.client_if.clone();
     let started = Instant::now();
     let knocked = thread::scope(|scope| {

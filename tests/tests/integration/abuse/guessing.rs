@@ -11,17 +11,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+use knock_common::{Proto, ProtoPort};
 use knock_tests::{
     flood::{self, spoofed_source, syn},
-    frames::{Frame, Proto},
-    lab::{CLIENT_V4, CLIENT_V6, CLIENT2_V4, Knock, SERVER_V4, SERVER_V6, eventually_within},
-    privileged,
+    frames::Frame,
+    lab::{
+        CLIENT_V4, CLIENT_V6, CLIENT2_V4, SERVER_V4, SERVER_V6, SERVICE, eventually_within, field,
+    },
+    privileged, soak_scale,
 };
 use knock_userspace::daemon::GLOBAL_MISS_BURST;
 
-use super::{
-    FLOOD_LIMIT, SERVICE, StopOnDrop, alice_and_her_first_port, counter, protected_service, scale,
-};
+use super::{FLOOD_LIMIT, StopOnDrop, alice_and_her_first_port, protected_service};
 
 /// A seeded xorshift generator: random enough to shuffle a spray, and the
 /// seed is printed so a failing order can be replayed.
@@ -68,7 +69,7 @@ fn spraying_ports_for_several_slots_never_opens_the_door() {
     // One source: every port in order, then in a random order, over TCP
     // and over UDP. Many sources: each every port in its own random order,
     // all interleaved.
-    let rounds = scale();
+    let rounds = soak_scale();
     let sources = 16;
     let orders: Vec<_> = (0..sources).map(|_| rng.port_order()).collect();
     let single = rng.port_order();
@@ -105,16 +106,16 @@ fn spraying_ports_for_several_slots_never_opens_the_door() {
     assert!(sent >= rounds * frames_per_round);
 
     // Nobody got in, and nothing was logged as an opening.
-    assert_eq!(counter(&knock, "passed_allowed"), 0);
-    assert!(knock_tests::lab::field(&knock.list()["allowed"], "addr").is_empty());
+    assert_eq!(knock.counter("passed_allowed"), 0);
+    assert!(field(&knock.list()["allowed"], "addr").is_empty());
     assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "the spraying source got in");
     let log = knock.ok(&["log", "--json", "--lines", "100000"]);
     assert!(!log.contains("\"opened\""), "{log}");
     // Every frame to the knock spaces (61000-65535, TCP for alice, UDP for
     // bob) reached the state machine: 20 sweeps of 4,536 ports a round.
     let rounds_sent = sent / frames_per_round;
-    assert_eq!(counter(&knock, "knock"), rounds_sent * 20 * 4536);
-    assert_eq!(counter(&knock, "knock_limited"), 0);
+    assert_eq!(knock.counter("knock"), rounds_sent * 20 * 4536);
+    assert_eq!(knock.counter("knock_limited"), 0);
 
     // The door itself works: alice's real knock opens it.
     let out = lab.knock(&alice, &["--check", &SERVICE.to_string()]);
@@ -138,21 +139,20 @@ fn failed_knocks_are_limited_per_source_and_under_global_pressure() {
         .flat_map(|at| lab.sequence(&alice, Some(at)))
         .map(|k| k.port)
         .collect();
-    let wrong: Vec<Knock> = (61_000..)
+    let wrong: Vec<ProtoPort> = (61_000..)
         .filter(|p| !installed.contains(p))
         .take(40)
-        .map(|port| Knock { port, udp: false })
+        .map(|port| ProtoPort::new(Proto::Tcp, port))
         .collect();
 
     // One source guesses 40 times (the default allows a burst of 32): its
     // right knock afterwards is ignored, and nothing shows from outside.
-    let (knocks_before, limited_before) =
-        (counter(&knock, "knock"), counter(&knock, "knock_limited"));
+    let (knocks_before, limited_before) = (knock.counter("knock"), knock.counter("knock_limited"));
     lab.send_knocks(CLIENT2_V4, SERVER_V4, &wrong, Duration::from_millis(2));
-    assert_eq!(counter(&knock, "knock") - knocks_before, 32, "misses followed");
-    assert_eq!(counter(&knock, "knock_limited") - limited_before, 8, "misses ignored");
+    assert_eq!(knock.counter("knock") - knocks_before, 32, "misses followed");
+    assert_eq!(knock.counter("knock_limited") - limited_before, 8, "misses ignored");
     lab.send_knocks(CLIENT2_V4, SERVER_V4, &seq, Duration::from_millis(20));
-    assert_eq!(counter(&knock, "knock_limited") - limited_before, 8 + seq.len() as u64);
+    assert_eq!(knock.counter("knock_limited") - limited_before, 8 + seq.len() as u64);
     assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, SERVICE), "a limited source got in");
     let log = knock.ok(&["log", "--json"]);
     assert!(log.contains("\"limited\"") && log.contains(CLIENT2_V4), "{log}");
@@ -179,9 +179,9 @@ fn failed_knocks_are_limited_per_source_and_under_global_pressure() {
         });
         // Each spoofed miss is followed (its source is new) and charged to
         // the global limit: twice its burst in, the limit is exhausted.
-        let before = counter(&knock, "knock");
+        let before = knock.counter("knock");
         eventually_within("the flood's misses never reached the program", FLOOD_LIMIT, || {
-            flood.is_finished() || counter(&knock, "knock") >= before + 2 * GLOBAL_MISS_BURST
+            flood.is_finished() || knock.counter("knock") >= before + 2 * GLOBAL_MISS_BURST
         });
         lab.send_knocks(CLIENT_V6, SERVER_V6, &wrong[..1], Duration::from_millis(20));
         lab.send_knocks(CLIENT_V6, SERVER_V6, &seq, Duration::from_millis(20));

@@ -3,7 +3,7 @@
 //! AF_PACKET socket while real clients knock and talk across it.
 //!
 //! `KNOCK_XDP_SOAK=1` (`cargo xtask test --soak`) makes every run here ten
-//! times longer.
+//! times longer (`soak_scale`).
 
 mod floods;
 mod guessing;
@@ -18,18 +18,11 @@ use std::{
     time::Duration,
 };
 
-use knock_tests::lab::{Entry, Instance, Lab, SERVER_V4, away_from_slot_boundary};
-
-pub const SERVICE: u16 = 8022;
-
-/// Ten times more of everything under `KNOCK_XDP_SOAK=1`.
-pub fn scale() -> u64 {
-    if std::env::var("KNOCK_XDP_SOAK").is_ok_and(|v| v == "1") { 10 } else { 1 }
-}
+use knock_tests::lab::{Entry, Instance, Lab, away_from_slot_boundary};
 
 /// The daemon's resident memory, in KiB.
 pub fn rss_kib(knock: &Instance) -> u64 {
-    let pid = knock.status()["pid"].as_u64().expect("status has the pid");
+    let pid = knock.pid();
     let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("the daemon runs");
     status
         .lines()
@@ -38,19 +31,10 @@ pub fn rss_kib(knock: &Instance) -> u64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
-pub fn counter(knock: &Instance, name: &str) -> u64 {
-    knock.status()["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name}"))
-}
-
 /// A lab whose TCP echo service a daemon (started with `attach_args`) protects.
 pub fn protected_service(attach_args: &[&str]) -> (Lab, Instance) {
-    let lab = Lab::new();
-    lab.tcp_echo(SERVER_V4, SERVICE);
-    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
-    let mut args = vec![lab.server_if.as_str()];
-    args.extend_from_slice(attach_args);
-    knock.attach(&args);
-    knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
+    let lab = Lab::with_service();
+    let knock = lab.protecting_daemon(Entry::NetnsExec, attach_args);
     (lab, knock)
 }
 

@@ -13,14 +13,12 @@ mod state_dir;
 
 use knock_tests::lab::{Lab, SERVER_V4};
 
-/// The protected service.
-pub const PORT: u16 = 8022;
 /// A second service, which a refused `protect` tries to hide.
-pub const PORT2: u16 = 8023;
+pub const SERVICE2: u16 = 8023;
 
+/// The lab's echo service, and [`SERVICE2`].
 pub fn lab_with_services() -> Lab {
-    let lab = Lab::new();
-    lab.tcp_echo(SERVER_V4, PORT);
-    lab.tcp_echo(SERVER_V4, PORT2);
+    let lab = Lab::with_service();
+    lab.tcp_echo(SERVER_V4, SERVICE2);
     lab
 }

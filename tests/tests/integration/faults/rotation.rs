@@ -14,7 +14,6 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{Array, HashMap, Map, MapData};
 use knock_common::{
     Proto,
     maps::{MAP_KNOCK_EDGES, MAP_PORT_FLAGS, MAP_SEQUENCES, port_flags},
@@ -22,34 +21,17 @@ use knock_common::{
 };
 use knock_tests::{
     flood,
-    frames::{self, Frame},
+    frames::Frame,
     lab::{
-        CLIENT_V4, CLIENT2_V4, Entry, Instance, Knock, Lab, SERVER_V4, eventually_within, field,
+        CLIENT_V4, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVICE, eventually_within, field,
+        move_thread_into, tcp_knocks,
     },
     privileged,
     sniff::{Sniffer, ipv4_tcp},
 };
 use knock_userspace::{maps::TEST_ABORT_AFTER_WRITES, profile::Profile};
 
-use super::{PORT, PORT2, lab_with_services};
-
-/// KNOCK_EDGES, pinned by a daemon started with `Entry::NsenterNet`.
-fn pinned_edges(knock: &Instance) -> HashMap<MapData, EdgeKey, Edge> {
-    let data = MapData::from_pin(knock.pin_dir().join(MAP_KNOCK_EDGES)).unwrap();
-    HashMap::try_from(Map::HashMap(data)).unwrap()
-}
-
-/// SEQUENCES, pinned likewise.
-fn pinned_sequences(knock: &Instance) -> Array<MapData, SequenceInfo> {
-    let data = MapData::from_pin(knock.pin_dir().join(MAP_SEQUENCES)).unwrap();
-    Array::try_from(Map::Array(data)).unwrap()
-}
-
-/// PORT_FLAGS, pinned likewise.
-fn port_flags_map(knock: &Instance) -> Array<MapData, u32> {
-    let data = MapData::from_pin(knock.pin_dir().join(MAP_PORT_FLAGS)).unwrap();
-    Array::try_from(Map::Array(data)).unwrap()
-}
+use super::{SERVICE2, lab_with_services};
 
 /// Whether the kernel's knock tables are whole for the one client of
 /// `profile`: four sequences installed, each one's knocks (derived here
@@ -57,8 +39,9 @@ fn port_flags_map(knock: &Instance) -> Array<MapData, u32> {
 /// that no sequence takes. Otherwise, what is wrong.
 fn tables_whole(knock: &Instance, profile: &Profile) -> Result<(), String> {
     let edges: std::collections::BTreeMap<EdgeKey, Edge> =
-        pinned_edges(knock).iter().map(Result::unwrap).collect();
-    let sequences: Vec<(u32, SequenceInfo)> = (pinned_sequences(knock).iter().enumerate())
+        knock.pinned_hash_map(MAP_KNOCK_EDGES).iter().map(Result::unwrap).collect();
+    let pinned = knock.pinned_array::<SequenceInfo>(MAP_SEQUENCES);
+    let sequences: Vec<(u32, SequenceInfo)> = (pinned.iter().enumerate())
         .map(|(index, info)| (index as u32, info.unwrap()))
         .filter(|(_, info)| info.valid_until_ns != 0)
         .collect();
@@ -88,7 +71,7 @@ fn tables_whole(knock: &Instance, profile: &Profile) -> Result<(), String> {
     Ok(())
 }
 
-/// A stranger at CLIENT2_V4 sending a SYN to PORT every 5 ms until dropped,
+/// A stranger at CLIENT2_V4 sending a SYN to SERVICE every 5 ms until dropped,
 /// while a tap on the server's interface records what XDP lets through.
 struct Stranger {
     stop: Arc<AtomicBool>,
@@ -102,14 +85,14 @@ impl Stranger {
         let tap = Sniffer::start(&lab.server, &lab.server_if);
         let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
         let (flag, count, iface) = (stop.clone(), sent.clone(), lab.client_if.clone());
-        let path = format!("/run/netns/{}", lab.client.name);
+        let path = lab.client.path();
         let sender = thread::spawn(move || {
-            enter_netns(&path);
+            move_thread_into(&path);
             let (src, dst): (IpAddr, IpAddr) =
                 (CLIENT2_V4.parse().unwrap(), SERVER_V4.parse().unwrap());
             while !flag.load(Ordering::SeqCst) {
                 let i = count.load(Ordering::SeqCst);
-                let frame = Frame::new(src, dst, frames::Proto::Tcp, PORT);
+                let frame = Frame::new(src, dst, Proto::Tcp, SERVICE);
                 flood::send(&iface, 1, |_| frame.build_with_sport(20_000 + (i % 40_000) as u16))
                     .expect("stranger's SYN");
                 count.fetch_add(1, Ordering::SeqCst);
@@ -119,7 +102,7 @@ impl Stranger {
         Self { stop, sent, sender: Some(sender), tap: Some(tap) }
     }
 
-    /// Stops; the SYNs sent, and the frames to PORT the tap saw from the
+    /// Stops; the SYNs sent, and the frames to SERVICE the tap saw from the
     /// stranger and from the client.
     fn finish(mut self) -> (u64, usize, usize) {
         self.stop.store(true, Ordering::SeqCst);
@@ -127,7 +110,7 @@ impl Stranger {
         let frames = self.tap.take().unwrap().finish();
         let to_port = |from: &str| {
             let from: std::net::Ipv4Addr = from.parse().unwrap();
-            frames.iter().filter(|f| ipv4_tcp(f) == Some((from, PORT))).count()
+            frames.iter().filter(|f| ipv4_tcp(f) == Some((from, SERVICE))).count()
         };
         (self.sent.load(Ordering::SeqCst), to_port(CLIENT2_V4), to_port(CLIENT_V4))
     }
@@ -142,15 +125,6 @@ impl Drop for Stranger {
     }
 }
 
-/// Moves this thread into the network namespace at `path`.
-fn enter_netns(path: &str) {
-    use std::os::fd::AsRawFd as _;
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    // SAFETY: a valid namespace fd; setns only affects this thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-}
-
 /// The most writes one rotation is tried with; a one-second client makes
 /// about ten.
 const MAX_WRITES: u32 = 40;
@@ -162,9 +136,7 @@ fn a_daemon_killed_after_any_map_write_of_a_rotation_loses_nothing() {
     }
     let lab = lab_with_services();
     // nsenter: every daemon shares the host's bpffs, so the pins carry over.
-    let mut knock = Instance::new(&lab.server, Entry::NsenterNet);
-    knock.attach(&[&lab.server_if]);
-    knock.ok(&["protect", &format!("{PORT}/tcp")]);
+    let mut knock = lab.protecting_daemon(Entry::NsenterNet, &[]);
     // A new sequence every second: each rotation retires one, installs one.
     let profile_path = knock.add_client("rotor", &["--slot", "1s"]);
     let profile = Profile::read(&profile_path).unwrap();
@@ -196,9 +168,9 @@ fn a_daemon_killed_after_any_map_write_of_a_rotation_loses_nothing() {
             Duration::from_secs(5),
             || tables_whole(&knock, &profile).is_ok(),
         );
-        let out = lab.knock(&profile_path, &["--check", &PORT.to_string()]);
+        let out = lab.knock(&profile_path, &["--check", &SERVICE.to_string()]);
         assert_eq!(out.status.code(), Some(0), "after a cut at write {write}: {out:?}");
-        assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, PORT), "after a cut at write {write}");
+        assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "after a cut at write {write}");
         knock.ok(&["revoke", CLIENT_V4]);
     }
     let writes = cuts.len() as u32;
@@ -228,7 +200,7 @@ fn a_daemon_killed_after_any_map_write_of_a_rotation_loses_nothing() {
         tables_whole(&knock, &profile).is_ok()
     });
     let list = knock.list();
-    assert_eq!(list["protected"], serde_json::json!([{ "port": PORT, "proto": "tcp" }]));
+    assert_eq!(list["protected"], serde_json::json!([{ "port": SERVICE, "proto": "tcp" }]));
     let clients: serde_json::Value =
         serde_json::from_str(&knock.ok(&["client", "list", "--json"])).unwrap();
     assert_eq!(field(&clients, "name"), ["rotor"]);
@@ -244,9 +216,7 @@ fn a_rotation_cut_short_between_map_writes_is_repaired_on_restart() {
         return;
     }
     let lab = lab_with_services();
-    let mut knock = Instance::new(&lab.server, Entry::NsenterNet);
-    knock.attach(&[&lab.server_if]);
-    knock.ok(&["protect", &format!("{PORT}/tcp")]);
+    let mut knock = lab.protecting_daemon(Entry::NsenterNet, &[]);
     // A static sequence never rotates, so nothing would fix it later.
     knock.add_client("door", &["--static", "7101,7102,7103"]);
     knock.kill_daemon();
@@ -254,34 +224,33 @@ fn a_rotation_cut_short_between_map_writes_is_repaired_on_restart() {
     // A rotation writes the trie's edges, then the sequences; the knock
     // space is flagged after. Killed in between, it leaves half a path, a
     // stray edge and unflagged ports behind, made here by hand.
-    let mut edges = pinned_edges(&knock);
+    let mut edges = knock.pinned_hash_map::<EdgeKey, Edge>(MAP_KNOCK_EDGES);
     let keys: Vec<EdgeKey> = edges.keys().map(Result::unwrap).collect();
     assert_eq!(keys.len(), 3, "one path of three edges");
     let last = keys.iter().find(|k| k.port == 7103).unwrap();
     edges.remove(last).unwrap();
-    let stray = EdgeKey::new(ROOT, Proto::Tcp, PORT2);
+    let stray = EdgeKey::new(ROOT, Proto::Tcp, SERVICE2);
     edges.insert(stray, Edge { child: 999, ..Edge::default() }, 0).unwrap();
     drop(edges);
-    let mut flags = port_flags_map(&knock);
+    let mut flags = knock.pinned_array::<u32>(MAP_PORT_FLAGS);
     for port in 7101..=7103 {
         let value = flags.get(&port, 0).unwrap();
         flags.set(port, value & !port_flags::KNOCK_SPACE_TCP, 0).unwrap();
     }
     drop(flags);
-    let knocks: Vec<Knock> =
-        [7101, 7102, 7103].into_iter().map(|port| Knock { port, udp: false }).collect();
+    let knocks = tcp_knocks(&[7101, 7102, 7103]);
     // It really bites: the door does not open (a full 2 s connect, so a
     // slow answer is not taken for a closed door).
     lab.send_knocks(CLIENT_V4, SERVER_V4, &knocks, Duration::from_millis(20));
-    assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, PORT), "the broken door opened");
+    assert!(!lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "the broken door opened");
 
     // The next daemon takes the kernel's maps as they are and repairs them.
     knock.attach(&[&lab.server_if]);
-    let repaired = pinned_edges(&knock);
+    let repaired = knock.pinned_hash_map::<EdgeKey, Edge>(MAP_KNOCK_EDGES);
     assert!(repaired.get(&stray, 0).is_err(), "the stray edge is gone");
     assert_eq!(repaired.keys().count(), 3);
     drop(repaired);
     lab.send_knocks(CLIENT_V4, SERVER_V4, &knocks, Duration::from_millis(20));
-    assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, PORT), "the static door did not open");
-    assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, PORT), "a stranger got in");
+    assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "the static door did not open");
+    assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, SERVICE), "a stranger got in");
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use knock_tests::{
-    lab::{self, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, field, has_xdp, run},
+    lab::{self, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVICE, field, has_xdp, run},
     privileged,
 };
 use knock_userspace::{
@@ -18,7 +18,7 @@ use knock_userspace::{
     state::{State, StateDir},
 };
 
-use super::{PORT, PORT2, lab_with_services};
+use super::{SERVICE2, lab_with_services};
 
 /// A mount over a directory, lazily unmounted on drop (even when the test
 /// fails), so nothing stays mounted over /tmp.
@@ -113,10 +113,10 @@ fn assert_refused(knock: &Instance, args: &[&str], reason: &str) {
     assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "{stderr}");
 }
 
-/// The daemon protects PORT and knows one client.
+/// The daemon protects SERVICE and knows one client.
 fn protecting_daemon(lab: &Lab, knock: &mut Instance) {
     knock.attach(&[&lab.server_if]);
-    knock.ok(&["protect", &format!("{PORT}/tcp")]);
+    knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
     knock.add_client("first", &[]);
 }
 
@@ -131,7 +131,7 @@ fn persisted_changes_are_refused(lab: &Lab, knock: &Instance, reason: &str, skip
     // A temporary `allow ADDR` is kept in the kernel only, so it needs no
     // disk; `--permanent` is the allow that is persisted.
     let changes: [&[&str]; 3] = [
-        &["protect", &format!("{PORT2}/tcp")],
+        &["protect", &format!("{SERVICE2}/tcp")],
         &["allow", &format!("{CLIENT2_V4}/32"), "--permanent"],
         &["client", "add", "second", "--profile-out", profile_arg],
     ];
@@ -143,10 +143,13 @@ fn persisted_changes_are_refused(lab: &Lab, knock: &Instance, reason: &str, skip
     assert!(!profile_written, "a refused client add wrote its profile");
 
     // The refused protect is not in the kernel: the second service answers.
-    assert!(lab.tcp_exchange(CLIENT2_V4, SERVER_V4, PORT2), "the refused protect hid {PORT2}");
+    assert!(
+        lab.tcp_exchange(CLIENT2_V4, SERVER_V4, SERVICE2),
+        "the refused protect hid {SERVICE2}"
+    );
     // The refused allow is not either, and the first port is still protected.
     assert!(
-        !lab.tcp_exchange(CLIENT2_V4, SERVER_V4, PORT),
+        !lab.tcp_exchange(CLIENT2_V4, SERVER_V4, SERVICE),
         "a stranger got in: the refused allow took effect, or protection lapsed"
     );
     assert_eq!(observable(knock), before, "a refused change shows in list/status");
@@ -170,8 +173,8 @@ fn a_read_only_state_dir_refuses_changes_and_keeps_protection() {
     // Writable again, the same protect goes through: the failures came from
     // the read-only directory, and the daemon is still in working order.
     read_only.unmount();
-    knock.ok(&["protect", &format!("{PORT2}/tcp")]);
-    assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, PORT2), "{PORT2} is not protected now");
+    knock.ok(&["protect", &format!("{SERVICE2}/tcp")]);
+    assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, SERVICE2), "{SERVICE2} is not protected now");
 }
 
 #[test]
@@ -208,7 +211,7 @@ fn a_full_state_dir_refuses_changes_and_loses_nothing() {
     assert_eq!(fs::read(&state_file).unwrap(), saved);
     let state = StateDir::new(knock.state_path());
     let expected =
-        State { protected: [format!("{PORT}/tcp").parse().unwrap()].into(), ..State::default() };
+        State { protected: [format!("{SERVICE}/tcp").parse().unwrap()].into(), ..State::default() };
     assert_eq!(state.load().unwrap(), expected);
     let names: Vec<String> =
         ClientStore::new(&state).load().unwrap().into_iter().map(|c| c.profile.name).collect();
@@ -221,14 +224,14 @@ fn a_full_state_dir_refuses_changes_and_loses_nothing() {
     assert!(knock.wait_daemon().success(), "{}", knock.daemon_log());
     knock.attach(&[&lab.server_if]);
     let list = knock.list();
-    assert_eq!(list["protected"], serde_json::json!([{ "port": PORT, "proto": "tcp" }]));
+    assert_eq!(list["protected"], serde_json::json!([{ "port": SERVICE, "proto": "tcp" }]));
     assert_eq!(list["permanent"], serde_json::json!([]));
     let clients: serde_json::Value =
         serde_json::from_str(&knock.ok(&["client", "list", "--json"])).unwrap();
     assert_eq!(field(&clients, "name"), ["first"]);
-    assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, PORT), "protection lost over the restart");
-    assert!(lab.tcp_exchange(CLIENT2_V4, SERVER_V4, PORT2));
-    knock.ok(&["protect", &format!("{PORT2}/tcp")]);
+    assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, SERVICE), "protection lost over the restart");
+    assert!(lab.tcp_exchange(CLIENT2_V4, SERVER_V4, SERVICE2));
+    knock.ok(&["protect", &format!("{SERVICE2}/tcp")]);
 }
 
 #[test]
@@ -273,7 +276,7 @@ fn bpffs_that_cannot_be_mounted_is_a_clear_error() {
         run("ip", &["netns", "exec", &lab.server.name, "stat", "-f", "-c", "%T", "/sys/fs/bpf"]);
     assert_ne!(fs_type.trim(), "bpf_fs", "bpffs is already mounted under ip netns exec");
     knock.attach(&[&lab.server_if]);
-    knock.ok(&["protect", &format!("{PORT}/tcp")]);
+    knock.ok(&["protect", &format!("{SERVICE}/tcp")]);
     assert!(has_xdp(&lab.server, &lab.server_if));
-    assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, PORT));
+    assert!(!lab.tcp_exchange(CLIENT2_V4, SERVER_V4, SERVICE));
 }

@@ -6,13 +6,12 @@
 use std::{thread, time::Duration};
 
 use knock_common::{
+    Proto,
     decide::{XDP_DROP, XDP_PASS},
     maps::Counter,
+    proto::tcp_flags::{ACK, FIN, RST, SYN},
 };
-use knock_tests::{
-    frames::{Frame, Proto},
-    privileged,
-};
+use knock_tests::{frames::Frame, privileged};
 use knock_userspace::clock;
 
 use super::*;
@@ -21,11 +20,6 @@ use super::*;
 /// the FIN or RST is judged within it even on a busy machine (checked, not
 /// assumed), short enough to wait out.
 const GRACE_NS: u64 = 1_000_000_000;
-
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
-const FIN_ACK: u8 = 0x11;
-const RST: u8 = 0x04;
 
 /// A segment from `src:sport` to the protected TCP port.
 fn segment(src: &str, sport: u16, flags: u8, seq: u32) -> Vec<u8> {
@@ -87,7 +81,7 @@ fn a_flow_outlives_its_allow_entry_and_a_fin_or_rst_ends_it() {
 
     // A FIN+ACK at the client's next number; its last ACK follows.
     let (fin, last_ack) =
-        (segment(ALLOWED_V4, 41000, FIN_ACK, 2), segment(ALLOWED_V4, 41000, ACK, 3));
+        (segment(ALLOWED_V4, 41000, FIN | ACK, 2), segment(ALLOWED_V4, 41000, ACK, 3));
     closing(&mut h, "client FIN", &fin, &last_ack);
 
     // A RST at any other number passes (the kernel judges it) but closes

@@ -3,15 +3,14 @@
 //! knock never shortens a longer window.
 
 use knock_common::{
+    Proto,
     allow::AllowOrigin,
     decide::{XDP_DROP, XDP_PASS},
     event::EventKind,
     maps::Counter,
+    proto::tcp_flags::{ACK, FIN, SYN},
 };
-use knock_tests::{
-    frames::{Frame, Proto},
-    privileged,
-};
+use knock_tests::{frames::Frame, privileged};
 use knock_userspace::{clock, maps as kernel_maps};
 
 use super::*;
@@ -32,7 +31,7 @@ fn a_knock_through_the_program_opens_the_door_once() {
     ] {
         let syn = |src: &str, port| Frame::new(ip(src), ip(server), Proto::Tcp, port).build();
         // Not knocks: a SYN+ACK or a bare ACK to a knock port passes untouched.
-        for flags in [0x12, 0x10, 0x03] {
+        for flags in [SYN | ACK, ACK, SYN | FIN] {
             let frame = Frame {
                 tcp_flags: flags,
                 ..Frame::new(ip(knocker), ip(server), Proto::Tcp, knocks[0])
@@ -141,7 +140,7 @@ fn full_maps_still_let_a_new_knock_open_the_door() {
     }
     h.expect("the door opens anyway", &syn(PROTECTED_TCP), XDP_PASS, Counter::PassedAllowed);
     let ack = Frame {
-        tcp_flags: 0x10,
+        tcp_flags: ACK,
         tcp_seq: 2,
         ..Frame::new(ip(STRANGER_V4), ip(SERVER_V4), Proto::Tcp, PROTECTED_TCP)
     };

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use aya::Ebpf;
 use aya::maps::{MapData, RingBuf};
 use knock_common::{
+    Proto, ProtoPort,
     decide::{XDP_DROP, XDP_PASS},
     event::Event,
     maps::{Counter, MAP_EVENTS, Settings},
@@ -21,11 +22,7 @@ use knock_tests::{
     frames::{Ext, Frame},
     testrun,
 };
-use knock_userspace::{
-    clock, loader,
-    maps::KernelMaps,
-    ports::{Proto, ProtoPort},
-};
+use knock_userspace::{clock, loader, maps::KernelMaps};
 
 pub const SERVER_V4: &str = "192.0.2.1";
 pub const ALLOWED_V4: &str = "192.0.2.10";

@@ -2,11 +2,12 @@
 //! the parser cannot follow, TCP flags, fragments and large frames.
 
 use knock_common::{
+    Proto,
     decide::{XDP_DROP, XDP_PASS},
     maps::{ALL_MAPS, Counter},
 };
 use knock_tests::{
-    frames::{self, Ext, Frame, Proto},
+    frames::{self, Ext, Frame},
     privileged,
 };
 use knock_userspace::loader;
