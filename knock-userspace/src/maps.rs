@@ -73,6 +73,9 @@ fn removed(result: Result<(), MapError>, name: &str) -> Result<()> {
     }
 }
 
+/// `BPF_NOEXIST` (linux/bpf.h): an update that writes only a missing key.
+const BPF_NOEXIST: u64 = 1;
+
 impl KernelMaps {
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
@@ -330,7 +333,13 @@ impl KernelMaps {
     pub fn seed_flows(&mut self, keys: &[FlowKey]) -> Result<()> {
         for key in keys {
             let entry = FlowEntry { last_seen_ns: clock::flow_ns(), ..FlowEntry::default() };
-            self.flows.insert(key, entry, 0).context("cannot write FLOWS")?;
+            // A flow the kernel already follows (after a take-over) keeps its
+            // client and sequence tracking: only missing ones are written.
+            match self.flows.insert(key, entry, BPF_NOEXIST) {
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                written => written.context("cannot write FLOWS")?,
+            }
             self.filter.mark(&key.src);
         }
         Ok(())
