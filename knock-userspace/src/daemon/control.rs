@@ -291,6 +291,20 @@ impl Daemon {
         Ok(message)
     }
 
+    /// What clients removed while no daemon ran had admitted: the kernel
+    /// kept it through the take-over, so it ends now, as `client remove`
+    /// would have ended it. Returns (sources, flows).
+    pub(super) fn revoke_removed_clients(&mut self) -> Result<(usize, usize)> {
+        let known: BTreeSet<u32> = self.clients.iter().map(|c| c.id).collect();
+        // Client 0 is nobody: a manual allow, or a connection kept at start.
+        let removed = |client: u32| client != 0 && !known.contains(&client);
+        let sources = self.maps.remove_allowed(|_, entry| {
+            entry.origin != AllowOrigin::Manual as u32 && removed(entry.client)
+        })?;
+        let flows = self.maps.end_flows(|_, flow| removed(flow.client))?;
+        Ok((sources.len(), flows))
+    }
+
     /// Revokes every source a client's knocks admitted and ends every flow
     /// they opened, whenever that was (a flow carries its client, so this
     /// holds long after the open window). Returns (sources, flows).

@@ -209,6 +209,17 @@ pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Resul
     };
     if adopting {
         info!("took over the program, maps and links an earlier run left pinned");
+        match daemon.revoke_removed_clients() {
+            Ok((0, 0)) => {}
+            Ok((sources, flows)) => info!(
+                sources,
+                flows,
+                "clients removed while no daemon ran: their sources revoked, their sessions ended"
+            ),
+            Err(err) => {
+                warn!("cannot revoke what clients removed while no daemon ran admitted: {err:#}")
+            }
+        }
     }
     // Armed once the daemon runs, so the test hook cuts a rotation of a
     // running daemon, never its start.

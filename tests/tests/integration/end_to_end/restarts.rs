@@ -139,3 +139,42 @@ fn with_fail_open_protection_ends_with_a_killed_daemon() {
     knock.attach(&[&lab.server_if]);
     assert_eq!(lab.tcp_state(SERVER_V4, SERVICE), PortState::Filtered);
 }
+
+#[test]
+fn a_client_removed_while_no_daemon_ran_loses_its_sessions_at_the_take_over() {
+    if !privileged("a_client_removed_while_no_daemon_ran_loses_its_sessions_at_the_take_over") {
+        return;
+    }
+    let lab = Lab::with_service();
+    let mut knock = lab.protecting_daemon(Entry::NsenterNet, &[]);
+    // A client's session, and beside it one admitted by hand.
+    knock.add_client("stolen", &["--static", "7201,7202,7203"]);
+    lab.send_knocks(
+        CLIENT_V4,
+        SERVER_V4,
+        &tcp_knocks(&[7201, 7202, 7203]),
+        Duration::from_millis(20),
+    );
+    let mut stolen = lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).expect("knocked");
+    knock.ok(&["allow", CLIENT2_V4, "--for", "1h"]);
+    let mut kept = lab.tcp_session(CLIENT2_V4, SERVER_V4, SERVICE).expect("allowed");
+    assert!(stolen.exchange() && kept.exchange());
+
+    knock.kill_daemon();
+    let out = knock.ok(&["client", "remove", "stolen"]);
+    assert!(out.contains("removed"), "{out}");
+    knock.attach(&[&lab.server_if]);
+    let log = knock.daemon_log();
+    assert!(log.contains("took over") && log.contains("sessions ended"), "{log}");
+    assert!(
+        !stolen.exchange(),
+        "the removed client's session survived the take-over: {log} {}",
+        knock.list()
+    );
+    assert!(
+        lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).is_none(),
+        "its source is still allowed"
+    );
+    assert!(kept.exchange(), "a session admitted by hand ended with the removed client's");
+    assert_eq!(field(&knock.list()["allowed"], "origin"), ["manual"]);
+}
