@@ -59,6 +59,13 @@ pub(super) fn run(state: &StateDir, config: Option<&Path>, command: ClientComman
                 name: name.clone(),
                 knock: match &static_sequence {
                     Some(StaticSequence(steps)) => Knock::Static { steps: steps.clone() },
+                    // Datagrams, so its range is checked against UDP ports.
+                    None if spa => Knock::Spa {
+                        key: Key::Random([0; 32]),
+                        index: 0,
+                        ports,
+                        may_name_address: allow_named_address,
+                    },
                     None => Knock::Rotating {
                         key: Key::Random([0; 32]),
                         proto,

@@ -11,6 +11,7 @@ use knock_tests::{
 
 /// A protected port, and a service listening in the server namespace.
 const PROTECTED: &str = "8022/tcp";
+const PROTECTED_UDP: &str = "8053/udp";
 const LISTENING: u16 = 8080;
 
 /// (arguments, a phrase the refusal must contain, whether `--force` gets past it)
@@ -37,6 +38,8 @@ const FOOT_GUNS: &[(&[&str], &str, bool)] = &[
     ),
     (&["client", "add", "span", "--static", "8000,8030,8040"], "protected port 8022/tcp", true),
     (&["client", "add", "range", "--ports", "8000-8100"], "protected port 8022/tcp", true),
+    // An SPA range takes datagrams: it is checked against UDP ports.
+    (&["client", "add", "spa", "--spa", "--ports", "8050-8060"], "protected port 8053/udp", true),
     (
         &["client", "add", "near", "--ports", "8020-8090", "--exclude", "8022"],
         "listens on 8080",
@@ -82,9 +85,11 @@ fn every_foot_gun_is_refused_and_forced_only_where_that_applies() {
     let lab = Lab::new();
     lab.tcp_echo(SERVER_V4, LISTENING);
     let knock = Instance::new(&lab.server, Entry::NetnsExec);
-    knock.ok(&["protect", PROTECTED]);
+    knock.ok(&["protect", PROTECTED, PROTECTED_UDP]);
     knock.add_client("legacy", &["--static", "7101,7102,7103"]);
     let dir = knock.state_path();
+    // Datagrams never reach a TCP port: an SPA range over one is no foot-gun.
+    knock.ok(&["client", "add", "spa-tcp", "--spa", "--ports", "8020-8025"]);
 
     for &(args, phrase, forceable) in FOOT_GUNS {
         let before = snapshot(dir);
@@ -115,7 +120,7 @@ fn every_foot_gun_is_refused_and_forced_only_where_that_applies() {
     let state = fs::read_to_string(dir.join("state.toml")).unwrap();
     assert!(state.contains("0.0.0.0/0") && state.contains("7102/tcp"), "{state}");
     let clients = knock.ok(&["client", "list"]);
-    for name in ["one", "two", "web", "span", "range", "near"] {
+    for name in ["one", "two", "web", "span", "range", "spa", "near"] {
         assert!(clients.contains(name), "{name} missing:\n{clients}");
     }
     assert!(!clients.contains("eph"), "{clients}");
