@@ -86,6 +86,14 @@ pub struct Event {
     pub step: u32,
 }
 
+impl Event {
+    /// An admission, knock or SPA: the audit trail must never lose one.
+    #[inline(always)]
+    pub fn is_opening(&self) -> bool {
+        self.kind == EventKind::Opened as u32 || self.kind == EventKind::SpaOpened as u32
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use knock_common::{
     allow::AllowEntry,
     decide::{Clocks, Maps},
-    event::{Event, EventKind},
+    event::Event,
     filter,
     flow::{FlowEntry, FlowKey},
     knock::KnockMaps,
@@ -257,9 +257,9 @@ impl KnockMaps for BpfMaps {
 
     #[inline(always)]
     fn emit(&self, event: &Event) {
-        // Progress and refusals may fill the ring only halfway, so an
-        // opening always finds room.
-        if event.kind != EventKind::Opened as u32
+        // Refusals may fill the ring only halfway, so an opening always
+        // finds room.
+        if !event.is_opening()
             && EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(EVENTS_BYTES / 2)
         {
             return;

@@ -3,6 +3,7 @@
 //! always-allowed networks, asserting the verdict and the counter each
 //! frame moves.
 
+mod events;
 mod flows;
 mod knocks;
 mod tables;
