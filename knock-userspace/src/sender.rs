@@ -15,10 +15,13 @@ use knock_common::{server_id::ServerId, spa};
 
 use crate::{
     check::{self, PortState},
-    knock_record::KnockRecord,
     ports::{Proto, ProtoPort},
     profile::{Key, Knock, Profile, knock_syntax},
 };
+
+pub mod record;
+
+use record::KnockRecord;
 
 /// How long `--check` waits for the protected port to answer.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
