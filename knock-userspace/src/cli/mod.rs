@@ -22,6 +22,7 @@ use crate::{
     config::{self, Config, FailedKnocks},
     control::{self, Changed, Listing, Request, Status, Unreachable},
     daemon::{self, AttachOptions},
+    duration::{format_duration, parse_duration},
     loader::{self, Mode},
     nets::Cidr,
     ports::{self, PortSpec, Proto, ProtoPort},
@@ -29,7 +30,6 @@ use crate::{
     secrets::read_secret,
     sender::{self, record::KnockRecord},
     state::{DEFAULT_STATE_DIR, State, StateDir, require_root},
-    units::{format_duration, parse_duration},
 };
 
 /// Port knocking in the kernel: protected ports are invisible until a source knocks.

@@ -17,10 +17,10 @@ use crate::{
     clients::{Client, ClientStore},
     clock,
     control::{AllowedSource, Changed, Flow, InterfaceStatus, Listing, Reply, Request, Status},
+    duration::format_duration,
     nets::Cidr,
     ports::{self, ProtoPort},
     state::State,
-    units::format_duration,
 };
 
 /// A client that does not send its request within this time is dropped, so
