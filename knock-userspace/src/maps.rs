@@ -292,8 +292,11 @@ impl KernelMaps {
             let key = key.context("cannot read ALLOW_NETS")?;
             let data = key.data();
             let src = SourceKey { family: data.family, _pad: [0; 3], addr: data.addr };
-            if let (Some(addr), Some(prefix)) = (src.ip(), key.prefix_len().checked_sub(8)) {
-                nets.insert(Cidr { addr, prefix: prefix as u8 });
+            let prefix = key.prefix_len().checked_sub(8).and_then(|p| u8::try_from(p).ok());
+            if let Some(net) =
+                src.ip().zip(prefix).and_then(|(addr, prefix)| Cidr::new(addr, prefix))
+            {
+                nets.insert(net);
             }
         }
         Ok(nets)
@@ -513,7 +516,7 @@ impl KnockSink for KernelMaps {
 
 /// The trie key of a network: the family byte counts in the prefix.
 fn net_key(net: &Cidr) -> Key<NetKey> {
-    Key::new(8 + u32::from(net.prefix), NetKey::of(&SourceKey::from(net.addr)))
+    Key::new(8 + u32::from(net.prefix()), NetKey::of(&SourceKey::from(net.addr())))
 }
 
 /// A TCP flow key, for seeding established connections.

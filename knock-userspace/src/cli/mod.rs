@@ -647,7 +647,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 bail!("a network can only be allowed --permanent ({target})");
             }
             let for_ms = duration.as_millis() as u64;
-            print_changed(control::request(&state, &Request::Allow { addr: target.addr, for_ms })?);
+            print_changed(control::request(
+                &state,
+                &Request::Allow { addr: target.addr(), for_ms },
+            )?);
         }
         Command::Revoke { target } => revoke(&state, target)?,
         Command::List { json } => {

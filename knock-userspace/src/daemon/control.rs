@@ -176,7 +176,7 @@ impl Daemon {
             done.push(format!("{target} is no longer always allowed"));
         }
         if target.is_host() {
-            let addr = target.addr;
+            let addr = target.addr();
             let key = SourceKey::from(addr);
             let was_allowed = self.maps.revoke(&key)?;
             // Every flow of the address, however long ago it was opened.
@@ -187,7 +187,7 @@ impl Daemon {
                 ended = Some(flows as u64);
             }
         }
-        let shown = if target.is_host() { target.addr.to_string() } else { target.to_string() };
+        let shown = if target.is_host() { target.addr().to_string() } else { target.to_string() };
         if done.is_empty() {
             bail!("{shown} is not in the allow list");
         }
