@@ -7,6 +7,7 @@
 mod control;
 mod events;
 mod metrics;
+mod reload;
 mod rotate;
 mod sweep;
 
