@@ -39,11 +39,8 @@ pub const SHORTEST_STATIC: usize = 3;
 
 /// Why no packet can ever come from (an address of) `net`, if so.
 pub fn never_a_source(net: &Cidr) -> Option<String> {
-    let within = |outer: &str| {
-        let outer: Cidr = outer.parse().expect("a valid network");
-        net.prefix >= outer.prefix && outer.contains(net.addr)
-    };
-    let why = match net.addr {
+    let within = |outer: &str| outer.parse::<Cidr>().expect("a valid network").covers(net);
+    let why = match net.addr() {
         IpAddr::V4(v4) if net.is_host() && v4.is_unspecified() => "the unspecified address",
         IpAddr::V4(v4) if net.is_host() && v4.is_broadcast() => "the broadcast address",
         IpAddr::V4(_) if within("0.0.0.0/8") => "'this network', 0.0.0.0/8",
@@ -70,8 +67,8 @@ pub fn never_a_source(net: &Cidr) -> Option<String> {
 /// Why always allowing `net` would switch protection off for too many, if so.
 pub fn too_wide(net: &Cidr) -> Option<String> {
     let (widest, family) =
-        if net.addr.is_ipv4() { (WIDEST_V4, "IPv4") } else { (WIDEST_V6, "IPv6") };
-    (net.prefix < widest).then(|| {
+        if net.addr().is_ipv4() { (WIDEST_V4, "IPv4") } else { (WIDEST_V6, "IPv6") };
+    (net.prefix() < widest).then(|| {
         format!(
             "always allowing {net} admits more than a /{widest} of {family} without a knock \
              (/0 switches protection off)"
@@ -81,7 +78,7 @@ pub fn too_wide(net: &Cidr) -> Option<String> {
 
 /// A network as users write it: a lone address without its `/32`.
 fn shown(net: &Cidr) -> String {
-    if net.is_host() { net.addr.to_string() } else { net.to_string() }
+    if net.is_host() { net.addr().to_string() } else { net.to_string() }
 }
 
 /// Where one protocol's knocks of a client can fall (for an SPA client: its

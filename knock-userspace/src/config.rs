@@ -44,11 +44,11 @@ use knock_common::maps::Limits;
 
 use crate::{
     cli::LogFormat,
+    duration::parse_duration,
     loader::Mode,
     nets::Cidr,
     ports::{self, PortSpec, ProtoPort},
     state::parse_toml,
-    units::parse_duration,
 };
 
 pub const DEFAULT_CONFIG: &str = "/etc/knock-xdp/config.toml";
@@ -213,7 +213,7 @@ impl std::fmt::Display for FailedKnocks {
         if *self == Self::OFF {
             return f.write_str("off");
         }
-        write!(f, "{}/{}", self.burst, crate::units::format_duration(self.interval))
+        write!(f, "{}/{}", self.burst, crate::duration::format_duration(self.interval))
     }
 }
 

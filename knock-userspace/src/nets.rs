@@ -2,35 +2,48 @@
 
 use std::{fmt, net::IpAddr, str::FromStr};
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-/// A network prefix with its host bits cleared.
+/// A network prefix with its host bits cleared. Our own type around
+/// [`IpNet`] for what users may write: one address alone, `[v6]`, and the
+/// error line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 impl Cidr {
+    /// `addr/prefix` with the host bits cleared; `None` for a prefix too long
+    /// for the family.
+    pub fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
+        IpNet::new(addr, prefix).ok().map(|net| Self(net.trunc()))
+    }
+
     /// The network of exactly one address.
     pub fn host(addr: IpAddr) -> Self {
-        Self { addr, prefix: if addr.is_ipv4() { 32 } else { 128 } }
+        Self(IpNet::from(addr))
+    }
+
+    /// The first address of the network.
+    pub fn addr(&self) -> IpAddr {
+        self.0.addr()
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.0.prefix_len()
     }
 
     pub fn is_host(&self) -> bool {
-        *self == Self::host(self.addr)
+        self.0.prefix_len() == self.0.max_prefix_len()
     }
 
+    /// False across families: an IPv4-mapped IPv6 address is not in an IPv4 network.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let (net, ip) = match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(i)) => {
-                (u128::from(u32::from(n)) << 96, u128::from(u32::from(i)) << 96)
-            }
-            (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i)),
-            _ => return false,
-        };
-        let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(self.prefix)) };
-        net & mask == ip & mask
+        self.0.contains(&ip)
+    }
+
+    /// Whether every address of `net` is in this network.
+    pub fn covers(&self, net: &Cidr) -> bool {
+        self.0.contains(&net.0)
     }
 }
 
@@ -49,29 +62,17 @@ impl FromStr for Cidr {
         };
         let addr: IpAddr =
             addr.trim_start_matches('[').trim_end_matches(']').parse().map_err(|_| invalid())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(invalid)?,
-        };
-        // Clear the host bits, so 10.1.2.3/8 and 10.0.0.0/8 are one network.
-        let addr = match addr {
-            IpAddr::V4(v4) => {
-                let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
-                IpAddr::V4((u32::from(v4) & mask).into())
-            }
-            IpAddr::V6(v6) => {
-                let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) };
-                IpAddr::V6((u128::from(v6) & mask).into())
-            }
-        };
-        Ok(Self { addr, prefix })
+        match prefix {
+            None => Ok(Self::host(addr)),
+            // Clears the host bits, so 10.1.2.3/8 and 10.0.0.0/8 are one network.
+            Some(p) => p.parse().ok().and_then(|p| Self::new(addr, p)).ok_or_else(invalid),
+        }
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
@@ -96,7 +97,7 @@ mod tests {
         assert_eq!("10.1.2.3/8".parse::<Cidr>().unwrap().to_string(), "10.0.0.0/8");
         assert_eq!("192.0.2.7".parse::<Cidr>().unwrap().to_string(), "192.0.2.7/32");
         assert_eq!("2001:db8::1/32".parse::<Cidr>().unwrap().to_string(), "2001:db8::/32");
-        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().prefix, 0);
+        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().prefix(), 0);
         for bad in ["10.0.0.0/33", "::/129", "10.0.0/8", "abc", "10.0.0.0/", "10.0.0.0/x"] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }

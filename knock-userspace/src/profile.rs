@@ -33,9 +33,9 @@ use knock_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    duration::{format_duration, parse_duration},
     ports::{Proto, ProtoPort, parse_port},
     state::parse_toml,
-    units::{format_duration, parse_duration},
 };
 
 pub const PROFILE_VERSION: u32 = 1;

@@ -10,11 +10,11 @@ use std::{cell::RefCell, collections::BTreeMap, path::Path};
 
 use knock_userspace::{
     config::Config,
+    duration::{format_duration, parse_duration},
     nets::Cidr,
     ports::{PortSpec, ProtoPort},
     profile::{self, Knock, Profile, ProfileFile},
     state::parse_toml,
-    units::{format_duration, parse_duration},
 };
 use proptest::{
     prelude::*,

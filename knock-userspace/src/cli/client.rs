@@ -11,12 +11,12 @@ use crate::{
     clients::ClientStore,
     config::Config,
     control::{self, Changed, Request, Unreachable},
+    duration::format_duration,
     procnet,
     profile::{self, Key, Knock, Profile},
     qr,
     secrets::{check_pin_strength, read_secret},
     state::StateDir,
-    units::format_duration,
 };
 use knock_common::secret::{
     self as kdf, DEFAULT_PASSPHRASE_COST, DEFAULT_PIN_COST, SALT_LEN, TOTP_SECRET_LEN,

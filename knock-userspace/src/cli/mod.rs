@@ -22,15 +22,14 @@ use crate::{
     config::{self, Config, FailedKnocks},
     control::{self, Changed, Listing, Request, Status, Unreachable},
     daemon::{self, AttachOptions},
-    knock,
-    knock_record::KnockRecord,
+    duration::{format_duration, parse_duration},
     loader::{self, Mode},
     nets::Cidr,
     ports::{self, PortSpec, Proto, ProtoPort},
     profile::{self, Profile},
     secrets::read_secret,
+    sender::{self, record::KnockRecord},
     state::{DEFAULT_STATE_DIR, State, StateDir, require_root},
-    units::{format_duration, parse_duration},
 };
 
 /// Port knocking in the kernel: protected ports are invisible until a source knocks.
@@ -300,7 +299,7 @@ pub struct ProfileArgs {
     #[command(flatten)]
     unlock: Unlock,
     /// Knock as at this time instead of now (RFC 3339, UTC).
-    #[arg(long, value_name = "TIME", value_parser = knock::parse_time)]
+    #[arg(long, value_name = "TIME", value_parser = sender::parse_time)]
     at: Option<SystemTime>,
 }
 
@@ -585,7 +584,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Knock { hosts, profile: args, delay, check, retries, slots_dir, admit } => {
             let profile = load_profile(&args)?;
             let mut record = KnockRecord::open(slots_dir.as_deref(), &profile);
-            let options = knock::Options {
+            let options = sender::Options {
                 delay: Duration::from_millis(delay),
                 check,
                 retries,
@@ -594,7 +593,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             };
             let mut worst = Worst::default();
             for host in &hosts {
-                let knocked = knock::server(&profile, host)
+                let knocked = sender::server(&profile, host)
                     .and_then(|server| knock_host(&profile, &mut record, &server, &options));
                 match knocked {
                     Ok(state) => worst.add(state),
@@ -615,8 +614,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             let at = args.at;
-            let (_, steps) = knock::steps_at(&profile, at, server.as_ref())?;
-            println!("{}", knock::sequence_line(&steps));
+            let (_, steps) = sender::steps_at(&profile, at, server.as_ref())?;
+            println!("{}", sender::sequence_line(&steps));
         }
         Command::Detach { iface } => detach(&state, iface)?,
         Command::Protect { ports, force } => {
@@ -648,7 +647,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 bail!("a network can only be allowed --permanent ({target})");
             }
             let for_ms = duration.as_millis() as u64;
-            print_changed(control::request(&state, &Request::Allow { addr: target.addr, for_ms })?);
+            print_changed(control::request(
+                &state,
+                &Request::Allow { addr: target.addr(), for_ms },
+            )?);
         }
         Command::Revoke { target } => revoke(&state, target)?,
         Command::List { json } => {
@@ -680,11 +682,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 fn knock_host(
     profile: &Profile,
     record: &mut KnockRecord,
-    server: &knock::Server,
-    options: &knock::Options,
+    server: &sender::Server,
+    options: &sender::Options,
 ) -> Result<Option<PortState>> {
     let target = server.addr;
-    let outcome = knock::knock(profile, record, server, options, |line| println!("{line}"))?;
+    let outcome = sender::knock(profile, record, server, options, |line| println!("{line}"))?;
     let Some((addr, state)) = outcome.port else {
         return Ok(None);
     };

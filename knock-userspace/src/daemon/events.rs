@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use super::Daemon;
 use crate::audit;
-use crate::units::format_duration;
+use crate::duration::format_duration;
 
 impl Daemon {
     pub(super) fn log_event(&mut self, bytes: &[u8]) {

@@ -14,6 +14,11 @@
 //! [`CONNECTION_DEADLINE`]: a flood of connections can delay scrapes, never
 //! the daemon's loop (rotation, events, control commands), and never takes
 //! the file descriptors the daemon needs.
+//!
+//! Both halves are hand-written on purpose: four series need no metrics
+//! library, and an HTTP server crate would bring its own connection handling
+//! and request parsing, where the cap, the deadline and never reading the
+//! request are what keep a public endpoint harmless.
 
 use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 

@@ -18,9 +18,8 @@ use knock_common::{
 };
 use knock_userspace::{
     clock,
-    knock::{self, Options},
-    knock_record::KnockRecord,
     profile::Profile,
+    sender::{self, Options, record::KnockRecord},
 };
 use serde_json::{Value, json};
 
@@ -295,8 +294,8 @@ fn latency(settings: &Settings, out: &mut Spa) -> Result<()> {
             let options =
                 Options { delay: Duration::ZERO, check: None, retries: 0, at: None, admit: None };
             let start = Instant::now();
-            let target = knock::Server { addr: server, id: None };
-            knock::knock(&profile, &mut KnockRecord::none(), &target, &options, |_| {})?;
+            let target = sender::Server { addr: server, id: None };
+            sender::knock(&profile, &mut KnockRecord::none(), &target, &options, |_| {})?;
             let stream = TcpStream::connect_timeout(&protected, timeout)
                 .context("the door did not open after the datagram")?;
             let open = start.elapsed().as_secs_f64() * 1e6;

@@ -8,31 +8,13 @@ pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 /// Parses a duration made of `<number><unit>` parts (units `ms`, `s`, `m`, `h`, `d`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let invalid = || format!("invalid duration '{text}' (expected e.g. 30s, 10m, 2h, 1h30m)");
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(invalid());
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(invalid());
-        }
-        let number: u64 = rest[..digits].parse().map_err(|_| invalid())?;
-        rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-        let unit_ms: u64 = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return Err(invalid()),
-        };
-        rest = &rest[unit_len..];
-        let part = number.checked_mul(unit_ms).map(Duration::from_millis).ok_or_else(invalid)?;
-        total = total.checked_add(part).ok_or_else(invalid)?;
-    }
+    let trimmed = text.trim();
+    // humantime also reads spaces, long names (`1hour`), weeks, months,
+    // years, `us` and a bare `0`; digits and these four letters, ending in a
+    // unit, leave our five units.
+    let ours = trimmed.chars().all(|c| c.is_ascii_digit() || "mshd".contains(c))
+        && trimmed.ends_with(|c: char| c.is_ascii_alphabetic());
+    let total = humantime::parse_duration(trimmed).ok().filter(|_| ours).ok_or_else(invalid)?;
     if total.is_zero() {
         return Err(format!("duration '{text}' must be longer than zero"));
     }
@@ -43,6 +25,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Formats a duration the way `parse_duration` reads it, to the second.
+/// Not humantime's formatter: it writes `1day 2h 3m`, which is not our syntax.
 pub fn format_duration(duration: Duration) -> String {
     let mut secs = duration.as_secs();
     if secs == 0 {
@@ -74,9 +57,25 @@ mod tests {
 
     #[test]
     fn rejects_garbage_zero_and_huge() {
-        for bad in
-            ["", "abc", "10", "s", "10x", "-5s", "1.5h", "0s", "400d", "99999999999999999999s"]
-        {
+        for bad in [
+            "",
+            "abc",
+            "10",
+            "s",
+            "10x",
+            "-5s",
+            "1.5h",
+            "0s",
+            "400d",
+            "99999999999999999999s",
+            // humantime's own syntax
+            "1h 30m",
+            "1hour",
+            "2w",
+            "1y",
+            "10us",
+            "1M",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
         }
     }
