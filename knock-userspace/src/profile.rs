@@ -806,6 +806,104 @@ mod tests {
         }
     }
 
+    /// The URI and file forms are what clients and servers already hold:
+    /// they must not change by a byte.
+    #[test]
+    fn uri_and_file_forms_are_stable() {
+        let spa = Profile {
+            name: "door".into(),
+            knock: Knock::Spa {
+                key: Key::Passphrase {
+                    salt: [0xab; SALT_LEN],
+                    cost: 20_000,
+                    secret: Some([1; 32]),
+                },
+                index: 3,
+                ports: (61000, 65535),
+                may_name_address: true,
+            },
+        };
+        let totp = fleet(keyed(Key::Totp {
+            salt: [2; SALT_LEN],
+            cost: 20_000,
+            pin_key: Some([6; 32]),
+            totp_secret: Some(vec![9; 20]),
+            code: None,
+        }));
+        let statik = Profile {
+            name: "legacy".into(),
+            knock: Knock::Static { steps: parse_static("7000,8000:udp").unwrap() },
+        };
+        let plain = Profile {
+            name: "x.y-z".into(),
+            knock: Knock::Rotating {
+                key: Key::Random([0xfe; 32]),
+                proto: Proto::Tcp,
+                length: 4,
+                slot_secs: 90,
+                ports: DEFAULT_PORTS,
+                exclude: vec![],
+                fleet: false,
+            },
+        };
+        let secret7 = "07".repeat(32);
+        let cases = [
+            (
+                rotating(),
+                format!(
+                    "v=1&exclude=40001,40002&length=5&name=alice&ports=40000-40100&proto=udp\
+                     &secret={secret7}&slot=1m"
+                ),
+            ),
+            (
+                fleet(rotating()),
+                format!(
+                    "v=1&exclude=40001,40002&fleet=true&length=5&name=alice&ports=40000-40100\
+                     &proto=udp&secret={secret7}&slot=1m"
+                ),
+            ),
+            (statik, "v=1&name=legacy&static=7000,8000:udp".into()),
+            (
+                spa.clone(),
+                "v=1&cost=20000&index=3&mode=passphrase&name=door&name_address=true\
+                 &ports=61000-65535&salt=abababababababababababababababab&spa=true"
+                    .into(),
+            ),
+            (
+                totp.clone(),
+                "v=1&cost=20000&exclude=40001,40002&fleet=true&length=5&mode=totp&name=bob\
+                 &ports=40000-40100&proto=udp&salt=02020202020202020202020202020202"
+                    .into(),
+            ),
+            (
+                plain,
+                format!(
+                    "v=1&exclude=&length=4&name=x.y-z&ports=61000-65535&proto=tcp&secret={}\
+                     &slot=1m30s",
+                    "fe".repeat(32)
+                ),
+            ),
+        ];
+        for (profile, query) in cases {
+            assert_eq!(profile.to_uri().unwrap(), format!("{URI_PREFIX}{query}"));
+        }
+        assert_eq!(
+            spa.to_toml().unwrap(),
+            "# knock-xdp client profile \"door\": holds no secret; knocking needs the passphrase\n\
+             version = 1\nname = \"door\"\nindex = 3\nports = \"61000-65535\"\n\
+             mode = \"passphrase\"\nspa = true\nname_address = true\n\
+             salt = \"abababababababababababababababab\"\ncost = 20000\n"
+        );
+        assert_eq!(
+            toml::to_string(&totp.to_file()).unwrap(),
+            "version = 1\nname = \"bob\"\nproto = \"udp\"\nlength = 5\n\
+             ports = \"40000-40100\"\nexclude = [40001, 40002]\nmode = \"totp\"\n\
+             fleet = true\nsalt = \"02020202020202020202020202020202\"\ncost = 20000\n\
+             secret = \"0606060606060606060606060606060606060606060606060606060606060606\"\n\
+             totp_secret = \"BEEQSCIJBEEQSCIJBEEQSCIJBEEQSCIJ\"\n"
+        );
+    }
+
     #[test]
     fn passphrase_and_authenticator_keys_need_unlocking_and_agree_with_the_server() {
         // The server's copy holds the derived secret; the client's does not.
