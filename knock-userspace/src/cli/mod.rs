@@ -27,7 +27,7 @@ use crate::{
     loader::{self, Mode},
     nets::Cidr,
     ports::{self, PortSpec, Proto, ProtoPort},
-    profile::{self, Profile},
+    profile::{self, Profile, UnlockMode},
     secrets::read_secret,
     state::{DEFAULT_STATE_DIR, State, StateDir, require_root},
     units::{format_duration, parse_duration},
@@ -330,7 +330,7 @@ fn load_profile(args: &ProfileArgs) -> Result<Profile> {
     let unlock = &args.unlock;
     let mut profile = Profile::load(&args.profile)?;
     match profile.needs() {
-        Some("passphrase") => {
+        Some(UnlockMode::Passphrase) => {
             let passphrase = read_secret(unlock.passphrase_file.as_deref(), "passphrase", false)?;
             profile.unlock_passphrase(&passphrase);
         }
@@ -701,7 +701,7 @@ fn knock_host(
                 "knock-xdp: {addr} stayed filtered, and {target} accepts no other sequence now"
             );
         }
-        if profile.kind() == "totp" {
+        if profile.mode() == Some(UnlockMode::Totp) {
             eprintln!(
                 "knock-xdp: an authenticator code opens the door once: knock again with the next code"
             );
