@@ -13,8 +13,8 @@ use crate::{
     control::{self, Changed, Request, Unreachable},
     procnet,
     profile::{self, Key, Knock, Profile},
+    prompt::{check_pin_strength, read_secret},
     qr,
-    secrets::{check_pin_strength, read_secret},
     state::StateDir,
     units::format_duration,
 };

@@ -28,7 +28,7 @@ use crate::{
     nets::Cidr,
     ports::{self, PortSpec, Proto, ProtoPort},
     profile::{self, Profile, UnlockMode},
-    secrets::read_secret,
+    prompt::read_secret,
     state::{DEFAULT_STATE_DIR, State, StateDir, require_root},
     units::{format_duration, parse_duration},
 };
