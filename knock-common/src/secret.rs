@@ -16,6 +16,7 @@
 //! Everything here is `no_std` and allocation-free; it is part of the
 //! userspace-only feature `sequence`.
 
+use data_encoding::{BASE32_NOPAD, BASE32_NOPAD_NOCASE};
 use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 use sha2::Sha256;
@@ -76,24 +77,7 @@ type HmacSha1 = Hmac<Sha1>;
 /// If `iterations` is 0 (RFC 8018 requires a positive count).
 pub fn pbkdf2_sha256(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
     assert!(iterations != 0, "PBKDF2 needs at least one iteration");
-    // HMAC accepts keys of any length, so this cannot fail.
-    let keyed = HmacSha256::new_from_slice(password).expect("HMAC takes any key length");
-    // U_1 = PRF(P, S || INT(1))
-    let mut mac = keyed.clone();
-    mac.update(salt);
-    mac.update(&1u32.to_be_bytes());
-    let mut u: [u8; 32] = mac.finalize().into_bytes().into();
-    let mut t = u;
-    // U_i = PRF(P, U_{i-1}); T_1 = U_1 xor U_2 xor ... xor U_c
-    for _ in 1..iterations {
-        let mut mac = keyed.clone();
-        mac.update(&u);
-        u = mac.finalize().into_bytes().into();
-        for (acc, byte) in t.iter_mut().zip(u) {
-            *acc ^= byte;
-        }
-    }
-    t
+    pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(password, salt, iterations)
 }
 
 /// PBKDF2 with the salt `prefix || salt`.
@@ -159,6 +143,8 @@ pub fn totp_slot_secret(pin_key: &[u8; 32], code: u32) -> [u8; 32] {
 /// bytes)`, modulo 10^6. The result is below 1 000 000; shown with leading
 /// zeros, it is what an authenticator app displays.
 pub fn totp_code(totp_secret: &[u8], step: u64) -> u32 {
+    // The truncation is four lines over the hmac crate; a TOTP crate would
+    // bring more than it takes away.
     let mut mac = HmacSha1::new_from_slice(totp_secret).expect("HMAC takes any key length");
     mac.update(&step.to_be_bytes());
     let h: [u8; 20] = mac.finalize().into_bytes().into();
@@ -167,9 +153,6 @@ pub fn totp_code(totp_secret: &[u8], step: u64) -> u32 {
         u32::from_be_bytes([h[offset], h[offset + 1], h[offset + 2], h[offset + 3]]) & 0x7fff_ffff;
     bin % TOTP_CODES
 }
-
-/// The RFC 4648 base32 alphabet.
-const BASE32_ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 
 /// Length of the base32 text of `n` bytes without padding: `ceil(8n / 5)`.
 pub const fn base32_len(n: usize) -> usize {
@@ -185,25 +168,7 @@ pub const fn base32_len(n: usize) -> usize {
 pub fn base32_encode<'a>(data: &[u8], out: &'a mut [u8]) -> &'a str {
     let len = base32_len(data.len());
     assert!(out.len() >= len, "base32 of {} bytes needs {len} bytes of output", data.len());
-    let mut acc: u16 = 0; // pending bits, in the low `bits` bits
-    let mut bits = 0;
-    let mut pos = 0;
-    for &byte in data {
-        acc = (acc << 8) | u16::from(byte);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out[pos] = BASE32_ALPHABET[usize::from((acc >> bits) & 31)];
-            pos += 1;
-        }
-        acc &= (1 << bits) - 1;
-    }
-    if bits > 0 {
-        out[pos] = BASE32_ALPHABET[usize::from((acc << (5 - bits)) & 31)];
-        pos += 1;
-    }
-    debug_assert_eq!(pos, len);
-    core::str::from_utf8(&out[..len]).expect("base32 is ASCII")
+    BASE32_NOPAD.encode_mut_str(data, &mut out[..len])
 }
 
 /// Decodes RFC 4648 base32 text into the start of `out` and returns the
@@ -217,32 +182,28 @@ pub fn base32_encode<'a>(data: &[u8], out: &'a mut [u8]) -> &'a str {
 /// accepted spelling up to case, padding and spaces), or when `out` is too
 /// short. The decoded length is at most `text.len() * 5 / 8`.
 pub fn base32_decode(text: &str, out: &mut [u8]) -> Option<usize> {
-    let mut acc: u16 = 0;
-    let mut bits = 0;
+    // The crate's codec has no characters to skip anywhere, so it gets the
+    // symbols 8 at a time: 8 symbols are 5 whole bytes, and only the last,
+    // shorter group has a length or unused bits to check.
+    let mut symbols = text.bytes().filter(|c| !matches!(c, b'=' | b' '));
+    let mut group = [0u8; 8];
     let mut pos = 0;
-    let mut symbols = 0usize;
-    for c in text.bytes() {
-        let value = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a',
-            b'2'..=b'7' => c - b'2' + 26,
-            b'=' | b' ' => continue,
-            _ => return None,
-        };
-        symbols += 1;
-        acc = (acc << 5) | u16::from(value);
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            *out.get_mut(pos)? = (acc >> bits) as u8;
-            pos += 1;
-            acc &= (1 << bits) - 1;
+    loop {
+        let mut n = 0;
+        for (slot, symbol) in group.iter_mut().zip(&mut symbols) {
+            *slot = symbol;
+            n += 1;
+        }
+        if n == 0 {
+            return Some(pos);
+        }
+        let len = BASE32_NOPAD_NOCASE.decode_len(n).ok()?;
+        BASE32_NOPAD_NOCASE.decode_mut(&group[..n], out.get_mut(pos..pos + len)?).ok()?;
+        pos += len;
+        if n < group.len() {
+            return Some(pos);
         }
     }
-    if matches!(symbols % 8, 1 | 3 | 6) || acc != 0 {
-        return None;
-    }
-    Some(pos)
 }
 
 #[cfg(test)]

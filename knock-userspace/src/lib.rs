@@ -20,7 +20,7 @@ pub mod nets;
 pub mod ports;
 pub mod procnet;
 pub mod profile;
+pub mod prompt;
 pub mod qr;
-pub mod secrets;
 pub mod sender;
 pub mod state;

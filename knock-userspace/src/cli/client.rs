@@ -14,8 +14,8 @@ use crate::{
     duration::format_duration,
     procnet,
     profile::{self, Key, Knock, Profile},
+    prompt::{check_pin_strength, read_secret},
     qr,
-    secrets::{check_pin_strength, read_secret},
     state::StateDir,
 };
 use knock_common::secret::{

@@ -26,8 +26,8 @@ use crate::{
     loader::{self, Mode},
     nets::Cidr,
     ports::{self, PortSpec, Proto, ProtoPort},
-    profile::{self, Profile},
-    secrets::read_secret,
+    profile::{self, Profile, UnlockMode},
+    prompt::read_secret,
     sender::{self, record::KnockRecord},
     state::{DEFAULT_STATE_DIR, State, StateDir, require_root},
 };
@@ -329,7 +329,7 @@ fn load_profile(args: &ProfileArgs) -> Result<Profile> {
     let unlock = &args.unlock;
     let mut profile = Profile::load(&args.profile)?;
     match profile.needs() {
-        Some("passphrase") => {
+        Some(UnlockMode::Passphrase) => {
             let passphrase = read_secret(unlock.passphrase_file.as_deref(), "passphrase", false)?;
             profile.unlock_passphrase(&passphrase);
         }
@@ -703,7 +703,7 @@ fn knock_host(
                 "knock-xdp: {addr} stayed filtered, and {target} accepts no other sequence now"
             );
         }
-        if profile.kind() == "totp" {
+        if profile.mode() == Some(UnlockMode::Totp) {
             eprintln!(
                 "knock-xdp: an authenticator code opens the door once: knock again with the next code"
             );
