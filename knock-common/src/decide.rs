@@ -172,9 +172,10 @@ fn transport<M: Maps, T: Transport>(maps: &M, pkt: &T, clocks: impl Clocks) -> O
         && usize::from(pkt.udp_payload_len()?) == spa::DATAGRAM_LEN;
     let datagram_read =
         datagram && maps.with_scratch(|scratch| pkt.read_spa(scratch)) == Some(true);
-    let decision = match is_protected {
-        true => Some(admission(maps, &src, || arrival(pkt, src), &mut now)?),
-        false => None,
+    let decision = if is_protected {
+        Some(admission(maps, &src, || arrival(pkt, src), &mut now)?)
+    } else {
+        None
     };
     let counter = if datagram {
         // Like a knock, checked and never decided on: valid or not, the

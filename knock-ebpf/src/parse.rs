@@ -6,6 +6,13 @@
 //! answers [`Parsed::Malformed`], which the decision drops. Everything else
 //! the decision needs (the source, the TCP sequence space, an SPA datagram)
 //! is read from the frame only when the decision asks.
+//!
+//! The header types are our own plain byte arrays (alignment 1, read
+//! unaligned). The `network-types` crate was weighed: it has no IPv6
+//! extension headers (most of the walk below), exposes the TCP flags only
+//! one bit at a time through a bitfield (the decision needs the byte), and
+//! types the EtherType as a native `u16`, whose alignment of 2 nothing
+//! guarantees in packet memory.
 
 use core::mem::size_of;
 

@@ -38,7 +38,7 @@ fn secret(client: u32) -> [u8; 32] {
 }
 
 fn params(client: u32) -> &'static Params<'static> {
-    if client % 32 == 0 { &NARROW } else { &WIDE }
+    if client.is_multiple_of(32) { &NARROW } else { &WIDE }
 }
 
 fn steps(client: u32, slot: u64) -> Vec<ProtoPort> {
