@@ -29,10 +29,6 @@ pub use program::{Attachment, Program};
 /// The XDP program, built by `build.rs` from the current sources.
 pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock"));
 
-/// The benchmarks' baseline: an XDP program named `noop` that returns
-/// XDP_PASS without reading the frame (`knock-ebpf/src/noop.rs`).
-pub static NOOP_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/noop"));
-
 /// How to attach: `auto` prefers native (driver) XDP and falls back to generic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
