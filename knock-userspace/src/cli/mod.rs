@@ -3,14 +3,14 @@
 //!
 //! | module | commands |
 //! |---|---|
-//! | [`attach`] | `attach`, `detach`, `reload`: the daemon |
-//! | [`access`] | `protect`, `unprotect`, `allow`, `revoke`: the door |
-//! | [`status`] | `list`, `status`, `log`: what the daemon holds and did |
-//! | [`client`] | `client add\|list\|show\|remove` |
-//! | [`knock`] | `knock`, `sequence`, `check`: the client side |
-//! | [`system`] | `install`, `uninstall`, `completions`, `manpage` |
+//! | `attach` | `attach`, `detach`, `reload`: the daemon |
+//! | `access` | `protect`, `unprotect`, `allow`, `revoke`: the door |
+//! | `status` | `list`, `status`, `log`: what the daemon holds and did |
+//! | `client` | `client add\|list\|show\|remove` |
+//! | `knock` | `knock`, `sequence`, `check`: the client side |
+//! | `system` | `install`, `uninstall`, `completions`, `manpage` |
 //!
-//! Commands that change what the daemon holds go through [`offline`]: the
+//! Commands that change what the daemon holds go through `offline`: the
 //! running daemon, or the state files when none runs.
 
 use std::{path::PathBuf, process::ExitCode};
