@@ -1,6 +1,6 @@
-//! Builds the XDP program and puts the object in OUT_DIR, where `loader.rs`
-//! embeds it. Cargo re-runs this whenever the eBPF crate or the shared types
-//! change, so the binary can never carry a stale object.
+//! Builds the XDP program and puts the object in OUT_DIR, where
+//! `loader/mod.rs` embeds it. Cargo re-runs this whenever the eBPF crate or
+//! the shared types change, so the binary can never carry a stale object.
 
 fn main() -> anyhow::Result<()> {
     // aya-build watches the eBPF crate itself; the shared crate is compiled

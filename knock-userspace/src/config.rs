@@ -43,7 +43,6 @@ use serde::Deserialize;
 use knock_common::maps::Limits;
 
 use crate::{
-    cli::LogFormat,
     duration::parse_duration,
     loader::Mode,
     nets::Cidr,
@@ -52,6 +51,14 @@ use crate::{
 };
 
 pub const DEFAULT_CONFIG: &str = "/etc/knock-xdp/config.toml";
+
+/// How log lines are written: for people, or one JSON object a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

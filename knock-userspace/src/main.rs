@@ -1,7 +1,10 @@
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::{Parser as _, error::ErrorKind};
-use knock_userspace::cli::{self, Cli, Command, LogFormat};
+use knock_userspace::{
+    cli::{self, Cli, Command},
+    config::{Config, LogFormat},
+};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -31,8 +34,8 @@ fn main() -> ExitCode {
     }
     // The config file may set the log level and format; a broken one is
     // reported by the command itself, so here it only falls back.
-    let config = knock_userspace::config::Config::load(cli.config.as_deref()).unwrap_or_default();
-    let format = cli.log_format.or(config.log_format).unwrap_or(LogFormat::Human);
+    let config = Config::load(cli.config.as_deref()).unwrap_or_default();
+    let format = cli.log_format.map(Into::into).or(config.log_format).unwrap_or(LogFormat::Human);
     init_logging(cli.verbose, cli.quiet, config.log_level.as_deref(), format);
     match cli::run(cli) {
         Ok(code) => code,

@@ -1,17 +1,23 @@
 //! `client add|list|show|remove`: the clients directory, profiles, URIs and
 //! QR codes. A running daemon is told to reload after every change.
 
-use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _, path::Path, time::Duration};
+use std::{
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{ClientCommand, PortList, StaticSequence};
+use super::offline::ask_daemon;
 use crate::{
     audit, checks,
     clients::ClientStore,
     config::Config,
-    control::{self, Changed, Request, Unreachable},
-    duration::format_duration,
+    control::{Changed, Request},
+    duration::{format_duration, parse_duration},
+    ports::{Proto, ProtoPort},
     procnet,
     profile::{self, Key, Knock, Profile},
     prompt::{check_pin_strength, read_secret},
@@ -21,6 +27,110 @@ use crate::{
 use knock_common::secret::{
     self as kdf, DEFAULT_PASSPHRASE_COST, DEFAULT_PIN_COST, SALT_LEN, TOTP_SECRET_LEN,
 };
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ClientCommand {
+    /// Create a client and print its profile (or write it with --profile-out).
+    ///
+    /// Rotating clients knock on ports derived from a fresh 256-bit secret and
+    /// the time slot; --static makes a fixed sequence that any knock client
+    /// (e.g. knockd's 'knock') can send, but that can be replayed.
+    Add {
+        name: String,
+        /// Knocks per sequence (1-16).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=16), default_value_t = profile::DEFAULT_LENGTH)]
+        length: u8,
+        /// Slot length: the sequence changes this often.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+        slot: Duration,
+        /// Range the knock ports are drawn from.
+        #[arg(long, value_name = "LO-HI", value_parser = profile::parse_range, default_value = "61000-65535")]
+        ports: (u16, u16),
+        /// Knock with TCP SYNs or UDP datagrams.
+        #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+        proto: Proto,
+        /// Ports never to knock on (e.g. 62000,63000-63010).
+        #[arg(long, value_name = "PORTS", value_parser = parse_port_list)]
+        exclude: Option<PortList>,
+        /// A fixed sequence in knockd's syntax, e.g. 7000,8000:udp,9000.
+        #[arg(long = "static", value_name = "SEQ", value_parser = parse_static, conflicts_with_all = ["length", "slot", "ports", "proto", "exclude"])]
+        static_sequence: Option<StaticSequence>,
+        /// Authenticator mode: knock with the 6-digit code of an authenticator
+        /// app (TOTP) and a PIN; the profile then holds no secret.
+        #[arg(long, conflicts_with_all = ["static_sequence", "slot", "passphrase_file"])]
+        totp: bool,
+        /// The PIN of an authenticator client, from FILE (asked for when missing).
+        #[arg(long, value_name = "FILE", requires = "totp")]
+        pin_file: Option<PathBuf>,
+        /// Single-packet authorization: the client opens the door with one
+        /// UDP datagram, authenticated with HMAC-SHA256 and verified in the
+        /// kernel, sent to a random port of --ports (docs/spa-v1.md).
+        #[arg(long, conflicts_with_all = ["static_sequence", "totp", "length", "slot", "proto", "exclude"])]
+        spa: bool,
+        /// SPA: the client may name the address to admit (knock --admit), for
+        /// a client behind NAT that knows its public address.
+        #[arg(long, requires = "spa")]
+        allow_named_address: bool,
+        /// One profile for many servers: each server derives its own
+        /// sequences from its server_name, so a sequence seen at one server
+        /// does not open another (docs/sequence-v2.md). Install the same
+        /// client file on every server.
+        #[arg(long, conflicts_with_all = ["static_sequence", "spa"])]
+        fleet: bool,
+        /// Derive the secret from a passphrase (first line of FILE); the profile
+        /// then holds no secret.
+        #[arg(long, value_name = "FILE", conflicts_with = "static_sequence")]
+        passphrase_file: Option<PathBuf>,
+        /// PBKDF2 iterations for a passphrase or PIN (default 600000).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(10_000..))]
+        cost: Option<u32>,
+        /// Also print the profile as a URI and a QR code (they hold the secret).
+        #[arg(long)]
+        qr: bool,
+        /// Write the profile to FILE (mode 0600) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        profile_out: Option<PathBuf>,
+        /// Accept a static sequence under 3 knocks, or knock ports that hold
+        /// a protected port or a listening service (logged and audited).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show a client's parameters; --reveal prints its profile URI.
+    Show {
+        name: String,
+        /// Print the profile URI (it holds the secret of random clients).
+        #[arg(long)]
+        reveal: bool,
+        /// Print the profile URI as a QR code (needs --reveal).
+        #[arg(long)]
+        qr: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List clients (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a client: its sequences stop opening the door at once.
+    Remove { name: String },
+}
+
+/// `--exclude` as one value (clap would read a `Vec` as repeated values).
+#[derive(Clone, Debug)]
+pub struct PortList(Vec<u16>);
+
+/// `--static` as one value.
+#[derive(Clone, Debug)]
+pub struct StaticSequence(Vec<ProtoPort>);
+
+fn parse_port_list(text: &str) -> Result<PortList, String> {
+    profile::parse_port_list(text).map(PortList)
+}
+
+fn parse_static(text: &str) -> Result<StaticSequence, String> {
+    profile::parse_static(text).map(StaticSequence)
+}
 
 pub(super) fn run(state: &StateDir, config: Option<&Path>, command: ClientCommand) -> Result<()> {
     let store = ClientStore::new(state);
@@ -245,18 +355,10 @@ fn otpauth_uri(profile: &Profile) -> Option<String> {
 /// Tells a running daemon to re-read the clients; nothing to do without one
 /// (`None`). Returns a note for the user about what the daemon ended.
 fn notify_daemon(state: &StateDir) -> Result<Option<String>> {
-    match control::connect(state) {
-        Ok(stream) => {
-            let changed: Changed = control::send(stream, &Request::ReloadClients)?;
-            Ok(Some(if changed.message.is_empty() {
-                String::new()
-            } else {
-                format!("; {}", changed.message)
-            }))
-        }
-        Err(Unreachable::NotRunning) => Ok(None),
-        Err(Unreachable::Other(err)) => Err(err),
-    }
+    let changed: Option<Changed> = ask_daemon(state, &Request::ReloadClients)?;
+    Ok(changed.map(|changed| {
+        if changed.message.is_empty() { String::new() } else { format!("; {}", changed.message) }
+    }))
 }
 
 pub(super) fn describe(profile: &Profile) -> String {

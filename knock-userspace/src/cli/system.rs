@@ -19,6 +19,28 @@ use crate::{
 pub const UNIT_NAME: &str = "knock-xdp.service";
 pub const DEFAULT_UNIT_DIR: &str = "/etc/systemd/system";
 
+#[derive(Debug, clap::Args)]
+pub struct InstallArgs {
+    /// Interfaces the service attaches to (default: `interfaces` of the
+    /// config file, read at every start).
+    #[arg(long = "iface", value_name = "IFACE")]
+    ifaces: Vec<String>,
+    /// Where to write knock-xdp.service.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_UNIT_DIR)]
+    unit_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UninstallArgs {
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_UNIT_DIR)]
+    unit_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    shell: clap_complete::Shell,
+}
+
 /// The unit: restarted always (a new daemon takes over what the old one left
 /// attached), with only the capabilities XDP needs and the file system
 /// read-only but for the state directory and bpffs. With no interfaces it
@@ -77,12 +99,8 @@ fn systemctl(args: &[&str]) -> Result<()> {
 }
 
 /// `config` is the `--config` given, if any: the unit then names it too.
-pub fn install(
-    state: &StateDir,
-    unit_dir: &Path,
-    ifaces: &[String],
-    config: Option<&Path>,
-) -> Result<()> {
+pub fn install(state: &StateDir, config: Option<&Path>, args: InstallArgs) -> Result<()> {
+    let InstallArgs { ifaces, unit_dir } = &args;
     // The file the unit's daemon will read: it must read now, and without
     // --iface it must say where to attach.
     let loaded = Config::load(config)?;
@@ -123,7 +141,8 @@ pub fn install(
     Ok(())
 }
 
-pub fn uninstall(unit_dir: &Path) -> Result<()> {
+pub fn uninstall(args: UninstallArgs) -> Result<()> {
+    let unit_dir = &args.unit_dir;
     let path = unit_dir.join(UNIT_NAME);
     if !path.exists() {
         bail!("{} is not installed in {}", UNIT_NAME, unit_dir.display());
@@ -139,8 +158,8 @@ pub fn uninstall(unit_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn completions(shell: clap_complete::Shell) {
-    clap_complete::generate(shell, &mut Cli::command(), "knock-xdp", &mut std::io::stdout());
+pub fn completions(args: CompletionsArgs) {
+    clap_complete::generate(args.shell, &mut Cli::command(), "knock-xdp", &mut std::io::stdout());
 }
 
 pub fn manpage() -> Result<()> {

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result, anyhow, ensure};
 use aya::{
-    Ebpf,
+    Ebpf, include_bytes_aligned,
     maps::{MapData, RingBuf},
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
@@ -164,9 +164,14 @@ pub fn steady_run(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, f64, f6
     Ok((verdict, cpu, kernel_ns))
 }
 
-/// The no-op program (`knock-ebpf/src/noop.rs`), loaded.
+/// The benchmarks' baseline: an XDP program named `noop` that returns
+/// XDP_PASS without reading the frame (`tests/noop/src/main.rs`), built by
+/// this crate's `build.rs`, so the knock-xdp binary never carries it.
+pub static NOOP_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/noop"));
+
+/// The no-op program, loaded.
 pub fn load_noop() -> Result<Ebpf> {
-    let mut ebpf = Ebpf::load(loader::NOOP_OBJECT).context("cannot load the no-op object")?;
+    let mut ebpf = Ebpf::load(NOOP_OBJECT).context("cannot load the no-op object")?;
     noop_prog(&mut ebpf)?.load().context("the kernel refused the no-op program")?;
     Ok(ebpf)
 }

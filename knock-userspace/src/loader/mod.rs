@@ -1,0 +1,81 @@
+//! Loading the XDP program, attaching it to interfaces, and its bpffs pins.
+//!
+//! Pins live in `/sys/fs/bpf/knock-xdp/<instance>/`, where the instance id is
+//! derived from the state directory, so instances never share pins:
+//!
+//! ```text
+//! PORT_FLAGS, ALLOW, COUNTERS   the maps
+//! link-<iface>                  one XDP link per interface
+//! ```
+//!
+//! A pinned link keeps the program attached if the daemon dies without
+//! cleaning up, so protection stays in force (fail closed). A clean shutdown
+//! or `knock-xdp detach` removes the pins, which detaches the program.
+//!
+//! [`Program`] (`program.rs`) attaches and takes over links; `pins.rs` holds
+//! bpffs and everything pinned in it.
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{Ebpf, EbpfLoader, include_bytes_aligned, programs::Xdp};
+use knock_common::maps::{Limits, PROGRAM_NAME};
+use serde::{Deserialize, Serialize};
+
+mod pins;
+mod program;
+
+pub use pins::{ensure_bpffs, pin_dir, pinned_link_exists, private_bpffs, remove_pins};
+pub use program::{Attachment, Program};
+
+/// The XDP program, built by `build.rs` from the current sources.
+pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock"));
+
+/// How to attach: `auto` prefers native (driver) XDP and falls back to generic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Auto,
+    Native,
+    Skb,
+}
+
+/// Parses the object and loads the program into the kernel (the verifier
+/// runs here), with the default map sizes, without attaching it anywhere.
+pub fn load() -> Result<Ebpf> {
+    load_sized(&Limits::DEFAULT)
+}
+
+/// [`load`] with the maps sized for `limits`.
+pub fn load_sized(limits: &Limits) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    size_maps(&mut loader, limits);
+    let mut ebpf = loader.load(EBPF_OBJECT).context("cannot load the XDP object")?;
+    xdp(&mut ebpf)?.load().context("the kernel refused the XDP program")?;
+    Ok(ebpf)
+}
+
+/// Sizes the maps the limits set. Maps taken over from pins keep the
+/// size they were created with.
+fn size_maps(loader: &mut EbpfLoader, limits: &Limits) {
+    for (name, entries) in limits.map_sizes() {
+        loader.map_max_entries(name, entries);
+    }
+}
+
+/// The XDP program inside a loaded object.
+pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let program = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or_else(|| anyhow!("the XDP object has no program named {PROGRAM_NAME}"))?;
+    Ok(program.try_into()?)
+}
+
+/// The interface index of `name`, or a clear error when there is none.
+pub fn if_index(name: &str) -> Result<u32> {
+    let c_name =
+        std::ffi::CString::new(name).map_err(|_| anyhow!("invalid interface name {name:?}"))?;
+    // SAFETY: valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
+        0 => bail!("no network interface named '{name}'"),
+        index => Ok(index),
+    }
+}

@@ -1,0 +1,10 @@
+//! Builds the benchmarks' no-op XDP program (`noop/`) and puts the object in
+//! OUT_DIR, where the bench harness embeds it: only the tests carry it, not
+//! the knock-xdp binary.
+
+fn main() -> anyhow::Result<()> {
+    aya_build::build_ebpf(
+        [aya_build::Package { name: "knock-bench-noop", root_dir: "noop", ..Default::default() }],
+        aya_build::Toolchain::default(),
+    )
+}
