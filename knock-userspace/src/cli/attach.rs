@@ -159,10 +159,20 @@ pub(super) fn detach(state: &StateDir, args: DetachArgs) -> Result<()> {
     let _lock = lock_state(state)?;
     loader::ensure_bpffs()?;
     let pin_dir = loader::pin_dir(state)?;
-    if iface.is_some() && !loader::pinned_link_exists(&pin_dir) {
-        bail!("knock-xdp is not attached (state directory {})", state.path().display());
+    // One interface: only its link goes, unless it was the last one.
+    if let Some(iface) = &iface {
+        if !loader::remove_link(&pin_dir, iface)? {
+            bail!(
+                "knock-xdp is not attached to {iface} (state directory {})",
+                state.path().display()
+            );
+        }
+        if loader::pinned_link_exists(&pin_dir) {
+            println!("detached from {iface} (left behind by a daemon that did not stop cleanly)");
+            return Ok(());
+        }
     }
-    let detached = loader::remove_pins(&pin_dir)?;
+    let detached: Vec<String> = iface.into_iter().chain(loader::remove_pins(&pin_dir)?).collect();
     if detached.is_empty() {
         println!("knock-xdp was not attached; nothing to detach");
     } else {

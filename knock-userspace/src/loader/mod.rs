@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 mod pins;
 mod program;
 
-pub use pins::{ensure_bpffs, pin_dir, pinned_link_exists, private_bpffs, remove_pins};
+pub use pins::{
+    ensure_bpffs, pin_dir, pinned_link_exists, private_bpffs, remove_link, remove_pins,
+};
 pub use program::{Attachment, Program};
 
 /// The XDP program, built by `build.rs` from the current sources.

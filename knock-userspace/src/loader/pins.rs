@@ -165,6 +165,23 @@ pub fn remove_pins(pin_dir: &Path) -> Result<Vec<String>> {
     Ok(detached)
 }
 
+/// Detaches one interface's pinned link and removes its pin; the program,
+/// its maps and the other interfaces' links stay. False when `iface` has
+/// no pinned link. The name is matched against the pins, never joined into
+/// a path.
+pub fn remove_link(pin_dir: &Path, iface: &str) -> Result<bool> {
+    let Ok(entries) = fs::read_dir(pin_dir) else { return Ok(false) };
+    let wanted = format!("link-{iface}");
+    let Some(path) =
+        entries.filter_map(|e| e.ok()).find(|e| e.file_name() == *wanted).map(|e| e.path())
+    else {
+        return Ok(false);
+    };
+    detach_pinned_link(&path).with_context(|| format!("cannot detach {}", path.display()))?;
+    fs::remove_file(&path).with_context(|| format!("cannot remove pin {}", path.display()))?;
+    Ok(true)
+}
+
 /// True when an instance left a pinned link behind (its program is still attached).
 pub fn pinned_link_exists(pin_dir: &Path) -> bool {
     fs::read_dir(pin_dir).is_ok_and(|mut entries| {

@@ -90,6 +90,34 @@ fn two_interfaces_at_once_and_detaching_one() {
 }
 
 #[test]
+fn without_a_daemon_detaching_one_interface_leaves_the_others_protected() {
+    if !privileged("without_a_daemon_detaching_one_interface_leaves_the_others_protected") {
+        return;
+    }
+    let lab = Lab::with_service();
+    let pair = extra_pair(&lab);
+    add_pair(&lab, &pair);
+    let extra = &pair.0;
+    let mut knock = lab.protecting_daemon(Entry::NsenterNet, &[extra]);
+    knock.kill_daemon();
+    let out = knock.ok(&["detach", extra]);
+    assert!(out.contains(&format!("detached from {extra} ")), "{out}");
+    assert!(!has_xdp(&lab.server, extra));
+    assert!(has_xdp(&lab.server, &lab.server_if), "{out}");
+    assert_eq!(lab.tcp_state(SERVER_V4, SERVICE), PortState::Filtered);
+    // An interface it is not attached to changes nothing.
+    let stderr = refusal("detach again", &knock.cli(&["detach", extra]));
+    assert!(stderr.contains(&format!("not attached to {extra}")), "{stderr}");
+    assert!(has_xdp(&lab.server, &lab.server_if));
+    // The last one takes the program and every pin with it.
+    let out = knock.ok(&["detach", &lab.server_if]);
+    assert!(out.contains(&lab.server_if), "{out}");
+    assert!(!has_xdp(&lab.server, &lab.server_if));
+    assert!(!knock.pin_dir().exists());
+    assert_eq!(lab.tcp_state(SERVER_V4, SERVICE), PortState::Open);
+}
+
+#[test]
 fn an_interface_that_disappears_is_forgotten_and_protected_again_when_it_returns() {
     if !privileged("an_interface_that_disappears_is_forgotten_and_protected_again_when_it_returns")
     {
