@@ -5,8 +5,6 @@
 
 pub mod admit_filter;
 pub mod audit;
-pub mod check;
-pub mod checks;
 pub mod cli;
 pub mod clients;
 pub mod clock;
@@ -14,10 +12,12 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod duration;
+pub mod footguns;
 pub mod loader;
 pub mod maps;
 pub mod nets;
 pub mod ports;
+pub mod probe;
 pub mod procnet;
 pub mod profile;
 pub mod prompt;

@@ -14,8 +14,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use knock_common::{server_id::ServerId, spa};
 
 use crate::{
-    check::{self, PortState},
     ports::{Proto, ProtoPort},
+    probe::{self, PortState},
     profile::{Key, Knock, Profile, knock_syntax},
 };
 
@@ -278,7 +278,7 @@ pub fn knock(
         };
         thread::sleep(SETTLE);
         let addr = SocketAddr::new(target, port);
-        let state = check::probe(addr, CHECK_TIMEOUT)?;
+        let state = probe::probe(addr, CHECK_TIMEOUT)?;
         outcome.port = Some((addr, state));
         if state != PortState::Filtered || outcome.tries > options.retries {
             break;
@@ -331,7 +331,7 @@ fn knock_spa(
         };
         thread::sleep(SETTLE);
         let probe = SocketAddr::new(target, check);
-        let state = check::probe(probe, CHECK_TIMEOUT)?;
+        let state = probe::probe(probe, CHECK_TIMEOUT)?;
         outcome.port = Some((probe, state));
         if state != PortState::Filtered || outcome.tries > options.retries {
             break;

@@ -12,10 +12,11 @@ use super::{
     status::print_changed,
 };
 use crate::{
-    audit, checks,
+    audit,
     clients::ClientStore,
     control::{self, Changed, Request},
     duration::parse_duration,
+    footguns,
     nets::Cidr,
     ports::{self, PortSpec, ProtoPort},
     state::StateDir,
@@ -77,8 +78,8 @@ pub(super) fn protect(state: &StateDir, args: ProtectArgs) -> Result<()> {
         warn!("cannot check the clients' knock ports: {err:#}");
         Vec::new()
     });
-    let refusals = checks::protect_refusals(&requested, &clients);
-    checks::force_or_refuse(state, force, &ports::join(&requested), None, &refusals)?;
+    let refusals = footguns::protect_refusals(&requested, &clients);
+    footguns::force_or_refuse(state, force, &ports::join(&requested), None, &refusals)?;
     change_protected(state, &ports, true)
 }
 
@@ -88,12 +89,12 @@ pub(super) fn unprotect(state: &StateDir, args: UnprotectArgs) -> Result<()> {
 
 pub(super) fn allow(state: &StateDir, args: AllowArgs) -> Result<()> {
     let AllowArgs { target, duration, permanent, force } = args;
-    if let Some(why) = checks::never_a_source(&target) {
+    if let Some(why) = footguns::never_a_source(&target) {
         bail!("{why}");
     }
     if permanent {
-        let refusals: Vec<String> = checks::too_wide(&target).into_iter().collect();
-        checks::force_or_refuse(state, force, &target.to_string(), None, &refusals)?;
+        let refusals: Vec<String> = footguns::too_wide(&target).into_iter().collect();
+        footguns::force_or_refuse(state, force, &target.to_string(), None, &refusals)?;
         return allow_network(state, target);
     }
     if !target.is_host() {

@@ -12,12 +12,11 @@ use super::{
     status::print_changed,
 };
 use crate::{
-    checks,
     config::{self, Config, FailedKnocks},
     control::{self, Changed, Request},
     daemon::{self, AttachOptions},
     duration::parse_duration,
-    loader,
+    footguns, loader,
     state::StateDir,
 };
 
@@ -107,7 +106,7 @@ pub(super) fn attach(state: StateDir, config: Option<&Path>, args: AttachArgs) -
     } = args;
     // Flags and KNOCK_XDP_* variables win over the file, the file over the defaults.
     let config = Config::load(config)?;
-    let refusals = checks::config_refusals(&config)?;
+    let refusals = footguns::config_refusals(&config)?;
     let ifaces = if ifaces.is_empty() { config.interfaces.clone() } else { ifaces };
     if ifaces.is_empty() {
         bail!("no interface to attach to: name one, or set `interfaces` in {}", config.describe());
@@ -123,7 +122,7 @@ pub(super) fn attach(state: StateDir, config: Option<&Path>, args: AttachArgs) -
              the config file) to serve them there"
         );
     }
-    checks::force_or_refuse(&state, force, &config.describe(), None, &refusals)?;
+    footguns::force_or_refuse(&state, force, &config.describe(), None, &refusals)?;
     let options = AttachOptions {
         ifaces,
         mode: mode.map(Into::into).or(config.mode).unwrap_or(loader::Mode::Auto),

@@ -12,11 +12,12 @@ use anyhow::{Context as _, Result, bail};
 
 use super::offline::ask_daemon;
 use crate::{
-    audit, checks,
+    audit,
     clients::ClientStore,
     config::Config,
     control::{Changed, Request},
     duration::{format_duration, parse_duration},
+    footguns,
     ports::{Proto, ProtoPort},
     procnet,
     profile::{self, Key, Knock, Profile},
@@ -187,14 +188,14 @@ pub(super) fn run(state: &StateDir, config: Option<&Path>, command: ClientComman
                     },
                 },
             };
-            checks::knock_space_clear_of_ephemeral(&knocks_at)?;
+            footguns::knock_space_clear_of_ephemeral(&knocks_at)?;
             let mut protected =
                 if state.path().exists() { state.load()?.protected } else { Default::default() };
             protected.extend(Config::load(config)?.protected);
             let refusals =
-                checks::client_refusals(&knocks_at, &protected, &procnet::listening_ports());
+                footguns::client_refusals(&knocks_at, &protected, &procnet::listening_ports());
             if !force {
-                checks::force_or_refuse(state, false, &name, Some(&name), &refusals)?;
+                footguns::force_or_refuse(state, false, &name, Some(&name), &refusals)?;
             }
             let knock = match static_sequence {
                 Some(StaticSequence(steps)) => Knock::Static { steps },
@@ -245,7 +246,7 @@ pub(super) fn run(state: &StateDir, config: Option<&Path>, command: ClientComman
             let profile = Profile::from_file(&Profile { name, knock }.to_file())?;
             state.create()?;
             let name = &profile.name;
-            checks::force_or_refuse(state, force, name, Some(name), &refusals)?;
+            footguns::force_or_refuse(state, force, name, Some(name), &refusals)?;
             let client = store.add(profile, Config::load(config)?.limits.clients)?;
             let text = client.profile.to_toml()?;
             match &profile_out {

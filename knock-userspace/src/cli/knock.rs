@@ -8,9 +8,9 @@ use knock_common::server_id::ServerId;
 
 use super::parse_server_name;
 use crate::{
-    check::{self, PortState},
     duration::parse_duration,
     ports,
+    probe::{self, PortState},
     profile::{Profile, UnlockMode},
     prompt::read_secret,
     sender::{self, record::KnockRecord},
@@ -161,7 +161,7 @@ pub(super) fn sequence(args: SequenceArgs) -> Result<()> {
 }
 
 pub(super) fn check(args: CheckArgs) -> Result<ExitCode> {
-    let (addr, port_state) = check::check(&args.host, args.port, args.timeout)?;
+    let (addr, port_state) = probe::check(&args.host, args.port, args.timeout)?;
     println!("{addr} {}", port_state.as_str());
     Ok(ExitCode::from(port_state.exit_code()))
 }

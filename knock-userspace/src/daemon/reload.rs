@@ -10,8 +10,9 @@ use tracing::{info, warn};
 
 use super::Daemon;
 use crate::{
-    audit, checks,
+    audit,
     clients::{Client, ClientStore},
+    footguns,
     nets::Cidr,
     ports::{self, ProtoPort},
 };
@@ -59,10 +60,10 @@ impl Daemon {
     /// nothing; allowed sources, flows and knocks in progress stay.
     pub(super) fn reload(&mut self) -> Result<String> {
         let config = self.config.reread()?;
-        let refusals = checks::config_refusals(&config)?;
+        let refusals = footguns::config_refusals(&config)?;
         let next = self.state_dir.load()?;
         ClientStore::new(&self.state_dir).load()?;
-        checks::force_or_refuse(
+        footguns::force_or_refuse(
             &self.state_dir,
             self.options.force,
             &config.describe(),

@@ -26,9 +26,9 @@ use tracing::{debug, warn};
 
 use super::Daemon;
 use crate::{
-    checks::KnockSpace,
     clients::Client,
     clock,
+    footguns::KnockSpace,
     maps::KernelMaps,
     procnet,
     profile::{Knock, Profile},

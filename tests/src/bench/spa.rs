@@ -249,7 +249,7 @@ fn fresh_opens(
     Ok(PathRow {
         name: "spa: valid, opens".into(),
         family: fam.name,
-        what: "a valid datagram from a fresh source: cheap checks, MAC, nonce remembered, source admitted, event".into(),
+        what: "a valid datagram from a fresh source: cheap footguns, MAC, nonce remembered, source admitted, event".into(),
         verdict: XDP_PASS,
         ns: steady_base + ex,
         baseline_ns: steady_base,

@@ -11,7 +11,7 @@ use std::{
 };
 
 use knock_common::{Proto, ProtoPort};
-use knock_userspace::check::{self, PortState};
+use knock_userspace::probe::{self, PortState};
 
 use super::{
     Lab,
@@ -23,7 +23,7 @@ impl Lab {
     pub fn tcp_state(&self, server: &str, port: u16) -> PortState {
         let server = server.to_owned();
         self.client.enter(move || {
-            check::check(&server, port, Duration::from_secs(2)).expect("probe failed").1
+            probe::check(&server, port, Duration::from_secs(2)).expect("probe failed").1
         })
     }
 

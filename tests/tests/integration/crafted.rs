@@ -17,7 +17,7 @@ use knock_tests::{
     privileged,
     sniff::{Proto, Seen, Sniffer, classify},
 };
-use knock_userspace::check::PortState;
+use knock_userspace::probe::PortState;
 
 const TCP_PORT: u16 = 8022;
 const UDP_PORT: u16 = 5353;

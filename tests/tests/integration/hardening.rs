@@ -22,8 +22,8 @@ use knock_tests::{
     privileged,
 };
 use knock_userspace::{
-    check::PortState,
     control::{self, Changed, Request},
+    probe::PortState,
     state::StateDir,
 };
 

@@ -20,7 +20,7 @@ use knock_tests::{
     },
     privileged,
 };
-use knock_userspace::check::PortState;
+use knock_userspace::probe::PortState;
 
 const SLOT_SECS: u64 = 60;
 const GAP: Duration = Duration::from_millis(20);

@@ -16,7 +16,7 @@ use knock_tests::{
     },
     privileged,
 };
-use knock_userspace::check::PortState;
+use knock_userspace::probe::PortState;
 
 const GAP: Duration = Duration::from_millis(20);
 

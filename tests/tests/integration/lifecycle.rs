@@ -6,7 +6,7 @@ use knock_tests::{
     lab::{CLIENT_V4, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6, eventually, has_xdp},
     privileged,
 };
-use knock_userspace::check::PortState;
+use knock_userspace::probe::PortState;
 
 const SERVICE: u16 = 8022;
 

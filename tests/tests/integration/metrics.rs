@@ -16,7 +16,7 @@ use knock_tests::{
     lab::{CLIENT_V4, Entry, Instance, Lab, SERVER_V4, tcp_knocks},
     privileged,
 };
-use knock_userspace::check::PortState;
+use knock_userspace::probe::PortState;
 
 const SERVICE: u16 = 8022;
 const METRICS: &str = "127.0.0.1:9419";

@@ -14,7 +14,7 @@ use knock_tests::{
     },
     privileged,
 };
-use knock_userspace::check::PortState;
+use knock_userspace::probe::PortState;
 
 #[test]
 fn protect_allow_expire_unprotect() {

@@ -8,7 +8,7 @@ use knock_tests::{
     lab::{Entry, Instance, Lab, SERVER_V4, SERVICE, eventually, has_xdp, refusal},
     privileged,
 };
-use knock_userspace::check::PortState;
+use knock_userspace::probe::PortState;
 
 /// The names of a veth pair made inside the server namespace: one more
 /// interface there to attach to.

@@ -11,7 +11,7 @@ use knock_tests::{
     },
     privileged,
 };
-use knock_userspace::check::PortState;
+use knock_userspace::probe::PortState;
 
 #[test]
 fn reload_and_sighup_apply_hand_edits_and_a_broken_file_changes_nothing() {

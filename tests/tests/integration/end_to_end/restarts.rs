@@ -11,7 +11,7 @@ use knock_tests::{
     },
     privileged,
 };
-use knock_userspace::check::PortState;
+use knock_userspace::probe::PortState;
 
 #[test]
 fn protected_ports_persist_across_restarts() {
