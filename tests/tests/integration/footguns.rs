@@ -2,7 +2,7 @@
 //! why, changing nothing; where `--force` applies, accepted with it, and the
 //! forcing recorded in the audit trail.
 
-use std::{collections::BTreeMap, fs, path::Path, time::Duration};
+use std::{fs, time::Duration};
 
 use knock_tests::{
     lab::{Entry, Instance, Lab, SERVER_V4, has_xdp},
@@ -53,22 +53,6 @@ const FOOT_GUNS: &[(&[&str], &str, bool)] = &[
     (&["protect", "7102"], "lies in the knock ports 7101-7103/tcp of client 'legacy'", true),
 ];
 
-/// Every file under the state directory with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut pending = vec![dir.to_owned()];
-    while let Some(dir) = pending.pop() {
-        for entry in fs::read_dir(&dir).unwrap().flatten() {
-            if entry.file_type().unwrap().is_dir() {
-                pending.push(entry.path());
-            } else {
-                files.insert(entry.path().display().to_string(), fs::read(entry.path()).unwrap());
-            }
-        }
-    }
-    files
-}
-
 fn assert_refused(args: &[&str], out: &std::process::Output, phrase: &str, forceable: bool) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{args:?} was not refused: {stderr}");
@@ -92,15 +76,19 @@ fn every_foot_gun_is_refused_and_forced_only_where_that_applies() {
     knock.ok(&["client", "add", "spa-tcp", "--spa", "--ports", "8020-8025"]);
 
     for &(args, phrase, forceable) in FOOT_GUNS {
-        let before = snapshot(dir);
+        let before = knock.state_files(&[]);
         assert_refused(args, &knock.cli(args), phrase, forceable);
-        assert_eq!(snapshot(dir), before, "{args:?}: a refusal changed the state directory");
+        assert_eq!(
+            knock.state_files(&[]),
+            before,
+            "{args:?}: a refusal changed the state directory"
+        );
 
         let forced: Vec<&str> = args.iter().copied().chain(["--force"]).collect();
         let out = knock.cli(&forced);
         if !forceable {
             assert_refused(&forced, &out, phrase, false);
-            assert_eq!(snapshot(dir), before, "{forced:?} changed the state directory");
+            assert_eq!(knock.state_files(&[]), before, "{forced:?} changed the state directory");
             continue;
         }
         let stderr = String::from_utf8_lossy(&out.stderr);

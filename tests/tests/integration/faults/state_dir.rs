@@ -2,7 +2,6 @@
 //! daemon, and a bpffs that cannot be mounted.
 
 use std::{
-    collections::BTreeMap,
     fs,
     io::Write as _,
     path::{Path, PathBuf},
@@ -61,24 +60,6 @@ impl Drop for Mount {
     }
 }
 
-/// Every regular file under `dir` with its bytes, but `skip`.
-fn snapshot(dir: &Path, skip: &str) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut pending = vec![dir.to_owned()];
-    while let Some(dir) = pending.pop() {
-        for entry in fs::read_dir(&dir).unwrap() {
-            let entry = entry.unwrap();
-            let kind = entry.file_type().unwrap();
-            if kind.is_dir() {
-                pending.push(entry.path());
-            } else if kind.is_file() && entry.file_name() != skip {
-                files.insert(entry.path(), fs::read(entry.path()).unwrap());
-            }
-        }
-    }
-    files
-}
-
 /// What `list --json`, `status --json` and `client list --json` report that a
 /// refused change must leave alone (counters and clocks move by themselves).
 fn observable(knock: &Instance) -> serde_json::Value {
@@ -125,7 +106,7 @@ fn protecting_daemon(lab: &Lab, knock: &mut Instance) {
 /// reports, not a byte on disk (`skip` names a file the test itself put there).
 fn persisted_changes_are_refused(lab: &Lab, knock: &Instance, reason: &str, skip: &str) {
     let before = observable(knock);
-    let files = snapshot(knock.state_path(), skip);
+    let files = knock.state_files(&[skip]);
     let profile = knock.side_file("second.knock");
     let profile_arg = profile.to_str().unwrap();
     // A temporary `allow ADDR` is kept in the kernel only, so it needs no
@@ -153,7 +134,7 @@ fn persisted_changes_are_refused(lab: &Lab, knock: &Instance, reason: &str, skip
         "a stranger got in: the refused allow took effect, or protection lapsed"
     );
     assert_eq!(observable(knock), before, "a refused change shows in list/status");
-    assert_eq!(snapshot(knock.state_path(), skip), files, "a refused change touched the state");
+    assert_eq!(knock.state_files(&[skip]), files, "a refused change touched the state");
     assert!(!knock.daemon_log().contains("panicked"), "{}", knock.daemon_log());
 }
 
