@@ -13,12 +13,12 @@
 
 mod common;
 
-use common::{Profile, from_hex, object, python_rejects, repo_root};
+use common::{Sequence, object, python_rejects, repo_root};
 
 use std::path::PathBuf;
 
 use knock_common::{
-    sequence::{derive, derive_v2, slot_at},
+    sequence::{derive, derive_v2},
     server_id::ServerId,
 };
 use serde::Deserialize;
@@ -62,14 +62,8 @@ struct Vector {
     name: String,
     server: Option<String>,
     identity: String,
-    #[serde(deserialize_with = "from_hex")]
-    secret: [u8; 32],
-    slot_secs: u32,
-    unix_time: u64,
-    slot: u64,
     #[serde(flatten)]
-    profile: Profile,
-    ports: Vec<u16>,
+    seq: Sequence,
 }
 
 /// A server identity as typed, and its normalized form (none when the
@@ -83,8 +77,9 @@ struct Identity {
 impl Vector {
     /// The slot and ports the Rust implementation derives from the inputs.
     fn compute(&self) -> (u64, Vec<u16>) {
-        let slot = slot_at(self.unix_time, self.slot_secs);
-        let seq = derive_v2(&self.secret, self.identity.as_bytes(), slot, &self.profile.params())
+        let slot = self.seq.slot_now();
+        let params = self.seq.profile.params();
+        let seq = derive_v2(&self.seq.secret, self.identity.as_bytes(), slot, &params)
             .unwrap_or_else(|e| panic!("vector {:?}: {e}", self.name));
         (slot, seq.as_slice().to_vec())
     }
@@ -96,15 +91,8 @@ impl Vector {
         if let Some(server) = &self.server {
             members.push(("server", common::json(server)));
         }
-        members.extend([
-            ("identity", common::json(&self.identity)),
-            ("secret", common::json(&common::hex(&self.secret))),
-            ("slot_secs", self.slot_secs.to_string()),
-            ("unix_time", self.unix_time.to_string()),
-            ("slot", slot.to_string()),
-        ]);
-        members.extend(self.profile.members());
-        members.push(("ports", common::ports(&ports)));
+        members.push(("identity", common::json(&self.identity)));
+        members.extend(self.seq.members(slot, &ports));
         members
     }
 }
@@ -122,11 +110,11 @@ fn problems(doc: &Value) -> Vec<String> {
             }
         }
         let (slot, ports) = v.compute();
-        if slot != v.slot {
-            found.push(format!("sequence {i}: slot {slot}, vector says {}", v.slot));
+        if slot != v.seq.slot {
+            found.push(format!("sequence {i}: slot {slot}, vector says {}", v.seq.slot));
         }
-        if ports != v.ports {
-            found.push(format!("sequence {i}: ports {ports:?}, vector says {:?}", v.ports));
+        if ports != v.seq.ports {
+            found.push(format!("sequence {i}: ports {ports:?}, vector says {:?}", v.seq.ports));
         }
     }
     for (i, v) in doc.identities.iter().enumerate() {
@@ -145,7 +133,7 @@ fn rust_matches_every_vector() {
     assert!(doc.sequences.len() >= 10, "expected at least 10 sequence vectors");
     assert!(doc.identities.len() >= 20, "expected 20 identity vectors");
     for (i, v) in doc.sequences.iter().enumerate() {
-        assert!(!v.ports.is_empty(), "sequence {i} has no ports yet");
+        assert!(!v.seq.ports.is_empty(), "sequence {i} has no ports yet");
     }
     assert_eq!(problems(&json), Vec::<String>::new());
 }
@@ -153,16 +141,16 @@ fn rust_matches_every_vector() {
 #[test]
 fn the_identity_and_the_version_change_every_sequence() {
     for (i, v) in load().sequences.iter().enumerate() {
-        let slot = slot_at(v.unix_time, v.slot_secs);
+        let (seq, slot) = (&v.seq, v.seq.slot_now());
         // A full-length sequence of every candidate is a permutation: only
         // its order can tell the derivations apart.
-        let v1 = derive(&v.secret, slot, &v.profile.params()).unwrap();
-        assert_ne!(v1.as_slice(), v.ports, "sequence {i}: version 1 gives the same ports");
+        let v1 = derive(&seq.secret, slot, &seq.profile.params()).unwrap();
+        assert_ne!(v1.as_slice(), seq.ports, "sequence {i}: version 1 gives the same ports");
         let mut other = v.identity.clone().into_bytes();
         let last = other.len() - 1;
         other[last] ^= 1;
-        let elsewhere = derive_v2(&v.secret, &other, slot, &v.profile.params()).unwrap();
-        assert_ne!(elsewhere.as_slice(), v.ports, "sequence {i}: another identity, same ports");
+        let elsewhere = derive_v2(&seq.secret, &other, slot, &seq.profile.params()).unwrap();
+        assert_ne!(elsewhere.as_slice(), seq.ports, "sequence {i}: another identity, same ports");
     }
 }
 
@@ -194,7 +182,7 @@ fn tampered_vectors_are_caught_by_both_implementations() {
 
     // The identity left out of a vector whose ports are those of v1.
     let mut as_v1 = doc.clone();
-    let v = &Doc::parse(&doc).sequences[0];
+    let v = &Doc::parse(&doc).sequences[0].seq;
     let v1 = derive(&v.secret, v.slot, &v.profile.params()).unwrap();
     as_v1["sequences"][0]["ports"] = v1.as_slice().into();
     cases.push(("as-v1", as_v1, "mismatch sequence 0:"));

@@ -10,11 +10,11 @@
 
 mod common;
 
-use common::{Profile, assert_python_agrees, from_hex, object, python_rejects, repo_root};
+use common::{Sequence, assert_python_agrees, object, python_rejects, repo_root};
 
 use std::path::PathBuf;
 
-use knock_common::sequence::{derive, slot_at};
+use knock_common::sequence::derive;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -35,21 +35,15 @@ fn load_vectors() -> Vec<Vector> {
 struct Vector {
     #[serde(default)]
     name: String,
-    #[serde(deserialize_with = "from_hex")]
-    secret: [u8; 32],
-    slot_secs: u32,
-    unix_time: u64,
-    slot: u64,
     #[serde(flatten)]
-    profile: Profile,
-    ports: Vec<u16>,
+    seq: Sequence,
 }
 
 impl Vector {
     /// The slot and ports the Rust implementation derives from the inputs.
     fn compute(&self) -> (u64, Vec<u16>) {
-        let slot = slot_at(self.unix_time, self.slot_secs);
-        let seq = derive(&self.secret, slot, &self.profile.params())
+        let slot = self.seq.slot_now();
+        let seq = derive(&self.seq.secret, slot, &self.seq.profile.params())
             .unwrap_or_else(|e| panic!("vector {:?}: {e}", self.name));
         (slot, seq.as_slice().to_vec())
     }
@@ -57,15 +51,8 @@ impl Vector {
     /// The vector's members with `slot` and `ports` from [`Vector::compute`].
     fn regenerated(&self) -> Vec<(&'static str, String)> {
         let (slot, ports) = self.compute();
-        let mut members = vec![
-            ("name", common::json(&self.name)),
-            ("secret", common::json(&common::hex(&self.secret))),
-            ("slot_secs", self.slot_secs.to_string()),
-            ("unix_time", self.unix_time.to_string()),
-            ("slot", slot.to_string()),
-        ];
-        members.extend(self.profile.members());
-        members.push(("ports", common::ports(&ports)));
+        let mut members = vec![("name", common::json(&self.name))];
+        members.extend(self.seq.members(slot, &ports));
         members
     }
 }
@@ -75,10 +62,10 @@ fn rust_matches_every_vector() {
     let vectors = load_vectors();
     assert!(vectors.len() >= 8, "expected at least 8 vectors");
     for (i, v) in vectors.iter().enumerate() {
-        assert!(!v.ports.is_empty(), "vector {i} has no ports yet");
+        assert!(!v.seq.ports.is_empty(), "vector {i} has no ports yet");
         let (slot, ports) = v.compute();
-        assert_eq!(slot, v.slot, "vector {i} ({}): slot", v.name);
-        assert_eq!(ports, v.ports, "vector {i} ({}): ports", v.name);
+        assert_eq!(slot, v.seq.slot, "vector {i} ({}): slot", v.name);
+        assert_eq!(ports, v.seq.ports, "vector {i} ({}): ports", v.name);
     }
 }
 

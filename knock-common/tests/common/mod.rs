@@ -83,14 +83,44 @@ impl Profile {
             exclude: &self.exclude,
         }
     }
+}
 
-    /// The members of the profile, for [`object`].
-    pub fn members(&self) -> [(&'static str, String); 4] {
-        [
-            ("length", self.length.to_string()),
-            ("port_lo", self.port_lo.to_string()),
-            ("port_hi", self.port_hi.to_string()),
-            ("exclude", ports(&self.exclude)),
+/// The members of a sequence vector (v1 and v2) after its name and, in
+/// v2, the server's identity: the inputs and the expected slot and ports.
+#[cfg(feature = "sequence")]
+#[derive(Deserialize)]
+pub struct Sequence {
+    #[serde(deserialize_with = "from_hex")]
+    pub secret: [u8; 32],
+    pub slot_secs: u32,
+    pub unix_time: u64,
+    pub slot: u64,
+    #[serde(flatten)]
+    pub profile: Profile,
+    pub ports: Vec<u16>,
+}
+
+#[cfg(feature = "sequence")]
+impl Sequence {
+    /// The slot of the vector's time.
+    pub fn slot_now(&self) -> u64 {
+        knock_common::sequence::slot_at(self.unix_time, self.slot_secs)
+    }
+
+    /// These members, in file order, with `slot` and `ports` for the
+    /// expected ones: for [`object`].
+    pub fn members(&self, slot: u64, ports: &[u16]) -> Vec<(&'static str, String)> {
+        let p = &self.profile;
+        vec![
+            ("secret", json(&hex(&self.secret))),
+            ("slot_secs", self.slot_secs.to_string()),
+            ("unix_time", self.unix_time.to_string()),
+            ("slot", slot.to_string()),
+            ("length", p.length.to_string()),
+            ("port_lo", p.port_lo.to_string()),
+            ("port_hi", p.port_hi.to_string()),
+            ("exclude", port_list(&p.exclude)),
+            ("ports", port_list(ports)),
         ]
     }
 }
@@ -154,7 +184,7 @@ pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> String {
 }
 
 /// A list of ports on one line, as the vector files write them.
-pub fn ports(ports: &[u16]) -> String {
+pub fn port_list(ports: &[u16]) -> String {
     let items: Vec<String> = ports.iter().map(u16::to_string).collect();
     format!("[{}]", items.join(", "))
 }
