@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{assert_python_agrees, repo_root, run_python, write_tampered};
+use common::{assert_python_agrees, from_hex, hex, json, object, python_rejects, repo_root, unhex};
 
 use std::{net::IpAddr, path::PathBuf};
 
@@ -24,86 +24,43 @@ use knock_common::{
         key_from_secret, mac_into, spa_key,
     },
 };
+use serde::Deserialize;
 use serde_json::Value;
 
 fn vectors_path() -> PathBuf {
     repo_root().join("docs/spa-v1-vectors.json")
 }
 
-fn load_vectors() -> Vec<Value> {
-    let path = vectors_path();
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    match serde_json::from_str(&text) {
-        Ok(Value::Array(vectors)) => vectors,
-        Ok(_) => panic!("{} is not a JSON array", path.display()),
-        Err(e) => panic!("{} is not valid JSON: {e}", path.display()),
-    }
+fn load_json() -> Value {
+    common::read_json(&vectors_path())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+fn load_vectors() -> Vec<Vector> {
+    common::parse_each("vector", &load_json())
 }
 
 /// The inputs of one vector, and its expected outputs (empty before the
 /// generator filled them).
+#[derive(Deserialize)]
 struct Vector {
     name: String,
+    #[serde(deserialize_with = "from_hex")]
     secret: [u8; 32],
     index: u16,
     unix_time: u32,
+    #[serde(deserialize_with = "from_hex")]
     nonce: [u8; NONCE_LEN],
     admit: Option<IpAddr>,
     server: IpAddr,
+    #[serde(deserialize_with = "from_hex")]
     key: Vec<u8>,
+    #[serde(deserialize_with = "from_hex")]
     hmac: Vec<u8>,
+    #[serde(deserialize_with = "from_hex")]
     datagram: Vec<u8>,
 }
 
 impl Vector {
-    fn parse(i: usize, v: &Value) -> Vector {
-        let field = |name: &str| -> &Value {
-            v.get(name).unwrap_or_else(|| panic!("vector {i} has no {name:?}"))
-        };
-        let uint = |name: &str| -> u64 {
-            field(name)
-                .as_u64()
-                .unwrap_or_else(|| panic!("vector {i}: {name:?} is not an unsigned integer"))
-        };
-        let text = |name: &str| -> &str {
-            field(name).as_str().unwrap_or_else(|| panic!("vector {i}: {name:?} is not a string"))
-        };
-        let bytes = |name: &str| -> Vec<u8> {
-            unhex(text(name)).unwrap_or_else(|| panic!("vector {i}: {name:?} is not hex"))
-        };
-        let addr = |text: &str| -> IpAddr {
-            text.parse().unwrap_or_else(|e| panic!("vector {i}: bad address {text:?}: {e}"))
-        };
-        Vector {
-            name: text("name").to_owned(),
-            secret: bytes("secret").try_into().expect("secret is 32 bytes"),
-            index: uint("index").try_into().expect("index fits u16"),
-            unix_time: uint("unix_time").try_into().expect("unix_time fits u32"),
-            nonce: bytes("nonce").try_into().expect("nonce is 12 bytes"),
-            admit: match field("admit") {
-                Value::Null => None,
-                Value::String(text) => Some(addr(text)),
-                other => panic!("vector {i}: admit is {other}, not an address or null"),
-            },
-            server: addr(text("server")),
-            key: bytes("key"),
-            hmac: bytes("hmac"),
-            datagram: bytes("datagram"),
-        }
-    }
-
     fn request(&self) -> Request {
         Request {
             index: self.index,
@@ -119,6 +76,24 @@ impl Vector {
         let key = key_from_secret(&self.secret);
         let bytes = datagram(&key, &self.request(), self.server);
         (key, full_mac(&key, &bytes, self.server), bytes)
+    }
+
+    /// The vector's members with `key`, `hmac` and `datagram` from
+    /// [`Vector::compute`].
+    fn regenerated(&self) -> Vec<(&'static str, String)> {
+        let (key, hmac, bytes) = self.compute();
+        vec![
+            ("name", json(&self.name)),
+            ("secret", json(&hex(&self.secret))),
+            ("index", self.index.to_string()),
+            ("unix_time", self.unix_time.to_string()),
+            ("nonce", json(&hex(&self.nonce))),
+            ("admit", json(&self.admit)),
+            ("server", json(&self.server)),
+            ("key", json(&hex(&key))),
+            ("hmac", json(&hex(&hmac))),
+            ("datagram", json(&hex(&bytes))),
+        ]
     }
 }
 
@@ -136,8 +111,7 @@ fn full_mac(key: &[u8; 32], bytes: &[u8; DATAGRAM_LEN], server: IpAddr) -> [u8; 
 }
 
 fn vectors() -> Vec<Vector> {
-    let vectors: Vec<Vector> =
-        load_vectors().iter().enumerate().map(|(i, v)| Vector::parse(i, v)).collect();
+    let vectors = load_vectors();
     assert!(vectors.len() >= 10, "expected at least 10 vectors");
     for (i, v) in vectors.iter().enumerate() {
         assert!(!v.datagram.is_empty(), "vector {i} ({}) has no outputs yet", v.name);
@@ -296,25 +270,15 @@ fn python_spa_reference_matches_every_vector() {
 /// `vector`, runs Python on that copy, and requires it to report vector
 /// `vector`, and only it, as a mismatch.
 fn assert_python_catches(vector: usize, member: &str, byte: usize) {
-    let mut vectors = load_vectors();
+    let mut vectors = load_json();
     let text = vectors[vector][member].as_str().expect("a hex member").to_owned();
     let mut bytes = unhex(&text).expect("hex");
     bytes[byte] ^= 0x01;
     vectors[vector][member] = Value::from(hex(&bytes));
 
-    // Named for the change: the tests run in parallel in one process.
-    let path = write_tampered(&format!("spa-v1-{member}-{vector}-{byte}"), &Value::Array(vectors));
-    let out = run_python("spa_v1.py", &path);
-    let _ = std::fs::remove_file(&path);
-
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let what = format!("{member} byte {byte} of vector {vector} changed");
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "python reference should report the mismatch ({what}):\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let name = format!("spa-v1-{member}-{vector}-{byte}");
+    let stdout = python_rejects("spa_v1.py", &name, &vectors, &what);
     assert!(stdout.contains(&format!("mismatch {vector}:")), "{what}:\n{stdout}");
     let other = if vector == 0 { 1 } else { 0 };
     assert!(stdout.contains(&format!("ok {other} ")), "{what}:\n{stdout}");
@@ -348,25 +312,6 @@ fn python_spa_reference_detects_a_wrong_key_byte() {
 #[test]
 #[ignore = "rewrites docs/spa-v1-vectors.json"]
 fn regenerate_vectors() {
-    let vectors = load_vectors();
-    let mut out = String::from("[\n");
-    for (i, v) in vectors.iter().enumerate() {
-        let v = Vector::parse(i, v);
-        let (key, hmac, bytes) = v.compute();
-        let admit = v.admit.map_or(Value::Null, |a| Value::from(a.to_string()));
-        out += "  {\n";
-        out += &format!("    \"name\": {},\n", Value::from(v.name.as_str()));
-        out += &format!("    \"secret\": \"{}\",\n", hex(&v.secret));
-        out += &format!("    \"index\": {},\n", v.index);
-        out += &format!("    \"unix_time\": {},\n", v.unix_time);
-        out += &format!("    \"nonce\": \"{}\",\n", hex(&v.nonce));
-        out += &format!("    \"admit\": {admit},\n");
-        out += &format!("    \"server\": \"{}\",\n", v.server);
-        out += &format!("    \"key\": \"{}\",\n", hex(&key));
-        out += &format!("    \"hmac\": \"{}\",\n", hex(&hmac));
-        out += &format!("    \"datagram\": \"{}\"\n", hex(&bytes));
-        out += if i + 1 < vectors.len() { "  },\n" } else { "  }\n" };
-    }
-    out += "]\n";
-    std::fs::write(vectors_path(), out).unwrap();
+    let vectors: Vec<String> = load_vectors().iter().map(|v| object(2, &v.regenerated())).collect();
+    common::write_vectors(&vectors_path(), &common::array(0, &vectors));
 }
