@@ -181,7 +181,7 @@ fn transport<M: Maps, T: Transport>(maps: &M, pkt: &T, clocks: impl Clocks) -> O
         // Like a knock, checked and never decided on: valid or not, the
         // datagram goes on to the host like any other.
         if datagram_read {
-            spa_datagram(maps, &src, now.boot());
+            spa_datagram(maps, &src, &mut now);
         }
         Counter::Spa
     } else if attempt {
@@ -234,8 +234,8 @@ fn admission<M: Maps, C: Clocks>(
 /// not fit the verifier's 512 bytes of stack.
 #[cfg_attr(target_arch = "bpf", inline(never))]
 #[cfg_attr(not(target_arch = "bpf"), inline(always))]
-fn spa_datagram<M: Maps>(maps: &M, src: &SourceKey, now_ns: u64) {
-    maps.with_scratch(|scratch| spa::on_datagram(maps, src, scratch, now_ns));
+fn spa_datagram<M: Maps, C: Clocks>(maps: &M, src: &SourceKey, now: &mut Now<C>) {
+    maps.with_scratch(|scratch| spa::on_datagram(maps, src, scratch, || now.boot()));
 }
 
 /// A packet to a protected port (`segment` is ignored for UDP): an open flow, an

@@ -179,13 +179,14 @@ pub fn mac_into(key: &SpaKey, scratch: &mut Scratch) {
 }
 
 /// Handles the datagram in `scratch` (its bytes and the address it was
-/// sent to) from `src`.
+/// sent to) from `src`. The clock (`now`, CLOCK_BOOTTIME ns) is read only
+/// once the cheap checks have passed: it costs more than all of them.
 #[inline(always)]
 pub fn on_datagram<M: SpaMaps>(
     m: &M,
     src: &SourceKey,
     scratch: &mut Scratch,
-    now_ns: u64,
+    now: impl FnOnce() -> u64,
 ) -> Verdict {
     let datagram = &scratch.datagram;
     let flag_bits = datagram[1];
@@ -203,6 +204,7 @@ pub fn on_datagram<M: SpaMaps>(
         return Verdict::Rejected;
     };
     let sent = u64::from(u32::from_be_bytes([datagram[4], datagram[5], datagram[6], datagram[7]]));
+    let now_ns = now();
     let unix_now = now_ns.wrapping_add(m.runtime(Runtime::UnixOffset)) / 1_000_000_000;
     // Nonces of datagrams sent before the maps existed (a fresh start)
     // are not remembered: such datagrams are refused, not replayable.
