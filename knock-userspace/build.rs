@@ -3,6 +3,10 @@
 //! the shared types change, so the binary can never carry a stale object.
 
 fn main() -> anyhow::Result<()> {
+    // The pinned nightly (see knock-ebpf/rust-toolchain: its LLVM must be
+    // bpf-linker's).
+    println!("cargo:rerun-if-changed=../knock-ebpf/rust-toolchain");
+    let toolchain = std::fs::read_to_string("../knock-ebpf/rust-toolchain")?;
     // aya-build watches the eBPF crate itself; the shared crate is compiled
     // into the object too.
     println!("cargo:rerun-if-changed=../knock-common");
@@ -12,6 +16,6 @@ fn main() -> anyhow::Result<()> {
             root_dir: "../knock-ebpf",
             ..Default::default()
         }],
-        aya_build::Toolchain::default(),
+        aya_build::Toolchain::Custom(toolchain.trim()),
     )
 }

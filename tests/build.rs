@@ -3,8 +3,12 @@
 //! the knock-xdp binary.
 
 fn main() -> anyhow::Result<()> {
+    // The pinned nightly (see knock-ebpf/rust-toolchain: its LLVM must be
+    // bpf-linker's).
+    println!("cargo:rerun-if-changed=../knock-ebpf/rust-toolchain");
+    let toolchain = std::fs::read_to_string("../knock-ebpf/rust-toolchain")?;
     aya_build::build_ebpf(
         [aya_build::Package { name: "knock-bench-noop", root_dir: "noop", ..Default::default() }],
-        aya_build::Toolchain::default(),
+        aya_build::Toolchain::Custom(toolchain.trim()),
     )
 }

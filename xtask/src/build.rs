@@ -32,7 +32,8 @@ pub fn run(args: &Args) -> Result<()> {
 /// Builds knock-ebpf for the BPF target and returns the object's path.
 pub fn build_ebpf(release: bool) -> Result<PathBuf> {
     let mut cmd = cargo();
-    cmd.args(["+nightly", "build", "-Z", "build-std=core", "--target", BPF_TARGET]);
+    cmd.arg(format!("+{}", crate::setup::bpf_toolchain()?));
+    cmd.args(["build", "-Z", "build-std=core", "--target", BPF_TARGET]);
     if release {
         cmd.arg("--release");
     }

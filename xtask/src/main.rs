@@ -33,8 +33,9 @@ enum Cmd {
     /// Install everything needed on a fresh Debian machine (idempotent; run as root).
     ///
     /// Checks the Debian packages (LLVM 22, bpftool, iproute2, python3, ...),
-    /// the nightly toolchain with rust-src, bpf-linker and the bpffs mount at
-    /// /sys/fs/bpf, and installs or mounts only what is missing.
+    /// the pinned nightly toolchain (knock-ebpf/rust-toolchain) with rust-src,
+    /// bpf-linker and the bpffs mount at /sys/fs/bpf, and installs or mounts
+    /// only what is missing.
     Setup,
     /// Build the XDP object (target/bpfel-unknown-none/release/knock) and print its path.
     BuildEbpf(build::Args),
@@ -99,7 +100,7 @@ pub fn is_truthy(value: &str) -> bool {
 ///
 /// `cargo` is looked up on PATH (where `~/.cargo/bin` comes first, see
 /// [`setup::prepend_cargo_bin_to_path`]) so that it is the rustup proxy and
-/// understands `+nightly`; the `CARGO` variable set by the outer cargo points
+/// understands `+toolchain`; the `CARGO` variable set by the outer cargo points
 /// at a toolchain's own binary, which does not.
 pub fn cargo() -> Command {
     let mut cmd = Command::new("cargo");

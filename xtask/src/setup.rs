@@ -66,7 +66,7 @@ pub fn run(verbosity: Verbosity) -> Result<()> {
     };
 
     debian_packages(&report)?;
-    nightly_rust_src(&report)?;
+    bpf_toolchain_and_components(&report)?;
     bpf_linker(&report)?;
     bpffs(&report)?;
 
@@ -154,62 +154,76 @@ fn package_installed(pkg: &str) -> Result<bool> {
     Ok(String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
 }
 
-fn nightly_rust_src(report: &impl Fn(&str)) -> Result<()> {
+/// The nightly toolchain that builds the XDP program, from
+/// `knock-ebpf/rust-toolchain`. Pinned, because its LLVM must be the one
+/// bpf-linker is built against (LLVM 22): bpf-linker cannot read the
+/// bitcode of a newer LLVM, which a newer nightly brings.
+pub fn bpf_toolchain() -> Result<String> {
+    let path = crate::workspace_root().join("knock-ebpf/rust-toolchain");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("setup: cannot read {}", path.display()))?;
+    Ok(text.trim().to_owned())
+}
+
+/// What the BPF build needs of its toolchain: the core library's source
+/// (`-Z build-std=core`) and clippy (`xtask test` lints the BPF crates).
+const BPF_COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
+
+fn bpf_toolchain_and_components(report: &impl Fn(&str)) -> Result<()> {
+    let toolchain = bpf_toolchain()?;
     let toolchains = output_if_ok(Command::new("rustup").args(["toolchain", "list"]))
         .context("setup: `rustup toolchain list` failed; rustup is required (https://rustup.rs)")?;
-    if toolchains.lines().any(is_plain_nightly) {
-        report("nightly toolchain");
+    // Listed with the host's triple: `nightly-2026-05-20-x86_64-unknown-linux-gnu`.
+    let prefix = format!("{toolchain}-");
+    if toolchains.lines().any(|line| line.starts_with(&prefix)) {
+        report(&format!("toolchain {toolchain}"));
     } else {
-        println!("setup: nightly toolchain: installing ...");
+        println!("setup: toolchain {toolchain}: installing ...");
         run_cmd(Command::new("rustup").args([
             "toolchain",
             "install",
-            "nightly",
+            &toolchain,
             "--profile",
             "minimal",
         ]))
-        .context("setup: installing the nightly toolchain failed")?;
+        .with_context(|| format!("setup: installing the toolchain {toolchain} failed"))?;
     }
 
-    if rust_src_installed() {
-        report("rust-src (nightly)");
-        return Ok(());
-    }
-    println!("setup: rust-src (nightly): installing ...");
-    run_cmd(Command::new("rustup").args([
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        "nightly",
-    ]))
-    .context("setup: installing the rust-src component for nightly failed")?;
-    if !rust_src_installed() {
-        bail!("setup: rust-src (nightly): still not installed after rustup component add");
+    for component in BPF_COMPONENTS {
+        if component_installed(&toolchain, component) {
+            report(&format!("{component} ({toolchain})"));
+            continue;
+        }
+        println!("setup: {component} ({toolchain}): installing ...");
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            component,
+            "--toolchain",
+            &toolchain,
+        ]))
+        .with_context(|| format!("setup: installing {component} for {toolchain} failed"))?;
+        if !component_installed(&toolchain, component) {
+            bail!(
+                "setup: {component} ({toolchain}): still not installed after rustup component add"
+            );
+        }
     }
     Ok(())
 }
 
-/// `nightly-x86_64-unknown-linux-gnu (default)`, not a dated
-/// `nightly-2025-01-01-...`, which `+nightly` would not select.
-fn is_plain_nightly(line: &str) -> bool {
-    line.strip_prefix("nightly-")
-        .and_then(|rest| rest.chars().next())
-        .is_some_and(|c| !c.is_ascii_digit())
-}
-
-fn rust_src_installed() -> bool {
+fn component_installed(toolchain: &str, component: &str) -> bool {
     output_if_ok(Command::new("rustup").args([
         "component",
         "list",
         "--toolchain",
-        "nightly",
+        toolchain,
         "--installed",
     ]))
     .is_some_and(|list| {
         list.lines()
             .filter_map(|l| l.split_whitespace().next())
-            .any(|c| c == "rust-src" || c.starts_with("rust-src-"))
+            .any(|c| c == component || c.starts_with(&format!("{component}-")))
     })
 }
 

@@ -87,6 +87,13 @@ pub fn run(args: &Args) -> Result<()> {
 /// rustfmt and clippy (warnings denied) on the host crates, then clippy on
 /// the BPF crates for their own target. Returns what failed.
 fn lint() -> Vec<String> {
+    let toolchain = match crate::setup::bpf_toolchain() {
+        Ok(toolchain) => toolchain,
+        Err(err) => {
+            eprintln!("xtask test: {err:#}");
+            return vec!["clippy (BPF crates)".to_owned()];
+        }
+    };
     let checks: [(&str, Command); 3] = [
         ("cargo fmt --check", {
             let mut cmd = cargo();
@@ -101,7 +108,8 @@ fn lint() -> Vec<String> {
         }),
         ("clippy (BPF crates)", {
             let mut cmd = cargo();
-            cmd.args(["+nightly", "clippy", "-Z", "build-std=core", "--target", BPF_TARGET])
+            cmd.arg(format!("+{toolchain}"))
+                .args(["clippy", "-Z", "build-std=core", "--target", BPF_TARGET])
                 .args(["--release", "-p", "knock-ebpf", "-p", "knock-bench-noop"])
                 .args(["--", "-D", "warnings"])
                 .env_remove("RUSTC")
