@@ -28,5 +28,6 @@ mod scans;
 mod sessions;
 mod slots;
 mod spa;
+mod stealth;
 mod sweeps;
 mod system;
