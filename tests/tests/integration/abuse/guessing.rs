@@ -11,16 +11,24 @@ use std::{
     time::{Duration, Instant},
 };
 
-use knock_common::{Proto, ProtoPort};
+use knock_common::{
+    Proto, ProtoPort,
+    limit::Rate,
+    maps::{MAP_RUNTIME, Runtime},
+};
 use knock_tests::{
     flood::{self, spoofed_source, syn},
     frames::Frame,
     lab::{
-        CLIENT_V4, CLIENT_V6, CLIENT2_V4, SERVER_V4, SERVER_V6, SERVICE, eventually_within, field,
+        CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Lab, SERVER_V4, SERVER_V6, SERVICE,
+        eventually_within, field,
     },
     privileged, soak_scale,
 };
-use knock_userspace::daemon::GLOBAL_MISS_BURST;
+use knock_userspace::{
+    clock,
+    daemon::{GLOBAL_MISS_BURST, GLOBAL_MISS_RATE_PER_SEC},
+};
 
 use super::{FLOOD_LIMIT, StopOnDrop, alice_and_her_first_port, protected_service};
 
@@ -128,7 +136,9 @@ fn failed_knocks_are_limited_per_source_and_under_global_pressure() {
     if !privileged("failed_knocks_are_limited_per_source_and_under_global_pressure") {
         return;
     }
-    let (lab, knock) = protected_service(&[]);
+    // Through nsenter: the test reads the pinned global-limit word.
+    let lab = Lab::with_service();
+    let knock = lab.protecting_daemon(Entry::NsenterNet, &[]);
     let (alice, _) = alice_and_her_first_port(&lab, &knock);
     let seq = lab.sequence(&alice, None);
     // Ports of the knock space that no installed sequence uses.
@@ -159,7 +169,13 @@ fn failed_knocks_are_limited_per_source_and_under_global_pressure() {
 
     // Many sources at once: spoofed misses over the global limit. Then a
     // source with a single miss is limited at once, while one with none
-    // (alice, below) knocks as usual.
+    // (alice, below) knocks as usual. A flood holds the limit exhausted only
+    // while it keeps up (one miss in 10 ms is let through): once the flood
+    // has shown it exhausts the limit, the test holds it there for the
+    // trial, so that a stall of the flood's thread decides nothing.
+    let mut runtime = knock.pinned_array::<u64>(MAP_RUNTIME);
+    let global = Rate::new(1_000_000_000 / GLOBAL_MISS_RATE_PER_SEC, GLOBAL_MISS_BURST);
+    let slot = Runtime::GlobalMisses as u32;
     let iface = lab.client_if.clone();
     let (stop, progress) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let ports: Vec<u16> = wrong.iter().map(|k| k.port).collect();
@@ -183,6 +199,11 @@ fn failed_knocks_are_limited_per_source_and_under_global_pressure() {
         eventually_within("the flood's misses never reached the program", FLOOD_LIMIT, || {
             flood.is_finished() || knock.counter("knock") >= before + 2 * GLOBAL_MISS_BURST
         });
+        eventually_within("the flood never exhausted the global limit", FLOOD_LIMIT, || {
+            global.exhausted(runtime.get(&slot, 0).unwrap(), clock::boot_ns())
+        });
+        let held = clock::boot_ns() + global.burst_ns + 60_000_000_000;
+        runtime.set(slot, held, 0).unwrap();
         lab.send_knocks(CLIENT_V6, SERVER_V6, &wrong[..1], Duration::from_millis(20));
         lab.send_knocks(CLIENT_V6, SERVER_V6, &seq, Duration::from_millis(20));
         let v6_opened = lab.tcp_exchange(CLIENT_V6, SERVER_V6, SERVICE);
