@@ -6,7 +6,7 @@ use std::{fs, io::Write as _, time::Duration};
 
 use knock_common::{Proto, ProtoPort};
 use knock_tests::{
-    lab::{CLIENT_V4, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, eventually},
+    lab::{CLIENT_V4, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVICE, eventually},
     privileged,
 };
 use knock_userspace::{
@@ -73,13 +73,10 @@ fn client_removals_and_revocations_are_audited_with_or_without_the_daemon() {
     if !privileged("client_removals_and_revocations_are_audited_with_or_without_the_daemon") {
         return;
     }
-    let lab = Lab::new();
-    lab.tcp_echo(SERVER_V4, 8022);
-    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
-    knock.attach(&[&lab.server_if]);
-    knock.ok(&["protect", "8022/tcp"]);
+    let lab = Lab::with_service();
+    let mut knock = lab.protecting_daemon(Entry::NetnsExec, &[]);
     knock.ok(&["allow", CLIENT_V4, "--for", "1h"]);
-    let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, 8022).expect("allowed");
+    let mut session = lab.tcp_session(CLIENT_V4, SERVER_V4, SERVICE).expect("allowed");
     assert!(session.exchange());
     knock.ok(&["revoke", CLIENT_V4]);
     knock.add_client("bob", &[]);
@@ -133,8 +130,7 @@ fn the_daemon_rotates_each_audit_file_past_4_mib_keeping_one_generation() {
     if !privileged("the_daemon_rotates_each_audit_file_past_4_mib_keeping_one_generation") {
         return;
     }
-    let lab = Lab::new();
-    lab.tcp_echo(SERVER_V4, 8022);
+    let lab = Lab::with_service();
     let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
     let state = knock.state_path().to_owned();
     StateDir::new(&state).create().unwrap();
@@ -145,11 +141,11 @@ fn the_daemon_rotates_each_audit_file_past_4_mib_keeping_one_generation() {
     fs::write(&audit, filler("opened", "198.51.100.1", ROTATE_AT)).unwrap();
     fs::write(&refusals, filler("reset", "198.51.100.2", ROTATE_AT + 1)).unwrap();
     knock.attach(&[&lab.server_if]);
-    knock.ok(&["protect", "8022/tcp"]);
+    knock.protect_service();
     let profile = knock.add_client("alice", &["--slot", "60s"]);
 
     // A real opening lands in the full file, which is not past 4 MiB yet.
-    let out = lab.knock(&profile, &["--check", "8022"]);
+    let out = lab.knock(&profile, &["--check", &SERVICE.to_string()]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let size = || fs::metadata(&audit).unwrap().len() as usize;
     eventually("the opening was not audited", || size() > ROTATE_AT);

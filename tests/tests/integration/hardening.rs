@@ -17,7 +17,8 @@ use std::{
 
 use knock_tests::{
     lab::{
-        CLIENT_V4, Entry, Instance, Lab, SERVER_V4, binary, eventually, has_xdp, run, tcp_knocks,
+        CLIENT_V4, Entry, Instance, Lab, SERVER_V4, SERVICE, binary, eventually, has_xdp, run,
+        tcp_knocks,
     },
     privileged,
 };
@@ -156,11 +157,8 @@ fn symlinks_planted_at_the_temporary_and_audit_files_are_not_followed() {
     if !privileged("symlinks_planted_at_the_temporary_and_audit_files_are_not_followed") {
         return;
     }
-    let lab = Lab::new();
-    lab.tcp_echo(SERVER_V4, 8022);
-    let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
-    knock.attach(&[&lab.server_if]);
-    knock.ok(&["protect", "8022/tcp"]);
+    let lab = Lab::with_service();
+    let knock = lab.protecting_daemon(Entry::NetnsExec, &[]);
     knock.add_client("door", &["--static", "7101,7102,7103"]);
     let dir = knock.state_path().to_owned();
     let target = knock.side_file("target");
@@ -188,7 +186,7 @@ fn symlinks_planted_at_the_temporary_and_audit_files_are_not_followed() {
     std::os::unix::fs::symlink(&target, &audit).unwrap();
     let knocks = tcp_knocks(&[7101, 7102, 7103]);
     lab.send_knocks(CLIENT_V4, SERVER_V4, &knocks, Duration::from_millis(20));
-    assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, 8022), "the knock did not open the door");
+    assert!(lab.tcp_exchange(CLIENT_V4, SERVER_V4, SERVICE), "the knock did not open the door");
     eventually("the daemon did not report the refused audit write", || {
         knock.daemon_log().contains("symbolic link: not following it")
     });
@@ -203,10 +201,9 @@ fn under_ip_netns_exec_a_fail_closed_start_is_refused_and_status_tells_the_truth
     {
         return;
     }
-    let lab = Lab::new();
-    lab.tcp_echo(SERVER_V4, 8022);
+    let lab = Lab::with_service();
     let mut knock = Instance::new(&lab.server, Entry::NetnsExec);
-    knock.ok(&["protect", "8022/tcp"]);
+    knock.protect_service();
 
     // Fail closed is what `kill -9` would silently lose here: refused, in
     // one line that says how to run it instead, and nothing is attached.
@@ -217,11 +214,11 @@ fn under_ip_netns_exec_a_fail_closed_start_is_refused_and_status_tells_the_truth
     let nsenter = format!("nsenter --net=/run/netns/{}", lab.server.name);
     assert!(stderr.contains(&nsenter) && stderr.contains("--fail-open"), "{stderr}");
     assert!(!has_xdp(&lab.server, &lab.server_if), "a refused start attached");
-    assert_eq!(lab.tcp_state(SERVER_V4, 8022), PortState::Open);
+    assert_eq!(lab.tcp_state(SERVER_V4, SERVICE), PortState::Open);
 
     // With --fail-open it starts, and says what a kill does.
     knock.attach(&[&lab.server_if, "--fail-open"]);
-    assert_eq!(lab.tcp_state(SERVER_V4, 8022), PortState::Filtered);
+    assert_eq!(lab.tcp_state(SERVER_V4, SERVICE), PortState::Filtered);
     let status = knock.status();
     assert_eq!(
         (status["fail_open"].as_bool(), status["survives_kill"].as_bool()),
@@ -242,13 +239,13 @@ fn under_ip_netns_exec_a_fail_closed_start_is_refused_and_status_tells_the_truth
     // and it does.
     let mut knock = Instance::new(&lab.server, Entry::NsenterNet);
     knock.attach(&[&lab.server_if]);
-    knock.ok(&["protect", "8022/tcp"]);
+    knock.protect_service();
     assert_eq!(knock.status()["survives_kill"], true);
     let text = knock.ok(&["status"]);
     assert!(text.contains("stays attached until 'knock-xdp detach'"), "{text}");
     knock.kill_daemon();
     assert!(has_xdp(&lab.server, &lab.server_if), "the program went with the daemon");
-    assert_eq!(lab.tcp_state(SERVER_V4, 8022), PortState::Filtered);
+    assert_eq!(lab.tcp_state(SERVER_V4, SERVICE), PortState::Filtered);
     // (The instance's drop detaches what the killed daemon left.)
     let _ = run;
 }
