@@ -6,7 +6,8 @@ fn main() -> anyhow::Result<()> {
     // The pinned nightly (see knock-ebpf/rust-toolchain: its LLVM must be
     // bpf-linker's).
     println!("cargo:rerun-if-changed=../knock-ebpf/rust-toolchain");
-    let toolchain = std::fs::read_to_string("../knock-ebpf/rust-toolchain")?;
+    let toolchain = std::fs::read_to_string("../knock-ebpf/rust-toolchain")
+        .map_err(|err| anyhow::anyhow!("../knock-ebpf/rust-toolchain: {err}"))?;
     // aya-build watches the eBPF crate itself; the shared crate is compiled
     // into the object too.
     println!("cargo:rerun-if-changed=../knock-common");

@@ -64,11 +64,16 @@ impl EventKind {
         }
     }
 
+    /// An admission, by knock or SPA: the audit trail must never lose one.
+    pub const fn is_opening(self) -> bool {
+        matches!(self, EventKind::Opened | EventKind::SpaOpened)
+    }
+
     /// Refusals are what anybody can cause at will (a spoofed first knock
     /// followed by any packet is a reset): they are logged on a budget, and
     /// may fill the ring buffer only halfway so an opening always finds room.
     pub const fn is_refusal(self) -> bool {
-        !matches!(self, EventKind::Opened | EventKind::SpaOpened)
+        !self.is_opening()
     }
 }
 
@@ -87,7 +92,8 @@ pub struct Event {
 }
 
 impl Event {
-    /// An admission, knock or SPA: the audit trail must never lose one.
+    /// [`EventKind::is_opening`] of the raw kind, as the program tests it
+    /// (a test checks the two agree).
     #[inline(always)]
     pub fn is_opening(&self) -> bool {
         self.kind == EventKind::Opened as u32 || self.kind == EventKind::SpaOpened as u32
@@ -105,5 +111,13 @@ mod tests {
             assert_eq!(EventKind::ALL.iter().filter(|k| k.name() == kind.name()).count(), 1);
         }
         assert_eq!(EventKind::from_u32(0), None);
+    }
+
+    #[test]
+    fn events_and_kinds_agree_on_what_is_an_opening() {
+        for kind in EventKind::ALL {
+            let event = Event { kind: kind as u32, ..Zeroable::zeroed() };
+            assert_eq!(event.is_opening(), kind.is_opening(), "{kind:?}");
+        }
     }
 }

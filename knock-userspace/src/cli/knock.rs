@@ -108,14 +108,15 @@ fn load_profile(args: &ProfileArgs) -> Result<Profile> {
             let passphrase = read_secret(unlock.passphrase_file.as_deref(), "passphrase", false)?;
             profile.unlock_passphrase(&passphrase);
         }
-        Some(_) => {
+        Some(UnlockMode::Totp) => {
             let code = unlock
                 .code
                 .context("this is an authenticator profile: give the current code with --code")?;
             let pin = read_secret(unlock.pin_file.as_deref(), "PIN", false)?;
             profile.unlock_totp(code, &pin);
         }
-        None => {}
+        // A random secret is in the profile itself.
+        Some(UnlockMode::Random) | None => {}
     }
     Ok(profile)
 }

@@ -83,7 +83,7 @@ pub enum Command {
     /// SIGINT or SIGTERM detach cleanly. If the daemon is killed, the program
     /// stays attached (protection stays in force) until 'knock-xdp detach'.
     Attach(attach::AttachArgs),
-    /// Detach from one interface, or from all; removes every pin knock-xdp made.
+    /// Detach from one interface, or from all (then every pin knock-xdp made goes too).
     Detach(attach::DetachArgs),
     /// Protect ports: drop packets to them unless the source is allowed.
     ///

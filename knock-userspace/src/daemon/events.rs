@@ -84,7 +84,7 @@ impl Daemon {
         record.client = (event.client != 0).then(|| self.client_name(event.client));
         record.slot = (event.client != 0 && event.slot != STATIC_SLOT).then_some(event.slot);
         record.step = event.step;
-        if matches!(kind, EventKind::Opened | EventKind::SpaOpened) {
+        if kind.is_opening() {
             record.open_secs = Some(self.options.open_window.as_secs());
         }
         if let Err(err) = audit::append(&self.state_dir, &record) {

@@ -170,7 +170,11 @@ pub fn remove_pins(pin_dir: &Path) -> Result<Vec<String>> {
 /// no pinned link. The name is matched against the pins, never joined into
 /// a path.
 pub fn remove_link(pin_dir: &Path, iface: &str) -> Result<bool> {
-    let Ok(entries) = fs::read_dir(pin_dir) else { return Ok(false) };
+    let entries = match fs::read_dir(pin_dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", pin_dir.display())),
+    };
     let wanted = format!("link-{iface}");
     let Some(path) =
         entries.filter_map(|e| e.ok()).find(|e| e.file_name() == *wanted).map(|e| e.path())
