@@ -34,6 +34,7 @@ pub use options::{
 };
 
 use crate::{
+    audit,
     clients::{Client, ClientStore},
     config::Config,
     loader::{self, Program},
@@ -187,11 +188,19 @@ pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Resul
         info!("took over the program, maps and links an earlier run left pinned");
         match daemon.revoke_removed_clients() {
             Ok((0, 0)) => {}
-            Ok((sources, flows)) => info!(
-                sources,
-                flows,
-                "clients removed while no daemon ran: their sources revoked, their sessions ended"
-            ),
+            Ok((sources, flows)) => {
+                info!(
+                    sources,
+                    flows,
+                    "clients removed while no daemon ran: their sources revoked, their sessions ended"
+                );
+                let mut record = audit::Record::now("revoked", "-".to_owned());
+                record.flows = Some(flows as u64);
+                record.detail = Some(format!(
+                    "at take-over: {sources} sources and {flows} flows of clients removed while no daemon ran"
+                ));
+                audit::append_or_warn(&daemon.state_dir, &record);
+            }
             Err(err) => {
                 warn!("cannot revoke what clients removed while no daemon ran admitted: {err:#}")
             }

@@ -4,7 +4,7 @@
 //! derived from the state directory, so instances never share pins:
 //!
 //! ```text
-//! PORT_FLAGS, ALLOW, COUNTERS   the maps
+//! PORT_FLAGS, ALLOW, FLOWS, ...  every map (ALL_MAPS)
 //! link-<iface>                  one XDP link per interface
 //! ```
 //!

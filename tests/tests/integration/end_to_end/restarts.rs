@@ -177,4 +177,10 @@ fn a_client_removed_while_no_daemon_ran_loses_its_sessions_at_the_take_over() {
     );
     assert!(kept.exchange(), "a session admitted by hand ended with the removed client's");
     assert_eq!(field(&knock.list()["allowed"], "origin"), ["manual"]);
+    // The audit trail says what the take-over ended.
+    let records = knock.log_records(&[]);
+    assert!(
+        records.iter().any(|r| r["event"] == "revoked" && r["flows"].as_u64() >= Some(1)),
+        "{records:?}"
+    );
 }

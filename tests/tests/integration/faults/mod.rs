@@ -4,7 +4,7 @@
 //! left half written. Each must give one clear message, keep protection in
 //! force and lose nothing.
 //!
-//! Covered elsewhere: kill -9 mid-knock and take-over (end_to_end.rs), an
+//! Covered elsewhere: kill -9 mid-knock and take-over (end_to_end/restarts.rs), an
 //! interface deleted and re-created, a broken state or config file on
 //! reload.
 
