@@ -61,6 +61,28 @@ fn keyed(key: Key) -> Profile {
     }
 }
 
+/// An authenticator key as the server keeps it: PIN 1234 at the lowest cost.
+fn server_totp(salt: [u8; SALT_LEN], totp: &[u8]) -> Key {
+    Key::Totp {
+        salt,
+        cost: 10_000,
+        pin_key: Some(secret::pin_key(b"1234", &salt, 10_000)),
+        totp_secret: Some(totp.to_vec()),
+        code: None,
+    }
+}
+
+/// An authenticator key with fixed bytes throughout, for the codecs.
+fn unlocked_totp() -> Key {
+    Key::Totp {
+        salt: [2; SALT_LEN],
+        cost: 20_000,
+        pin_key: Some([6; 32]),
+        totp_secret: Some(vec![9; 20]),
+        code: None,
+    }
+}
+
 #[test]
 fn uris_round_trip_for_every_kind() {
     let statik = Profile {
@@ -97,13 +119,7 @@ fn uri_and_file_forms_are_stable() {
             may_name_address: true,
         },
     };
-    let totp = fleet(keyed(Key::Totp {
-        salt: [2; SALT_LEN],
-        cost: 20_000,
-        pin_key: Some([6; 32]),
-        totp_secret: Some(vec![9; 20]),
-        code: None,
-    }));
+    let totp = fleet(keyed(unlocked_totp()));
     let statik = Profile {
         name: "legacy".into(),
         knock: Knock::Static { steps: parse_static("7000,8000:udp").unwrap() },
@@ -204,17 +220,7 @@ fn passphrase_and_authenticator_keys_need_unlocking_and_agree_with_the_server() 
 
     let totp = vec![9u8; 20];
     // Through the file form once: authenticator slots are always 30 s.
-    let server = Profile::from_file(
-        &keyed(Key::Totp {
-            salt,
-            cost: 10_000,
-            pin_key: Some(secret::pin_key(b"1234", &salt, 10_000)),
-            totp_secret: Some(totp.clone()),
-            code: None,
-        })
-        .to_file(),
-    )
-    .unwrap();
+    let server = Profile::from_file(&keyed(server_totp(salt, &totp)).to_file()).unwrap();
     assert_eq!(server.slot_at(60), Some(2));
     let back = Profile::from_file(&server.to_file()).unwrap();
     assert_eq!(back, server, "the server copy round-trips");
@@ -231,13 +237,7 @@ fn passphrase_and_authenticator_keys_need_unlocking_and_agree_with_the_server() 
 fn fleet_profiles_round_trip_and_say_so_in_file_and_uri() {
     let passphrase =
         fleet(keyed(Key::Passphrase { salt: [1; SALT_LEN], cost: 20_000, secret: Some([5; 32]) }));
-    let totp = fleet(keyed(Key::Totp {
-        salt: [2; SALT_LEN],
-        cost: 20_000,
-        pin_key: Some([6; 32]),
-        totp_secret: Some(vec![9; 20]),
-        code: None,
-    }));
+    let totp = fleet(keyed(unlocked_totp()));
     // Through the file form once: authenticator slots are always 30 s.
     let totp = Profile::from_file(&totp.to_file()).unwrap();
     for profile in [fleet(rotating()), passphrase, totp] {
@@ -353,17 +353,7 @@ fn fleet_passphrase_and_authenticator_clients_agree_with_each_server() {
     assert!(differs(&on_server, 5));
 
     let totp = vec![9u8; 20];
-    let on_server = Profile::from_file(
-        &fleet(keyed(Key::Totp {
-            salt,
-            cost: 10_000,
-            pin_key: Some(secret::pin_key(b"1234", &salt, 10_000)),
-            totp_secret: Some(totp.clone()),
-            code: None,
-        }))
-        .to_file(),
-    )
-    .unwrap();
+    let on_server = Profile::from_file(&fleet(keyed(server_totp(salt, &totp))).to_file()).unwrap();
     let mut client = Profile::from_file(&on_server.to_client_file()).unwrap();
     client.unlock_totp(secret::totp_code(&totp, 77), b"1234");
     for id in [&web1, &web2] {
