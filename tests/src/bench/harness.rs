@@ -150,6 +150,20 @@ pub fn test_run(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, f64)> {
     Ok((result.return_value, result.duration.as_nanos() as f64))
 }
 
+/// One run each of the no-op and `prog` on `frame`, the no-op first on even
+/// `turn`s and second on odd ones, so that neither always runs second:
+/// (the no-op's ns, `prog`'s verdict, `prog`'s ns).
+pub fn paired_once(noop: &Xdp, prog: &Xdp, frame: &[u8], turn: usize) -> Result<(f64, u32, f64)> {
+    let (base, (verdict, ns)) = if turn.is_multiple_of(2) {
+        let base = test_run(noop, frame, 1)?.1;
+        (base, test_run(prog, frame, 1)?)
+    } else {
+        let run = test_run(prog, frame, 1)?;
+        (test_run(noop, frame, 1)?.1, run)
+    };
+    Ok((base, verdict, ns))
+}
+
 /// One BPF_PROG_TEST_RUN of `repeat` packets, timed by the calling
 /// thread's CPU clock: (verdict, ns per packet, the kernel's own figure).
 /// The kernel reports its average in whole ns, which at a no-op's 7-8 ns

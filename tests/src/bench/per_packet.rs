@@ -14,7 +14,7 @@ use super::{
     Settings,
     harness::{
         Family, HOUR_NS, KNOCKS, Knock, PROTECTED, Path, PathRow, UNPROTECTED, config, families,
-        load_noop, median, noop_baseline, noop_prog, steady_row, tcp, test_run,
+        load_noop, median, noop_baseline, noop_prog, paired_once, steady_row, tcp, test_run,
     },
 };
 
@@ -168,14 +168,7 @@ pub fn fresh_rows(
         let src = (fam.fresh)(source_base + i as u32);
         for (step, &port) in KNOCKS.iter().enumerate() {
             let frame = tcp(src, fam.server, port, SYN);
-            // Alternate the order so neither side always runs second.
-            let (b, (verdict, ns)) = if i % 2 == 0 {
-                let b = test_run(noop, &frame, 1)?.1;
-                (b, test_run(knock.prog()?, &frame, 1)?)
-            } else {
-                let r = test_run(knock.prog()?, &frame, 1)?;
-                (test_run(noop, &frame, 1)?.1, r)
-            };
+            let (b, verdict, ns) = paired_once(noop, knock.prog()?, &frame, i)?;
             ensure!(verdict == XDP_PASS, "a knock was not passed");
             excess[step].push(ns - b);
             raw[step].push(ns);

@@ -27,8 +27,9 @@ use super::{
     Settings,
     harness::{
         Family, Knock, PROTECTED, Path, PathRow, families, load_noop, median, noop_baseline,
-        noop_prog, steady_row, test_run,
+        noop_prog, paired_once, steady_row, test_run,
     },
+    latency::open_then_handshake,
 };
 use crate::{
     frames::Frame,
@@ -227,13 +228,7 @@ fn fresh_opens(
         };
         let datagram = spa::datagram(key, &request, fam.server);
         let frame = frame((fam.fresh)(0x00d0_0000 + i as u32), fam.server, &datagram);
-        let (b, (verdict, ns)) = if i % 2 == 0 {
-            let b = test_run(noop, &frame, 1)?.1;
-            (b, test_run(knock.prog()?, &frame, 1)?)
-        } else {
-            let r = test_run(knock.prog()?, &frame, 1)?;
-            (test_run(noop, &frame, 1)?.1, r)
-        };
+        let (b, verdict, ns) = paired_once(noop, knock.prog()?, &frame, i)?;
         ensure!(verdict == XDP_PASS, "a valid datagram was not passed");
         excess.push(ns - b);
         raw.push(ns);
@@ -296,13 +291,7 @@ fn latency(settings: &Settings, out: &mut Spa) -> Result<()> {
             let start = Instant::now();
             let target = sender::Server { addr: server, id: None };
             sender::knock(&profile, &mut KnockRecord::none(), &target, &options, |_| {})?;
-            let stream = TcpStream::connect_timeout(&protected, timeout)
-                .context("the door did not open after the datagram")?;
-            let open = start.elapsed().as_secs_f64() * 1e6;
-            drop(stream);
-            let start = Instant::now();
-            TcpStream::connect_timeout(&SocketAddr::new(server, 8080), timeout)?;
-            Ok((open, start.elapsed().as_secs_f64() * 1e6))
+            open_then_handshake(start, protected, timeout, "after the datagram")
         })?;
         out.open_us.push(open_us);
         handshakes.push(hs_us);
