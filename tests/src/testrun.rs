@@ -6,10 +6,25 @@ use aya::{
 };
 use knock_common::{
     Proto, ProtoPort,
-    maps::Counter,
+    maps::{Counter, Settings},
     trie::{KnockTable, SequenceInfo},
 };
 use knock_userspace::{loader, maps::KernelMaps};
+
+/// An hour, in ns: longer than any test runs.
+pub const HOUR_NS: u64 = 3_600_000_000_000;
+
+/// Settings under which nothing a test sets up expires while it runs: open
+/// windows, knock timeouts, idle timeouts and close graces of an hour.
+pub fn lasting_settings() -> Settings {
+    Settings {
+        open_window_ns: HOUR_NS,
+        knock_timeout_ns: HOUR_NS,
+        idle_timeout_ns: HOUR_NS,
+        close_grace_ns: HOUR_NS,
+        ..Settings::default()
+    }
+}
 
 /// Runs one frame; returns the verdict and the one counter that moved.
 pub fn run_frame(ebpf: &mut Ebpf, maps: &KernelMaps, frame: &[u8]) -> (u32, Counter) {

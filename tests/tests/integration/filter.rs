@@ -10,7 +10,7 @@ use knock_common::{
     Proto, ProtoPort,
     decide::{XDP_DROP, XDP_PASS},
     filter,
-    maps::{Counter, Runtime, Settings},
+    maps::{Counter, Runtime},
     proto::tcp_flags,
     source::SourceKey,
     trie::KnockTable,
@@ -21,7 +21,6 @@ use knock_userspace::{clock, loader, maps::KernelMaps};
 const SERVER: &str = "192.0.2.1";
 const PROTECTED: u16 = 22;
 const KNOCKS: [u16; 3] = [61001, 62002, 63003];
-const HOUR: u64 = 3_600_000_000_000;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -44,17 +43,18 @@ fn every_admitted_source_is_in_the_filter_and_a_rebuild_drops_only_stale_slots()
     let mut maps = KernelMaps::take(&mut ebpf).unwrap();
     maps.set_protected(&Default::default(), &[ProtoPort::new(Proto::Tcp, PROTECTED)].into())
         .unwrap();
-    maps.set_settings(Settings {
-        open_window_ns: HOUR,
-        knock_timeout_ns: HOUR,
-        idle_timeout_ns: HOUR,
-        close_grace_ns: HOUR,
-        ..Settings::default()
-    })
-    .unwrap();
+    maps.set_settings(testrun::lasting_settings()).unwrap();
     let now = clock::boot_ns();
     let mut table = KnockTable::new();
-    testrun::install_tcp_sequence(&mut maps, &mut table, 0, 7, 1, &KNOCKS, (0, now + HOUR));
+    testrun::install_tcp_sequence(
+        &mut maps,
+        &mut table,
+        0,
+        7,
+        1,
+        &KNOCKS,
+        (0, now + testrun::HOUR_NS),
+    );
 
     // Four sources whose slots differ, so each one's slot is its own.
     let (manual, knocker, seeded, stranger) =
@@ -64,7 +64,7 @@ fn every_admitted_source_is_in_the_filter_and_a_rebuild_drops_only_stale_slots()
     assert_eq!(slots.len(), 4, "pick sources whose slots differ");
 
     assert!(!maps.filter_admits(&key(stranger)).unwrap());
-    maps.allow(ip(manual), now + HOUR).unwrap();
+    maps.allow(ip(manual), now + testrun::HOUR_NS).unwrap();
     maps.seed_flows(&[knock_userspace::maps::tcp_flow(ip(seeded), 40000, PROTECTED)]).unwrap();
     for (src, by) in [(manual, "a manual allow"), (seeded, "a kept connection")] {
         assert!(maps.filter_admits(&key(src)).unwrap(), "{src}: {by} set no slot");
@@ -117,7 +117,7 @@ fn every_admitted_source_is_in_the_filter_and_a_rebuild_drops_only_stale_slots()
 
     // After the rebuild the program writes the half it now reads: a manual
     // allow and a network still admit.
-    maps.allow(ip(manual), now + HOUR).unwrap();
+    maps.allow(ip(manual), now + testrun::HOUR_NS).unwrap();
     assert_eq!(
         testrun::run_frame(&mut ebpf, &maps, &syn(manual, PROTECTED, 41001)),
         (XDP_PASS, Counter::PassedAllowed)

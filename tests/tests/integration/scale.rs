@@ -12,7 +12,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 use knock_common::{
     Proto, ProtoPort,
     decide::XDP_PASS,
-    maps::{Counter, Limits, Settings},
+    maps::{Counter, Limits},
     sequence::{self, Params},
     trie::{InstallError, KnockTable, SequenceInfo},
 };
@@ -27,7 +27,6 @@ const WIDE: Params<'static> = Params { length: 4, port_lo: 61000, port_hi: 65535
 /// 16 ports, 4 knocks.
 const NARROW: Params<'static> = Params { length: 4, port_lo: 61000, port_hi: 61015, exclude: &[] };
 const SLOTS: u64 = 4;
-const HOUR: u64 = 3_600_000_000_000;
 
 fn secret(client: u32) -> [u8; 32] {
     // Clients 1, 33, 65 and 97 share one secret, 129, 161, 193 and 225 the next...
@@ -57,7 +56,7 @@ fn install(table: &mut KnockTable, client: u32, slot: u64, now: u64) -> bool {
     let steps = steps(client, slot);
     let info = SequenceInfo {
         valid_from_ns: 0,
-        valid_until_ns: now + HOUR,
+        valid_until_ns: now + testrun::HOUR_NS,
         slot,
         client: client + 1,
         length: steps.len() as u32,
@@ -91,14 +90,7 @@ fn four_thousand_colliding_clients_each_open_the_door_before_and_after_a_rotatio
     let limits = Limits { clients: CLIENTS, ..Limits::DEFAULT };
     let mut ebpf = loader::load_sized(&limits).expect("load the XDP program");
     let mut maps = KernelMaps::take(&mut ebpf).unwrap();
-    maps.set_settings(Settings {
-        open_window_ns: HOUR,
-        knock_timeout_ns: HOUR,
-        idle_timeout_ns: HOUR,
-        close_grace_ns: HOUR,
-        ..Settings::default()
-    })
-    .unwrap();
+    maps.set_settings(testrun::lasting_settings()).unwrap();
     let protected = [ProtoPort::new(Proto::Tcp, PROTECTED)].into();
     maps.set_protected(&Default::default(), &protected).unwrap();
     let space = (WIDE.port_lo..=WIDE.port_hi).map(|p| ProtoPort::new(Proto::Tcp, p)).collect();
