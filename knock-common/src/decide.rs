@@ -253,9 +253,12 @@ fn protected<M: Maps, C: Clocks>(
     now: &mut Now<C>,
 ) -> Decision {
     let tcp = (key.proto == Proto::Tcp.number()).then_some(segment);
+    // An always-allowed network is looked up again for every packet and
+    // opens no flow: anyone can forge its addresses, and flows forged from
+    // a whole network would evict the sessions of admitted clients.
     if !known {
         return match maps.in_allowed_network(&key.src) {
-            true => open_flow(maps, key, tcp, Counter::PassedNetwork, 0, now),
+            true => Decision::new(XDP_PASS, Counter::PassedNetwork),
             false => Decision::new(XDP_DROP, Counter::DroppedProtected),
         };
     }
@@ -290,23 +293,10 @@ fn protected<M: Maps, C: Clocks>(
     };
     // A new connection on the 4-tuple of a live one never replaces it: that
     // would let a spoofed SYN reset the live flow's sequence tracking.
-    if foreign {
-        return Decision::new(XDP_PASS, counter);
-    }
-    open_flow(maps, key, tcp, counter, client, now)
-}
-
-/// Passes an admitted packet and follows its flow from now on.
-#[inline(always)]
-fn open_flow<M: Maps, C: Clocks>(
-    maps: &M,
-    key: &FlowKey,
-    tcp: Option<Segment>,
-    counter: Counter,
-    client: u32,
-    now: &mut Now<C>,
-) -> Decision {
-    if let Some(settings) = maps.settings() {
+    if !foreign
+        && counter == Counter::PassedAllowed
+        && let Some(settings) = maps.settings()
+    {
         maps.insert_flow(key, &FlowEntry::opened(now.flow(), client, tcp, settings));
     }
     Decision::new(XDP_PASS, counter)
