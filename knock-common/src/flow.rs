@@ -25,17 +25,21 @@ use crate::{
     source::SourceKey,
 };
 
-/// Retransmissions of up to this many bytes behind the client's next
-/// sequence number still refresh a flow.
-pub const SEQ_BEHIND: u32 = 1 << 20;
 /// Segments reordered up to this far ahead still refresh a flow (and move
 /// the next sequence number on).
 pub const SEQ_AHEAD: u32 = 1 << 20;
-/// Acknowledgements may trail the highest one seen by this much (reordering).
-pub const ACK_BEHIND: u32 = 1 << 20;
+/// Retransmissions of up to this many bytes behind the client's next
+/// sequence number still refresh a flow. It covers the farthest one
+/// forged packet can move the number on (ahead, plus the 64 KiB an IP
+/// packet holds), so a lucky forgery alone never leaves the client's own
+/// packets behind the window.
+pub const SEQ_BEHIND: u32 = SEQ_AHEAD + (1 << 16);
 /// A client may acknowledge this much new data in one packet: more than
 /// any receive window a stock Linux or BSD host advertises.
 pub const ACK_AHEAD: u32 = 1 << 24;
+/// Acknowledgements may trail the highest one seen by this much: as far
+/// as one forged packet can move it on, for the same reason.
+pub const ACK_BEHIND: u32 = ACK_AHEAD;
 
 /// [`FlowEntry::tracking`]: `next_seq` and `last_ack` hold the client's values.
 pub const TRACKING_SEQ: u32 = 1;
@@ -272,6 +276,23 @@ mod tests {
             };
             assert_eq!(next.closing_until_ns, 0, "flags {end:#x}");
         }
+    }
+
+    #[test]
+    fn one_lucky_forgery_leaves_the_clients_packets_counting() {
+        // The farthest a forged packet inside both windows moves the
+        // numbers on: a whole IP packet's payload at the far edge.
+        let f = flow();
+        let forged = seg(ACK, 1101 + SEQ_AHEAD, 5000 + ACK_AHEAD, 65_535 - 40);
+        let FlowUpdate::Counted(pushed) = f.on_packet(Some(forged), 3 * SEC, &settings()) else {
+            panic!("the forgery lies inside both windows");
+        };
+        // The client's own next packet, acknowledging a little more.
+        let own = seg(ACK, 1101, 5100, 100);
+        assert!(matches!(
+            pushed.on_packet(Some(own), 4 * SEC, &settings()),
+            FlowUpdate::Counted(_)
+        ));
     }
 
     #[test]

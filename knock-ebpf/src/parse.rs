@@ -329,8 +329,9 @@ impl Headers<'_> {
         field(self.ctx, usize::from(self.l4_at), get)
     }
 
-    /// Where the IP packet ends by its own length field (a lying length
-    /// only misleads the tracking of the liar's own flow).
+    /// Where the IP packet ends by its own length field; `None` when that
+    /// runs past the frame. The host drops such a packet, and its length
+    /// is the one field a forger could use to move a flow's tracking far.
     #[inline(always)]
     fn ip_end(&self) -> Option<usize> {
         let ip = usize::from(self.ip_at);
@@ -339,7 +340,8 @@ impl Headers<'_> {
         } else {
             be16(field(self.ctx, ip, |h: &Ipv4Hdr| h.total_len)?)
         };
-        Some(ip + len)
+        let end = ip + len;
+        (end <= self.ctx.data_end() - self.ctx.data()).then_some(end)
     }
 }
 
@@ -392,8 +394,10 @@ impl Transport for Headers<'_> {
     fn segment(&self) -> Option<Segment> {
         let tcp = read::<TcpHdr>(self.ctx, usize::from(self.l4_at))?;
         let header_len = usize::from(tcp.data_offset >> 4) * 4;
-        let payload =
-            self.ip_end()?.saturating_sub(usize::from(self.l4_at)).saturating_sub(header_len);
+        let l4_end = usize::from(self.l4_at) + header_len.max(size_of::<TcpHdr>());
+        // A first fragment whose TCP header ends past the IP packet had
+        // its flags and numbers read from Ethernet padding (RFC 1858).
+        let payload = self.ip_end()?.checked_sub(l4_end)?;
         let (seq, ack) = (u32::from_be_bytes(tcp.seq), u32::from_be_bytes(tcp.ack));
         Some(Segment::new(tcp.flags, seq, ack, payload as u32))
     }
