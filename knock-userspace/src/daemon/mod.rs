@@ -98,7 +98,7 @@ pub(crate) struct Daemon {
 pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Result<()> {
     let abort_after_write = test_abort_after_write()?;
     for iface in &options.ifaces {
-        loader::if_index(iface)?;
+        loader::attachable_if_index(iface)?;
     }
     state_dir.create()?;
     let Some(_lock) = state_dir.try_lock()? else {

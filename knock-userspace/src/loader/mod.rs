@@ -71,6 +71,49 @@ pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     Ok(program.try_into()?)
 }
 
+/// [`if_index`] of an interface the program can read: one whose frames
+/// start with an Ethernet header. On an IP-only link (WireGuard, tun,
+/// GRE, PPP) generic XDP hands over frames that start at the IP header,
+/// which the program would take for unrelated traffic and pass.
+pub fn attachable_if_index(name: &str) -> Result<u32> {
+    let index = if_index(name)?;
+    match link_type(name)? {
+        libc::ARPHRD_ETHER | libc::ARPHRD_LOOPBACK => Ok(index),
+        other => bail!(
+            "interface '{name}' does not carry Ethernet frames (link type {other}): \
+             knock-xdp cannot protect it; attach to the Ethernet interface its traffic arrives on"
+        ),
+    }
+}
+
+/// The ARPHRD_* link type of `name`, asked of the kernel in this network
+/// namespace (sysfs may show another one's).
+fn link_type(name: &str) -> Result<u16> {
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= request.ifr_name.len() {
+        bail!("invalid interface name {name:?}");
+    }
+    for (to, from) in request.ifr_name.iter_mut().zip(bytes) {
+        *to = *from as libc::c_char;
+    }
+    // SAFETY: plain socket and ioctl calls on a zeroed `ifreq` holding a
+    // NUL-terminated name; the descriptor is closed on every path.
+    unsafe {
+        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if socket < 0 {
+            bail!("cannot open a socket to query '{name}': {}", std::io::Error::last_os_error());
+        }
+        let result = libc::ioctl(socket, libc::SIOCGIFHWADDR, &mut request);
+        let error = std::io::Error::last_os_error();
+        libc::close(socket);
+        if result < 0 {
+            bail!("cannot query the link type of '{name}': {error}");
+        }
+        Ok(request.ifr_ifru.ifru_hwaddr.sa_family)
+    }
+}
+
 /// The interface index of `name`, or a clear error when there is none.
 pub fn if_index(name: &str) -> Result<u32> {
     let c_name =

@@ -18,7 +18,7 @@ use aya::{
 use knock_common::maps::{ALL_MAPS, Limits};
 
 use super::{
-    EBPF_OBJECT, Mode, if_index, load_sized,
+    EBPF_OBJECT, Mode, attachable_if_index, if_index, load_sized,
     pins::{detach_pinned_link, remove_pins},
     size_maps, xdp,
 };
@@ -164,7 +164,7 @@ impl Program {
 
     /// Attaches to `iface` and pins the link (unless fail-open).
     pub fn attach(&mut self, iface: &str, mode: Mode) -> Result<()> {
-        let ifindex = if_index(iface)?;
+        let ifindex = attachable_if_index(iface)?;
         if self.attachments.iter().any(|a| a.ifindex == ifindex) {
             bail!("already attached to {iface}");
         }

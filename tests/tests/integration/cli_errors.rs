@@ -148,3 +148,22 @@ fn help_is_there_for_every_command() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: knock-xdp"), "{command}");
     }
 }
+
+#[test]
+fn an_interface_without_ethernet_frames_is_refused() {
+    if !privileged("an_interface_without_ethernet_frames_is_refused") {
+        return;
+    }
+    let lab = Lab::new();
+    // A tun device's frames start at the IP header: the program could not
+    // read them, and would pass everything.
+    lab.server.ip(&["tuntap", "add", "dev", "kxtun0", "mode", "tun"]);
+    lab.server.ip(&["link", "set", "kxtun0", "up"]);
+    for entry in [Entry::NetnsExec, Entry::NsenterNet] {
+        let knock = Instance::new(&lab.server, entry);
+        let args = ["attach", "kxtun0"];
+        assert_one_clear_line(&args, &knock.cli(&args), "does not carry Ethernet frames");
+        assert!(!knock.state_path().join("state.toml").exists(), "the refusal wrote state");
+    }
+    assert!(!lab.server.ip(&["-d", "link", "show", "dev", "kxtun0"]).contains("prog/xdp"));
+}
