@@ -133,3 +133,62 @@ fn always_allowed_networks_by_longest_prefix_per_family() {
         Counter::DroppedProtected,
     );
 }
+
+#[test]
+fn forged_sources_of_an_allowed_network_evict_no_session() {
+    if !privileged("forged_sources_of_an_allowed_network_evict_no_session") {
+        return;
+    }
+    let mut h = Harness::new();
+    h.maps.set_settings(config(60_000_000_000, GRACE_NS)).unwrap();
+    h.expect("allowed SYN", &segment(ALLOWED_V4, 41000, SYN, 1), XDP_PASS, Counter::PassedAllowed);
+    // The session now rests on its flow alone.
+    assert!(h.maps.revoke(&ip(ALLOWED_V4).into()).unwrap());
+    let nets = ["198.18.0.0/15".parse().unwrap()].into();
+    h.maps.set_allowed_nets(&Default::default(), &nets).unwrap();
+    // More forged 4-tuples from the network than the flow map holds.
+    let forged = knock_common::maps::FLOWS_MAX_ENTRIES + 4096;
+    for i in 0..forged {
+        let src = std::net::Ipv4Addr::from(0xc612_0000 + i / 16).to_string();
+        let frame = segment(&src, 1024 + (i % 16) as u16, SYN, i);
+        let (action, counter) = testrun::run_frame(&mut h.ebpf, &h.maps, &frame);
+        assert_eq!((action, counter), (XDP_PASS, Counter::PassedNetwork), "forged SYN {i}");
+    }
+    let flows = h.maps.flows().unwrap();
+    assert_eq!(flows.len(), 1, "the network opened flows: {} in the map", flows.len());
+    h.expect(
+        "the session after the flood",
+        &segment(ALLOWED_V4, 41000, ACK, 2),
+        XDP_PASS,
+        Counter::PassedFlow,
+    );
+}
+
+#[test]
+fn a_forged_ip_length_moves_no_flow() {
+    if !privileged("a_forged_ip_length_moves_no_flow") {
+        return;
+    }
+    let mut h = Harness::new();
+    h.maps.set_settings(config(60_000_000_000, GRACE_NS)).unwrap();
+    h.expect("allowed SYN", &segment(ALLOWED_V4, 41000, SYN, 1), XDP_PASS, Counter::PassedAllowed);
+    // An ACK at the client's next number claiming 64 KiB of data that the
+    // frame does not hold (IPv4 total length at byte 16 of the frame), and
+    // a first fragment whose IP packet ends inside the TCP header.
+    let mut long = segment(ALLOWED_V4, 41000, ACK, 2);
+    long[16..18].copy_from_slice(&u16::MAX.to_be_bytes());
+    h.expect("IP length past the frame", &long, XDP_DROP, Counter::DroppedMalformed);
+    let mut tiny = segment(ALLOWED_V4, 41000, ACK, 2);
+    tiny[16..18].copy_from_slice(&(20u16 + 8).to_be_bytes());
+    tiny[20] |= 0x20; // more fragments
+    h.expect("tiny first fragment", &tiny, XDP_DROP, Counter::DroppedMalformed);
+    let flows = h.maps.flows().unwrap();
+    assert_eq!(flows.len(), 1);
+    assert_eq!(flows[0].1.next_seq, 2, "a dropped frame moved the flow");
+    h.expect(
+        "the client's ACK",
+        &segment(ALLOWED_V4, 41000, ACK, 2),
+        XDP_PASS,
+        Counter::PassedFlow,
+    );
+}
