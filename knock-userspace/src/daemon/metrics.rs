@@ -23,6 +23,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
+use knock_common::maps::Counter;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
@@ -145,12 +146,18 @@ impl Daemon {
                 let _ = writeln!(out, "{name}{labels} {value}");
             }
         };
-        let packets: Vec<(String, u64)> = self
-            .maps
-            .counters()?
-            .into_iter()
-            .map(|(counter, value)| (format!("{{verdict=\"{}\"}}", counter.name()), value))
-            .collect();
+        let mut packets: Vec<(String, u64)> = Vec::new();
+        for (counter, value) in self.maps.counters()? {
+            // A knock that was limited is exported as a knock: told apart,
+            // the two would show a watcher whether a guess's port began a
+            // sequence (a miss is limited, a step never). `status` keeps both.
+            let counter = if counter == Counter::KnockLimited { Counter::Knock } else { counter };
+            let labels = format!("{{verdict=\"{}\"}}", counter.name());
+            match packets.iter_mut().find(|(seen, _)| *seen == labels) {
+                Some((_, total)) => *total += value,
+                None => packets.push((labels, value)),
+            }
+        }
         family(
             "knock_xdp_packets_total",
             "counter",
