@@ -24,3 +24,4 @@ pub mod prompt;
 pub mod qr;
 pub mod sender;
 pub mod state;
+pub mod used;

@@ -5,6 +5,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{Result, bail};
 use knock_common::server_id::ServerId;
+use tracing::warn;
 
 use super::{
     offline::{ask_daemon, lock_state},
@@ -170,6 +171,9 @@ pub(super) fn detach(state: &StateDir, args: DetachArgs) -> Result<()> {
             println!("detached from {iface} (left behind by a daemon that did not stop cleanly)");
             return Ok(());
         }
+    }
+    if let Err(err) = crate::used::save_pinned(state, &pin_dir) {
+        warn!("the used sequences are not kept for the next start: {err:#}");
     }
     let detached: Vec<String> = iface.into_iter().chain(loader::remove_pins(&pin_dir)?).collect();
     if detached.is_empty() {

@@ -78,6 +78,11 @@ impl KernelMaps {
     pub fn used(&self) -> Result<Vec<(UsedKey, u64)>> {
         self.used.iter().map(|entry| entry.context("cannot read USED")).collect()
     }
+
+    /// Records `key` as used, as the program does when its sequence opens.
+    pub fn mark_used(&mut self, key: &UsedKey) -> Result<()> {
+        self.used.insert(key, crate::clock::boot_ns(), 0).context("cannot write USED")
+    }
 }
 
 impl KernelMaps {

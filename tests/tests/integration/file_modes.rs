@@ -75,4 +75,8 @@ fn private_files_are_0600_and_their_directories_0700_whatever_the_umask() {
         .collect();
     let _ = fs::remove_dir_all(&slots);
     assert!(wrong.is_empty(), "{wrong:#?}");
+    // The used sequences, written as the daemon stops.
+    knock.ok(&["detach"]);
+    assert!(knock.wait_daemon().success(), "{}", knock.daemon_log());
+    assert_eq!(mode(&state.join("used.toml")), 0o600, "used.toml");
 }

@@ -302,3 +302,45 @@ fn spraying_every_port_in_order_never_opens_the_door() {
     assert_eq!(counters["knock"], 3 * 4536, "{counters}");
     assert_eq!(counters["knock_limited"], 0, "{counters}");
 }
+
+#[test]
+fn a_sequence_used_before_a_restart_stays_used() {
+    if !privileged("a_sequence_used_before_a_restart_stays_used") {
+        return;
+    }
+    let lab = Lab::with_service();
+    // nsenter keeps the host's bpffs, so a killed daemon leaves its maps
+    // pinned for an offline `detach`.
+    let mut knock = lab.protecting_daemon(Entry::NsenterNet, &[]);
+    let profile = knock.add_client("alice", &["--slot", "300s"]);
+    // The whole test runs within one slot: s-1 to s+2 stay installed.
+    away_from_slot_boundary(300, Duration::from_secs(90));
+    let (now, length) = (SystemTime::now(), Duration::from_secs(300));
+    let slot = |offset: i32| {
+        let at = if offset < 0 {
+            now - length * offset.unsigned_abs()
+        } else {
+            now + length * offset as u32
+        };
+        lab.sequence(&profile, Some(at))
+    };
+    let opens = |source: &str, server: &str, seq: &[ProtoPort]| {
+        lab.send_knocks(source, server, seq, GAP);
+        lab.tcp_exchange(source, server, SERVICE)
+    };
+    assert!(opens(CLIENT_V4, SERVER_V4, &slot(0)), "the first knock did not open the door");
+
+    // A daemon that stops cleanly keeps what was used for the next one.
+    knock.ok(&["detach"]);
+    assert!(knock.wait_daemon().success(), "{}", knock.daemon_log());
+    knock.attach(&[&lab.server_if]);
+    assert!(!opens(CLIENT2_V4, SERVER_V4, &slot(0)), "a replay after a restart opened the door");
+    assert!(opens(CLIENT2_V4, SERVER_V4, &slot(1)), "an unused slot did not open the door");
+
+    // So does `detach` after a daemon that died.
+    knock.kill_daemon();
+    knock.ok(&["detach"]);
+    knock.attach(&[&lab.server_if]);
+    assert!(!opens(CLIENT_V6, SERVER_V6, &slot(1)), "a replay after a crash and detach opened");
+    assert!(opens(CLIENT_V6, SERVER_V6, &slot(-1)), "an unused slot did not open the door");
+}
