@@ -76,7 +76,13 @@ fn knocks_and_neighbours(
     knocks.dedup();
     let mut neighbours: Vec<ProtoPort> = knocks
         .iter()
-        .flat_map(|k| [k.port - 1, k.port + 1].map(|port| ProtoPort::new(k.proto, port)))
+        // A knock at 65535 has a neighbour below only.
+        .flat_map(|k| {
+            [k.port.checked_sub(1), k.port.checked_add(1)]
+                .into_iter()
+                .flatten()
+                .map(|port| ProtoPort::new(k.proto, port))
+        })
         .filter(|n| !knocks.contains(n))
         .collect();
     neighbours.sort();
