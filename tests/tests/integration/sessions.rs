@@ -3,9 +3,9 @@
 //! always-allowed networks need no knock, and `revoke` ends flows at once.
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use knock_common::{
@@ -17,9 +17,10 @@ use knock_tests::{
     frames::Frame,
     lab::{
         CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6, SERVICE,
-        UDP_SERVICE, eventually, eventually_within,
+        TcpSession, UDP_SERVICE, eventually, eventually_within,
     },
     privileged,
+    sniff::Sniffer,
 };
 
 /// A daemon protecting both echo services.
@@ -215,11 +216,32 @@ fn revoking_an_address_ends_its_flows_at_once() {
     assert!(flows(&knock).is_empty());
 }
 
+/// The sequence and acknowledgement numbers of the client's segments on
+/// `session`, as the server sees them during one exchange.
+fn client_numbers(lab: &Lab, session: &mut TcpSession) -> (u32, u32) {
+    let sniffer = Sniffer::start(&lab.server, &lab.server_if);
+    assert!(session.exchange(), "the session ended with the window");
+    let (client, sport) = (CLIENT_V4.parse::<Ipv4Addr>().unwrap().octets(), session.local_port());
+    let numbers = sniffer.finish().iter().rev().find_map(|frame| {
+        let ip = frame.get(14..)?;
+        let tcp = ip.get(usize::from(ip[0] & 0x0f) * 4..)?;
+        let word = |at: usize| Some(u32::from_be_bytes(tcp.get(at..at + 4)?.try_into().ok()?));
+        let ours = ip.get(9) == Some(&6)
+            && ip.get(12..16)? == client
+            && tcp.get(0..2)? == sport.to_be_bytes();
+        if ours { Some((word(4)?, word(8)?)) } else { None }
+    });
+    numbers.expect("no segment of the session was seen")
+}
+
 /// Spoofs `count` TCP segments from the client's address and port onto the
-/// flow, each with a random sequence (and acknowledgement) number.
-fn spoof(lab: &Lab, sport: u16, flags: &'static [u8], count: u64) {
+/// flow, each with a random sequence and acknowledgement number at least
+/// 2^30 from the client's own `numbers`: far outside the windows in which
+/// a guess counts (2^20 and 2^24), so none may count, by design.
+fn spoof(lab: &Lab, sport: u16, numbers: (u32, u32), flags: &'static [u8], count: u64) {
     let iface = lab.client_if.clone();
-    let seed = Instant::now().elapsed().as_nanos() as u64 | 1;
+    let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let far = |real: u32, random: u32| real.wrapping_add(1 << 30).wrapping_add(random >> 1);
     let sent = lab.client.enter(move || {
         let (src, dst): (IpAddr, IpAddr) = (CLIENT_V4.parse().unwrap(), SERVER_V4.parse().unwrap());
         let mut x = seed ^ 0x9e37_79b9_7f4a_7c15;
@@ -229,8 +251,8 @@ fn spoof(lab: &Lab, sport: u16, flags: &'static [u8], count: u64) {
             x ^= x << 17;
             let frame = Frame {
                 tcp_flags: flags[(i % flags.len() as u64) as usize],
-                tcp_seq: x as u32,
-                tcp_ack: (x >> 32) as u32,
+                tcp_seq: far(numbers.0, x as u32),
+                tcp_ack: far(numbers.1, (x >> 32) as u32),
                 ..Frame::new(src, dst, Proto::Tcp, SERVICE)
             };
             frame.build_with_sport(sport)
@@ -253,11 +275,11 @@ fn spoofed_rsts_and_fins_neither_cut_a_session_nor_keep_a_dead_one_alive() {
     assert!(session.exchange());
     window.assert_still_open("the first exchange");
     window.wait_over();
-    assert!(session.exchange(), "the session ended with the window");
+    let numbers = client_numbers(&lab, &mut session);
     // After the open window: a few hundred RSTs and FINs with random
     // sequence numbers from the client's own address and port.
     const ENDS: &[u8] = &[RST, RST | ACK, FIN | ACK, FIN];
-    spoof(&lab, session.local_port(), ENDS, 400);
+    spoof(&lab, session.local_port(), numbers, ENDS, 400);
     assert!(flows(&knock).iter().all(|f| f["closing"] == false), "{:?}", flows(&knock));
     // Past the 10 s close grace a counted one would have started, the
     // session still talks (keeping itself alive within the idle timeout).
@@ -271,7 +293,7 @@ fn spoofed_rsts_and_fins_neither_cut_a_session_nor_keep_a_dead_one_alive() {
     // after the idle timeout although they keep coming.
     let started = Instant::now();
     while started.elapsed() < idle + Duration::from_millis(500) {
-        spoof(&lab, session.local_port(), &[ACK], 50);
+        spoof(&lab, session.local_port(), numbers, &[ACK], 50);
         thread::sleep(Duration::from_millis(100));
     }
     assert!(!session.exchange(), "spoofed packets kept an idle flow alive");
