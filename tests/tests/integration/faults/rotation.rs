@@ -179,10 +179,12 @@ fn a_daemon_killed_after_any_map_write_of_a_rotation_loses_nothing() {
     // shared first port may save an edge.
     assert!(writes >= 9, "a rotation made only {writes} writes");
     // Every cut but the one after the last write left the tables half
-    // written: the kills really landed inside rotations.
+    // written: the kills really landed inside rotations. Each daemon cuts
+    // a rotation of its own, and one that saved an edge ends a write
+    // early, so up to two cuts may come after a rotation's last write.
     let half = cuts.iter().filter(|(_, whole)| whole.is_err()).count() as u32;
     assert!(
-        half + 1 >= writes,
+        half + 2 >= writes,
         "only {half} of {writes} cuts left the tables half written: {cuts:?}"
     );
 
