@@ -6,13 +6,26 @@ use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, OwnedFd},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
 use knock_common::Proto;
 
 use crate::{frames::Frame, packet};
+
+/// Sets its flag when dropped, also when a test panics or returns early:
+/// a flood that waits for the flag never outlives its test.
+pub struct StopOnDrop(pub Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
 
 /// Frames handed to the kernel per `sendmmsg` call.
 const BATCH: usize = 256;

@@ -23,7 +23,7 @@ use knock_tests::{
     frames::Frame,
     lab::{
         CLIENT_V4, CLIENT_V6, CLIENT2_V4, Entry, Instance, Lab, SERVER_V4, SERVER_V6, SERVICE,
-        eventually_within,
+        eventually, eventually_within,
     },
     privileged, soak_scale,
 };
@@ -108,7 +108,12 @@ fn a_datagram_opens_the_door_over_ipv4_and_ipv6_and_the_log_names_the_client() {
     assert!(opens(&lab, CLIENT_V6, SERVER_V6));
     let listing = knock.list();
     assert!(listing.to_string().contains("spa (pocket)"), "{listing}");
-    let log = knock.ok(&["log", "--json", "--client", "pocket"]);
+    // The daemon writes the audit trail as it reads the program's events.
+    let openings = || knock.ok(&["log", "--json", "--client", "pocket"]);
+    eventually("the audit trail lacks an SPA opening", || {
+        openings().matches("\"spa_opened\"").count() >= 2
+    });
+    let log = openings();
     assert_eq!(log.matches("\"spa_opened\"").count(), 2, "{log}");
     let status = knock.status();
     assert_eq!(status["counters"]["spa"], 2, "{status}");
@@ -222,6 +227,7 @@ fn floods_of_random_and_of_wrong_mac_datagrams_cost_the_daemon_nothing() {
         let iface = lab.client_if.clone();
         let (stop, progress) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
         let (sent, knocked, out) = thread::scope(|scope| {
+            let _stop = flood::StopOnDrop(stop.clone());
             let flood = scope.spawn(|| {
                 let (stop, progress) = (stop.clone(), progress.clone());
                 lab.client.enter(move || {

@@ -264,6 +264,7 @@ fn under_flood(
     let cpu0 = proc_cpu_s(pid)?;
     let start = Instant::now();
     let sent = thread::scope(|scope| -> Result<u64> {
+        let _stop = flood::StopOnDrop(stop.clone());
         let sender = scope.spawn(|| {
             lab.client.enter(move || {
                 let mut sent = 0;

@@ -20,7 +20,7 @@ use knock_tests::{
     privileged, soak_scale,
 };
 
-use super::{FLOOD_LIMIT, StopOnDrop, alice_and_her_first_port, protected_service, rss_kib};
+use super::{FLOOD_LIMIT, alice_and_her_first_port, protected_service, rss_kib};
 
 /// The `i`-th frame of the spoofed flood: a SYN from a source of its own,
 /// IPv4 and IPv6 in turn; frames 0 and 1 of every four go to the service,
@@ -72,7 +72,7 @@ fn a_spoofed_flood_neither_keeps_a_client_out_nor_evicts_anyone() {
     let (stop, progress) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let (sent, knock_started, knock_ended, out) = thread::scope(|scope| {
         // Whatever fails below, the flood stops (else the scope never ends).
-        let _stop = StopOnDrop(stop.clone());
+        let _stop = flood::StopOnDrop(stop.clone());
         let flood = scope.spawn(|| {
             let (stop, progress) = (stop.clone(), progress.clone());
             lab.client.enter(move || {

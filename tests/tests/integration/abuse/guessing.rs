@@ -30,7 +30,7 @@ use knock_userspace::{
     daemon::{GLOBAL_MISS_BURST, GLOBAL_MISS_RATE_PER_SEC},
 };
 
-use super::{FLOOD_LIMIT, StopOnDrop, alice_and_her_first_port, protected_service};
+use super::{FLOOD_LIMIT, alice_and_her_first_port, protected_service};
 
 /// A seeded xorshift generator: random enough to shuffle a spray, and the
 /// seed is printed so a failing order can be replayed.
@@ -180,7 +180,7 @@ fn failed_knocks_are_limited_per_source_and_under_global_pressure() {
     let (stop, progress) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let ports: Vec<u16> = wrong.iter().map(|k| k.port).collect();
     let (v6_opened, alice_opened) = thread::scope(|scope| {
-        let _stop = StopOnDrop(stop.clone());
+        let _stop = flood::StopOnDrop(stop.clone());
         let flood = scope.spawn(|| {
             let (stop, progress) = (stop.clone(), progress.clone());
             lab.client.enter(move || {

@@ -8,15 +8,7 @@
 mod floods;
 mod guessing;
 
-use std::{
-    fs,
-    path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{fs, path::PathBuf, time::Duration};
 
 use knock_tests::lab::{Entry, Instance, Lab, away_from_slot_boundary};
 
@@ -45,15 +37,6 @@ pub fn alice_and_her_first_port(lab: &Lab, knock: &Instance) -> (PathBuf, u16) {
     away_from_slot_boundary(60, Duration::from_secs(15));
     let first = lab.sequence(&alice, None)[0].port;
     (alice, first)
-}
-
-/// Sets its flag when dropped, also when a test panics.
-pub struct StopOnDrop(pub Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
 }
 
 /// How long a flood may take to reach a state the test waits for.
