@@ -133,7 +133,11 @@ fn throughput(report: &bench::Report, settings: &Settings) {
     sane("bare injection CPU", t.harness_cpu_ns);
     sane("BPF stats ns", t.stats_ns);
     assert_eq!(t.stats_count, u64::from(settings.live_frames));
-    sane("iptables / knock-xdp", t.iptables_over_knock);
+    // knock-xdp's own share is tens of ns a frame, within the noise of one
+    // smoke-sized run, so its sign is not checked here; the full bench's
+    // medians are.
+    let ratio = t.iptables_over_knock;
+    assert!(ratio.is_finite(), "iptables / knock-xdp: {ratio}");
 }
 
 fn scale_and_clients(report: &bench::Report, settings: &Settings) {

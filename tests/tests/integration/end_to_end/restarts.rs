@@ -68,7 +68,9 @@ fn a_killed_daemon_keeps_protection_and_a_new_one_takes_over() {
         return;
     }
     let lab = Lab::with_service();
-    let mut knock = lab.protecting_daemon(Entry::NsenterNet, &[]);
+    // The knock interrupted by the restart below must outlive it, however
+    // slow the machine: the settings of the maps carry over.
+    let mut knock = lab.protecting_daemon(Entry::NsenterNet, &["--knock-timeout", "60s"]);
     let old_program = knock.status()["program_id"].as_u64().unwrap();
     // One client allowed with an open connection, another in the middle of a knock.
     knock.ok(&["allow", CLIENT_V4, "--for", "1h"]);
@@ -86,7 +88,7 @@ fn a_killed_daemon_keeps_protection_and_a_new_one_takes_over() {
     assert!(status.contains("not running"), "{status}");
 
     // A new daemon takes over the program's maps and links in place.
-    knock.attach(&[&lab.server_if]);
+    knock.attach(&[&lab.server_if, "--knock-timeout", "60s"]);
     assert!(knock.daemon_log().contains("took over"), "{}", knock.daemon_log());
     let new_program = knock.status()["program_id"].as_u64().unwrap();
     assert_ne!(new_program, old_program);
