@@ -89,6 +89,7 @@ pub fn attachable_if_index(name: &str) -> Result<u32> {
 /// The ARPHRD_* link type of `name`, asked of the kernel in this network
 /// namespace (sysfs may show another one's).
 fn link_type(name: &str) -> Result<u16> {
+    // SAFETY: `ifreq` is plain C data, for which all zeroes is valid.
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     let bytes = name.as_bytes();
     if bytes.len() >= request.ifr_name.len() {
