@@ -72,8 +72,8 @@ pub struct FlowEntry {
     /// Non-zero once the client sent FIN or RST: when the flow stops
     /// admitting anything.
     pub closing_until_ns: u64,
-    /// The client whose knock admitted the flow (0: a manual allow, an
-    /// always-allowed network, or a connection kept from before protection),
+    /// The client whose knock admitted the flow (0: a manual allow or a
+    /// connection kept from before protection),
     /// so removing a client ends its sessions.
     pub client: u32,
     /// TCP: the client's next sequence number, as far as seen.
@@ -202,7 +202,10 @@ impl FlowEntry {
         if (end.wrapping_sub(self.next_seq) as i32) > 0 {
             self.next_seq = end;
         }
-        if seg.flags & tcp_flags::ACK != 0 && (seg.ack.wrapping_sub(self.last_ack) as i32) > 0 {
+        // Never further than one packet may acknowledge: a packet at the
+        // exact sequence number skips the window check.
+        let acked = seg.ack.wrapping_sub(self.last_ack);
+        if seg.flags & tcp_flags::ACK != 0 && acked > 0 && acked <= ACK_AHEAD {
             self.last_ack = seg.ack;
         }
     }
@@ -293,6 +296,13 @@ mod tests {
             pushed.on_packet(Some(own), 4 * SEC, &settings()),
             FlowUpdate::Counted(_)
         ));
+        // A forgery at the exact sequence number skips the window check;
+        // its acknowledgement still moves no further than the window.
+        let exact = seg(ACK, 1101, 5000 + (1 << 30), 0);
+        let FlowUpdate::Counted(next) = f.on_packet(Some(exact), 3 * SEC, &settings()) else {
+            panic!("an exact packet counts");
+        };
+        assert_eq!(next.last_ack, 5000);
     }
 
     #[test]
