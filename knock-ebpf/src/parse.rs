@@ -279,9 +279,10 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Parsed<Headers<'_>> {
 }
 
 /// Reads the destination port; the rest waits in [`Headers`] for the paths
-/// that need it. The whole minimal header must be present: a first
-/// fragment too short to hold it (the tiny-fragment attack, RFC 1858) is
-/// dropped rather than guessed at.
+/// that need it. The whole minimal header must be in the frame. A first
+/// fragment whose IP packet ends inside it (the tiny-fragment attack, RFC
+/// 1858) is judged by its ports, which it holds; where the rest matters
+/// ([`Transport::segment`]) it is malformed.
 #[inline(always)]
 fn transport(
     ctx: &XdpContext,
@@ -332,16 +333,22 @@ impl Headers<'_> {
     /// Where the IP packet ends by its own length field; `None` when that
     /// runs past the frame. The host drops such a packet, and its length
     /// is the one field a forger could use to move a flow's tracking far.
+    /// A length of 0 (a GRO packet past 64 KiB under generic XDP, or an
+    /// IPv6 jumbogram) ends with the frame.
     #[inline(always)]
     fn ip_end(&self) -> Option<usize> {
         let ip = usize::from(self.ip_at);
+        let frame_end = self.ctx.data_end() - self.ctx.data();
         let len = if self.v6 {
-            IPV6_HLEN + be16(field(self.ctx, ip, |h: &Ipv6Hdr| h.payload_len)?)
+            be16(field(self.ctx, ip, |h: &Ipv6Hdr| h.payload_len)?)
         } else {
             be16(field(self.ctx, ip, |h: &Ipv4Hdr| h.total_len)?)
         };
-        let end = ip + len;
-        (end <= self.ctx.data_end() - self.ctx.data()).then_some(end)
+        if len == 0 {
+            return Some(frame_end);
+        }
+        let end = ip + len + if self.v6 { IPV6_HLEN } else { 0 };
+        (end <= frame_end).then_some(end)
     }
 }
 

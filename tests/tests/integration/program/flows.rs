@@ -191,4 +191,8 @@ fn a_forged_ip_length_moves_no_flow() {
         XDP_PASS,
         Counter::PassedFlow,
     );
+    // A length of 0 (a GRO packet past 64 KiB) ends with the frame.
+    let mut merged = segment(ALLOWED_V4, 41000, ACK, 2);
+    merged[16..18].copy_from_slice(&0u16.to_be_bytes());
+    h.expect("IP length 0", &merged, XDP_PASS, Counter::PassedFlow);
 }
