@@ -172,10 +172,16 @@ pub(super) fn detach(state: &StateDir, args: DetachArgs) -> Result<()> {
             return Ok(());
         }
     }
-    if let Err(err) = crate::used::save_pinned(state, &pin_dir) {
+    // Held open across the removal, so that no knock completes after its
+    // records are read.
+    let used = crate::used::open_pinned(&pin_dir);
+    let detached: Vec<String> = iface.into_iter().chain(loader::remove_pins(&pin_dir)?).collect();
+    if let Err(err) = used.and_then(|used| match used {
+        Some(used) => crate::used::save_pinned(state, &used),
+        None => Ok(()),
+    }) {
         warn!("the used sequences are not kept for the next start: {err:#}");
     }
-    let detached: Vec<String> = iface.into_iter().chain(loader::remove_pins(&pin_dir)?).collect();
     if detached.is_empty() {
         println!("knock-xdp was not attached; nothing to detach");
     } else {

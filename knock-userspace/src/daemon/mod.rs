@@ -134,15 +134,6 @@ pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Resul
         if !adopting {
             // New maps remember no SPA nonce: refuse datagrams sent before.
             maps.set_runtime(Runtime::SpaNotBefore, rotate::unix_ns() / 1_000_000_000)?;
-            // Nor which sequences opened the door: the last stop wrote them.
-            match crate::used::restore(&state_dir, &mut maps) {
-                Ok(0) => {}
-                Ok(records) => info!(records, "sequences used before the last stop stay used"),
-                Err(err) => warn!(
-                    "sequences used before the last stop are not known; a knock recorded \
-                     then may open the door again until its slot passes: {err:#}"
-                ),
-            }
         }
         // Connections already established to protected ports keep working:
         // they are followed before the ports are protected.
@@ -174,6 +165,11 @@ pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Resul
             filter_live: 0,
         };
         daemon.rotate()?;
+        if !adopting {
+            // New maps remember no used sequence either: the last stop
+            // wrote those of the slots installed now.
+            daemon.restore_used();
+        }
         for iface in daemon.options.ifaces.clone() {
             if daemon.program.attachments.iter().any(|a| a.iface == iface) {
                 continue; // taken over from the earlier run
@@ -253,12 +249,15 @@ pub fn run(state_dir: StateDir, options: AttachOptions, config: Config) -> Resul
 
     let socket = state_dir.control_socket();
     let _ = fs::remove_file(&socket);
-    if let Err(err) = crate::used::save(&state_dir, &daemon.maps) {
+    let Daemon { program, maps, .. } = daemon;
+    let ifaces: Vec<String> = program.attachments.iter().map(|a| a.iface.clone()).collect();
+    // Detached first, so no knock completes after the records are read;
+    // the maps live on while this process holds them.
+    let detached = program.shutdown();
+    if let Err(err) = crate::used::save(&state_dir, &maps) {
         warn!("cannot keep the used sequences for the next start: {err:#}");
     }
-    let Daemon { program, .. } = daemon;
-    let ifaces: Vec<String> = program.attachments.iter().map(|a| a.iface.clone()).collect();
-    program.shutdown()?;
+    detached?;
     info!(interfaces = %ifaces.join(" "), "detached; all pins removed");
     served
 }

@@ -22,7 +22,7 @@ use knock_common::{
     spa::{SpaKey, policy, spa_key},
     trie::{KnockTable, STATIC_SLOT, SequenceInfo},
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::Daemon;
 use crate::{
@@ -66,6 +66,11 @@ impl Installed {
     /// Ids of the clients whose sequences cannot be derived.
     pub(crate) fn broken(&self) -> impl Iterator<Item = u32> + '_ {
         self.broken.keys().copied()
+    }
+
+    /// The (client, slot) of every installed sequence.
+    fn live_slots(&self) -> BTreeSet<(u32, u64)> {
+        self.table.sequences().map(|(_, info, _)| (info.client, info.slot)).collect()
     }
 }
 
@@ -231,10 +236,22 @@ impl Daemon {
         self.install_spa(wanted_keys)?;
 
         // Single-use records matter only while their slot is accepted.
-        let live: BTreeSet<(u32, u64)> =
-            self.installed.table.sequences().map(|(_, info, _)| (info.client, info.slot)).collect();
+        let live = self.installed.live_slots();
         self.maps.prune_used(|k| live.contains(&(k.client, k.slot)))?;
         Ok(())
+    }
+
+    /// Marks used what the last stop recorded, for the slots now installed.
+    pub(super) fn restore_used(&mut self) {
+        let live = self.installed.live_slots();
+        match crate::used::restore(&self.state_dir, &mut self.maps, &live) {
+            Ok(0) => {}
+            Ok(records) => info!(records, "sequences used before the last stop stay used"),
+            Err(err) => warn!(
+                "sequences used before the last stop are not known; a knock recorded \
+                 then may open the door again until its slot passes: {err:#}"
+            ),
+        }
     }
 
     /// Writes the SPA keys and ports that changed. A removed client's key
